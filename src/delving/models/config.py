@@ -1,0 +1,26 @@
+"""The model config schema (Hydra ConfigStore node `model`): types and allowed values are checked on compose."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from delving.models.activations import Activation
+from delving.models.factory import MODEL_NAMES
+from delving.models.init import InitScheme
+
+ModelName = Enum("ModelName", {name: name for name in MODEL_NAMES}, type=str)
+
+
+@dataclass
+class ModelConfig:
+    name: ModelName = ModelName.model_a  # type: ignore[attr-defined]
+    act: Activation = Activation.prelu
+    init: InitScheme = InitScheme.he_fan_out
+    init_prelu_factor: bool = False  # the (1 + a^2) factor of Eq. 15; the paper does not say it was used
+    width: float = 1.0  # multiplies conv and fc widths, for small runs
+    num_classes: int = 1000
+    input_size: int = 224  # the training crop; the SPP window of the dense test is its last map
+    spp_levels: list[int] | None = None  # None: the paper's levels for the net
+    dropout: float = 0.5
+    fc_init_std: list[float] | None = None  # None: the paper's (0.01, 0.01, 0.001)

@@ -1,0 +1,47 @@
+"""Weight initialization of Sec. 2.2: He (Eq. 10 fan-in, Eq. 14 fan-out) and the Xavier comparison."""
+
+from __future__ import annotations
+
+import math
+from enum import Enum
+
+import torch
+from torch import nn
+
+
+class InitScheme(str, Enum):
+    he_fan_out = "he_fan_out"  # Eq. 14, 1/2 * k^2 * d * Var[w] = 1: what the paper's large models use
+    he_fan_in = "he_fan_in"  # Eq. 10, 1/2 * k^2 * c * Var[w] = 1
+    xavier = "xavier"  # k^2 * d * Var[w] = 1: the single-direction Gaussian form of Figs. 2-3 (fan-out)
+    xavier_fan_in = "xavier_fan_in"  # k^2 * c * Var[w] = 1
+
+
+def conv_init_std(weight_shape: torch.Size | tuple[int, ...], scheme: InitScheme | str, slope: float = 0.0) -> float:
+    """Std of the zero-mean Gaussian for a conv (or linear) weight of shape (d, c, k, k).
+
+    `slope` is the rectifier's initial negative slope `a`; it enters as the (1 + a^2) factor of Eq. 15
+    for the He schemes (pass 0 to leave it out, as Eqs. 10 and 14 do).
+    """
+    scheme = InitScheme(scheme)
+    out_channels, in_channels = weight_shape[0], weight_shape[1]
+    receptive_field = math.prod(weight_shape[2:])
+    fan_out = scheme in (InitScheme.he_fan_out, InitScheme.xavier)
+    n = receptive_field * (out_channels if fan_out else in_channels)
+    if scheme in (InitScheme.xavier, InitScheme.xavier_fan_in):
+        return math.sqrt(1.0 / n)
+    return math.sqrt(2.0 / ((1.0 + slope**2) * n))
+
+
+@torch.no_grad()
+def init_conv_(conv: nn.Conv2d, scheme: InitScheme | str, slope: float = 0.0) -> None:
+    nn.init.normal_(conv.weight, mean=0.0, std=conv_init_std(conv.weight.shape, scheme, slope))
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+
+
+@torch.no_grad()
+def init_linear_(linear: nn.Linear, std: float) -> None:
+    # The paper's fc layers are not He-initialized: std 0.01 / 0.001 because the input is not normalized.
+    nn.init.normal_(linear.weight, mean=0.0, std=std)
+    if linear.bias is not None:
+        nn.init.zeros_(linear.bias)
