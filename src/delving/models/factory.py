@@ -29,7 +29,8 @@ def create_net(name: str, spp_levels: list[int] | tuple[int, ...] | None = None,
         "input_size": (3, net.input_size, net.input_size),
         "num_classes": net.num_classes,
         "classifier": "head.fc3",
-        "first_conv": "features." + next(n for n, m in net.features.named_children() if isinstance(m, nn.Conv2d)),
+        "first_conv": "features."
+        + next(n for n, m in net.features.named_children() if isinstance(m, nn.Conv2d)),
     }
     return net
 

@@ -16,7 +16,9 @@ class InitScheme(str, Enum):
     xavier_fan_in = "xavier_fan_in"  # k^2 * c * Var[w] = 1
 
 
-def conv_init_std(weight_shape: torch.Size | tuple[int, ...], scheme: InitScheme | str, slope: float = 0.0) -> float:
+def conv_init_std(
+    weight_shape: torch.Size | tuple[int, ...], scheme: InitScheme | str, slope: float = 0.0
+) -> float:
     """Std of the zero-mean Gaussian for a conv (or linear) weight of shape (d, c, k, k).
 
     `slope` is the rectifier's initial negative slope `a`; it enters as the (1 + a^2) factor of Eq. 15

@@ -49,7 +49,12 @@ def _convs2_alternating(count: int, channels: int) -> Stage:
 def _table3_plan(per_stage: int, widths: tuple[int, int, int]) -> list[Stage]:
     stem = [Conv(7, 96, stride=2, padding=3), Pool(2, 2)]
     w2, w3, w4 = widths
-    return [stem, _convs3(per_stage, w2) + [Pool(2, 2)], _convs3(per_stage, w3) + [Pool(2, 2)], _convs3(per_stage, w4)]
+    return [
+        stem,
+        _convs3(per_stage, w2) + [Pool(2, 2)],
+        _convs3(per_stage, w3) + [Pool(2, 2)],
+        _convs3(per_stage, w4),
+    ]
 
 
 def _small_net_plan(stage3_convs: int) -> list[Stage]:
