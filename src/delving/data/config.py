@@ -1,0 +1,73 @@
+"""The data config schema (Hydra ConfigStore node `data/base_data`): types and allowed values are checked on compose."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+# The usual ImageNet RGB mean and std on the 0-255 scale (torchvision's 0.485/0.456/0.406 and 0.229/0.224/0.225 x 255).
+IMAGENET_MEAN_RGB = [123.675, 116.28, 103.53]
+IMAGENET_STD_RGB = [58.395, 57.12, 57.375]
+
+
+class DatasetKind(str, Enum):
+    synthetic = "synthetic"
+    imagenet = "imagenet"
+    folder = "folder"
+    shards = "shards"
+
+
+class Normalize(str, Enum):
+    mean = "mean"  # subtract the mean RGB on the 0-255 scale, no std division (the paper's input, ~[-128, 128])
+    mean_std = "mean_std"  # also divide by the std (unit variance input)
+
+
+@dataclass
+class DataConfig:
+    name: DatasetKind = DatasetKind.synthetic
+    root: str | None = None  # synthetic: None = a cache folder keyed by the generation parameters
+    train_split: str = "train"
+    val_split: str = "val"
+    class_names_file: str | None = None  # optional "<wnid> <name>" lines; None: look in the root (reports only)
+
+    # The paper's training input: shorter side s ~ U[scale_min, scale_max] (integers), a random crop, a flip.
+    crop_size: int = 224
+    scale_min: int = 256
+    scale_max: int = 512
+    test_scale: int = 256  # shorter side for the trainer's center-crop validation
+    flip: bool = True
+    pca_lighting_std: float = 0.1  # AlexNet's colour noise; 0 turns it off
+    normalize: Normalize = Normalize.mean
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN_RGB))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD_RGB))
+    use_draft: bool = True  # Pillow's reduced-size JPEG decoding when the reduced image still covers s
+
+    num_workers: int = 4  # per rank
+    prefetch_factor: int = 2  # batches per worker in flight
+    max_bad_fraction: float = 0.001  # stop when skipped unreadable files pass this fraction of samples read
+
+    # data=synthetic: generated on first use from these (a different value gives a different cache folder).
+    synthetic_classes: int = 100
+    synthetic_train_per_class: int = 80
+    synthetic_val_per_class: int = 20
+    synthetic_min_size: int = 64  # shorter side range of the generated images
+    synthetic_max_size: int = 112
+    synthetic_seed: int = 0
+
+    # data=shards: WebDataset tars written by scripts/make_shards.py; `root` holds <split>-NNNNNN.tar + <split>.json.
+    shard_max_samples: int = 1000  # samples per shard when writing
+
+
+def validate(cfg: DataConfig) -> None:
+    """Checks what the types cannot: consistent sizes (a wrong crop would fail deep inside a worker)."""
+    if not 0 < cfg.crop_size <= cfg.scale_min <= cfg.scale_max:
+        raise ValueError(
+            f"data: need 0 < crop_size <= scale_min <= scale_max, got "
+            f"crop_size={cfg.crop_size}, scale_min={cfg.scale_min}, scale_max={cfg.scale_max}"
+        )
+    if cfg.test_scale < cfg.crop_size:
+        raise ValueError(f"data: test_scale={cfg.test_scale} is smaller than crop_size={cfg.crop_size}")
+    if len(cfg.mean) != 3 or len(cfg.std) != 3:
+        raise ValueError(f"data: mean and std need 3 values (RGB), got {list(cfg.mean)} and {list(cfg.std)}")
+    if not 0.0 <= cfg.max_bad_fraction < 1.0:
+        raise ValueError(f"data: max_bad_fraction must be in [0, 1), got {cfg.max_bad_fraction}")

@@ -1,0 +1,80 @@
+"""One guarded decoder for every reader (train, eval, verify-data), so they agree on what a bad file is."""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import IO
+
+from PIL import Image
+
+
+class BadImageError(Exception):
+    """A file that cannot be decoded into an RGB image (truncated, empty, not an image...)."""
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+class TooManyBadImagesError(RuntimeError):
+    """More unreadable files than `data.max_bad_fraction` allows: the data set is probably broken."""
+
+
+ImageSource = str | os.PathLike | IO[bytes]  # a path, or an open file / BytesIO (shard members) with a `name`
+
+
+def source_name(source: ImageSource) -> str:
+    return str(getattr(source, "name", source))
+
+
+def decode_image_with_size(path: ImageSource, draft_size: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
+    """Decodes to RGB and also returns the file's full (width, height), which `draft` hides.
+
+    With `draft_size`, a JPEG is decoded at the largest 1/2, 1/4 or 1/8 reduction whose shorter side is
+    still >= draft_size, so a later downscale to that size never upsamples.
+    """
+    try:
+        # Everything that touches the file is inside this block: Pillow raises many types (OSError for
+        # truncation, UnidentifiedImageError, SyntaxError/ValueError/struct errors from plugins), and a
+        # colour conversion can fail on a broken palette as late as convert().
+        with Image.open(path) as img, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "palette images with transparency", corrupt EXIF
+            full_size = img.size
+            if draft_size is not None and img.format == "JPEG":
+                shorter = min(full_size)
+                scale = 1
+                while scale < 8 and shorter // (scale * 2) >= draft_size:
+                    scale *= 2
+                if scale > 1:
+                    img.draft("RGB", (full_size[0] // scale, full_size[1] // scale))
+            img.load()
+            if img.mode in ("P", "PA", "LA", "La"):
+                img = img.convert("RGBA")
+            rgb = img.convert("RGB")
+        if min(rgb.size) < 1:
+            raise BadImageError(source_name(path), f"empty image {rgb.size}")
+        return rgb, full_size
+    except BadImageError:
+        raise
+    except FileNotFoundError:
+        raise BadImageError(source_name(path), "file not found") from None
+    except Exception as exc:  # any decoder failure makes the file unusable, whatever Pillow calls it
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if _is_empty(path):
+            reason = "zero-byte file"
+        raise BadImageError(source_name(path), reason) from exc
+
+
+def _is_empty(source: ImageSource) -> bool:
+    if isinstance(source, str | os.PathLike):
+        return Path(source).is_file() and Path(source).stat().st_size == 0
+    return isinstance(source, io.BytesIO) and not source.getbuffer().nbytes
+
+
+def decode_image(path: ImageSource, draft_size: int | None = None) -> Image.Image:
+    """Decodes any image Pillow reads (CMYK, grayscale, palette, a PNG named .JPEG) to RGB, or raises BadImageError."""
+    return decode_image_with_size(path, draft_size)[0]

@@ -1,0 +1,304 @@
+"""Training and validation loaders with a sample order and augmentation that depend only on (seed, epoch).
+
+The global order of an epoch is a permutation from (seed, epoch); global step t takes positions
+[t*B*W, (t+1)*B*W) of it and rank r the r-th slice of B. So W ranks with batch B see exactly what one process
+with batch B*W sees, every rank has the same number of full batches (the tail is dropped), and resuming at step
+t replays the same batches. Each sample's augmentation comes from a generator seeded by (seed, epoch, index),
+so results do not depend on the number of workers either. The sampler hands (epoch, index) pairs to the
+workers, because persistent workers keep their own copy of the dataset.
+
+An unreadable file is replaced by the next readable one in the listing (the batch keeps its size), and the
+skips travel back with the batch so the main process counts and logs them exactly once, whatever the workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterator
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+
+from delving.data.config import DataConfig, DatasetKind, validate
+from delving.data.datasets import check_same_classes, list_samples, resolve_root
+from delving.data.decode import BadImageError, ImageSource, TooManyBadImagesError
+from delving.data.shards import ShardReader
+from delving.data.transforms import EvalTransform, TrainTransform, sample_rng
+
+log = logging.getLogger(__name__)
+
+MAX_CONSECUTIVE_BAD = 50  # a run of this many unreadable files in the listing means the data set is broken
+
+Failure = tuple[str, str]  # (file, reason)
+
+
+class SampleReader(Protocol):
+    def __len__(self) -> int: ...
+
+    def label(self, i: int) -> int: ...
+
+    def source(self, i: int) -> ImageSource: ...
+
+    def epoch_order(self, seed: int, epoch: int) -> np.ndarray: ...
+
+
+class FolderReader:
+    """Samples of a folder data set, in list_samples order."""
+
+    def __init__(self, samples: list[tuple[str, int]]) -> None:
+        self.paths = [p for p, _ in samples]
+        self.labels = np.asarray([c for _, c in samples], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def label(self, i: int) -> int:
+        return int(self.labels[i])
+
+    def source(self, i: int) -> ImageSource:
+        return self.paths[i]
+
+    def epoch_order(self, seed: int, epoch: int) -> np.ndarray:
+        return np.random.default_rng((seed, epoch, 0)).permutation(len(self.paths))
+
+
+def open_split(cfg: DataConfig, split: str) -> tuple[SampleReader, list[str]]:
+    """The reader and class list of one split of the configured data set (checking train/val classes agree)."""
+    validate(cfg)
+    root = resolve_root(cfg)
+    if cfg.name == DatasetKind.shards:
+        reader = ShardReader.open(root, split)
+        return reader, reader.classes
+    check_same_classes(root, cfg.train_split, cfg.val_split)
+    samples, classes = list_samples(root, split)
+    return FolderReader(samples), classes
+
+
+class BadFileCounter:
+    """Counts skipped files in the main process; logs each file once; stops the run past the allowed fraction.
+
+    The fraction is of the samples read so far, but never of fewer than one epoch's worth (`min_reads`), so
+    a bad file among the first few reads does not stop a healthy run.
+    """
+
+    def __init__(self, max_fraction: float, min_reads: int) -> None:
+        self.max_fraction = max_fraction
+        self.min_reads = min_reads
+        self.reads = 0
+        self.skipped = 0
+        self.logged: set[str] = set()
+
+    def update(self, good: int, failures: list[Failure]) -> None:
+        self.reads += good + len(failures)
+        self.skipped += len(failures)
+        for name, reason in failures:
+            if name not in self.logged:
+                self.logged.add(name)
+                log.warning("skipping unreadable image %s (%s)", name, reason)
+        if self.skipped > self.max_fraction * max(self.reads, self.min_reads):
+            raise TooManyBadImagesError(
+                f"{self.skipped} unreadable images skipped out of {self.reads} read, more than "
+                f"data.max_bad_fraction={self.max_fraction}; check the data set with delving-verify-data "
+                f"(last: {failures[-1][0] if failures else '?'})"
+            )
+
+
+def seed_worker_globals(seed: int, rank: int, epoch: int, worker: int) -> None:
+    """Seeds python/numpy/torch in a worker for anything outside our per-sample generators."""
+    ss = np.random.SeedSequence((seed, rank, epoch, worker))
+    state = ss.generate_state(2, dtype=np.uint32)
+    random.seed(int(state[0]))
+    np.random.seed(int(state[1]))
+    torch.manual_seed(int(ss.generate_state(1, dtype=np.uint64)[0]) & ((1 << 63) - 1))
+
+
+class _TrainSet(Dataset):
+    """Map-style set keyed by (epoch, index); replaces an unreadable sample by the next readable one."""
+
+    def __init__(self, reader: SampleReader, cfg: DataConfig, seed: int, rank: int) -> None:
+        self.reader = reader
+        self.transform = TrainTransform(cfg)
+        self.seed = seed
+        self.rank = rank
+        self.seeded_epoch: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int, list[Failure]]:
+        epoch, index = key
+        info = get_worker_info()
+        if info is not None and epoch != self.seeded_epoch:  # persistent workers live across epochs
+            seed_worker_globals(self.seed, self.rank, epoch, info.id)
+            self.seeded_epoch = epoch
+        draws = self.transform.draws(sample_rng(self.seed, epoch, index))
+        failures: list[Failure] = []
+        for step in range(min(MAX_CONSECUTIVE_BAD, len(self.reader))):
+            candidate = (index + step) % len(self.reader)
+            try:
+                return self.transform(self.reader.source(candidate), draws), self.reader.label(candidate), failures
+            except BadImageError as err:
+                failures.append((err.path, err.reason))
+        raise TooManyBadImagesError(f"{len(failures)} unreadable images in a row from sample {index}: {failures}")
+
+
+class _EpochBatches:
+    """Batch sampler of (epoch, index) lists for one rank; `set_epoch` picks the epoch and the first step."""
+
+    def __init__(self, reader: SampleReader, batch_size: int, rank: int, world_size: int, seed: int) -> None:
+        self.reader = reader
+        self.batch_size = batch_size
+        self.rank = rank
+        self.world_size = world_size
+        self.seed = seed
+        self.steps_per_epoch = len(reader) // (batch_size * world_size)
+        self.epoch = 0
+        self.start_step = 0
+
+    def set_epoch(self, epoch: int, start_step: int) -> None:
+        self.epoch, self.start_step = epoch, start_step
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch - self.start_step
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        order = self.reader.epoch_order(self.seed, self.epoch)
+        global_batch = self.batch_size * self.world_size
+        batches = []
+        for step in range(self.start_step, self.steps_per_epoch):
+            first = step * global_batch + self.rank * self.batch_size
+            batches.append([(self.epoch, int(i)) for i in order[first : first + self.batch_size]])
+        return iter(batches)
+
+
+class _WorkerInit:
+    """worker_init_fn: one intra-op thread per worker (the workers already run in parallel), seeded globals."""
+
+    def __init__(self, seed: int, rank: int, batches: _EpochBatches | None) -> None:
+        self.seed, self.rank, self.batches = seed, rank, batches
+
+    def __call__(self, worker: int) -> None:
+        torch.set_num_threads(1)
+        seed_worker_globals(self.seed, self.rank, self.batches.epoch if self.batches else 0, worker)
+
+
+def _collate_train(items: list[tuple[torch.Tensor, int, list[Failure]]]):
+    images = torch.stack([image for image, _, _ in items])
+    labels = torch.tensor([label for _, label, _ in items], dtype=torch.int64)
+    return images, labels, [f for _, _, failures in items for f in failures]
+
+
+def _loader_kwargs(cfg: DataConfig, pin_memory: bool, init: _WorkerInit) -> dict:
+    if cfg.num_workers == 0:
+        return {"num_workers": 0, "pin_memory": pin_memory}
+    return {
+        "num_workers": cfg.num_workers,
+        "persistent_workers": True,
+        "prefetch_factor": cfg.prefetch_factor,
+        "worker_init_fn": init,
+        "pin_memory": pin_memory,
+    }
+
+
+class TrainLoader:
+    """The paper's training input for one rank: `epoch(e, start_step)` yields (float32 NCHW, int64) batches."""
+
+    def __init__(
+        self,
+        cfg: DataConfig,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        pin_memory: bool = False,
+    ) -> None:
+        if not 0 <= rank < world_size or batch_size < 1:
+            raise ValueError(f"need batch_size >= 1 and 0 <= rank < world_size, got {batch_size}, {rank}, {world_size}")
+        reader, self.classes = open_split(cfg, cfg.train_split)
+        self.num_classes = len(self.classes)
+        self.num_samples = len(reader)
+        self.batches = _EpochBatches(reader, batch_size, rank, world_size, seed)
+        self.steps_per_epoch = self.batches.steps_per_epoch
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"{len(reader)} training samples are fewer than one global batch of {batch_size * world_size}"
+            )
+        self.bad_files = BadFileCounter(cfg.max_bad_fraction, self.steps_per_epoch * batch_size)
+        self._loader = DataLoader(
+            _TrainSet(reader, cfg, seed, rank),
+            batch_sampler=self.batches,
+            collate_fn=_collate_train,
+            **_loader_kwargs(cfg, pin_memory, _WorkerInit(seed, rank, self.batches)),
+        )
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of `epoch` from step `start_step` on (the same ones a full epoch would give there)."""
+        if not 0 <= start_step <= self.steps_per_epoch:
+            raise ValueError(f"start_step={start_step} outside [0, {self.steps_per_epoch}]")
+        self.batches.set_epoch(epoch, start_step)
+        for images, labels, failures in self._loader:
+            self.bad_files.update(len(labels), failures)
+            yield images, labels
+
+
+class _EvalSet(Dataset):
+    def __init__(self, reader: SampleReader, cfg: DataConfig) -> None:
+        self.reader = reader
+        self.transform = EvalTransform(cfg)
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, int, Failure | None]:
+        try:
+            return self.transform(self.reader.source(index)), self.reader.label(index), None
+        except BadImageError as err:
+            return None, -1, (err.path, err.reason)
+
+
+def _collate_eval(items: list[tuple[torch.Tensor | None, int, Failure | None]]):
+    good = [(image, label) for image, label, _ in items if image is not None]
+    images = torch.stack([image for image, _ in good]) if good else torch.empty(0)
+    labels = torch.tensor([label for _, label in good], dtype=torch.int64)
+    return images, labels, [f for _, _, f in items if f is not None]
+
+
+class EvalLoader:
+    """Center-crop validation for one rank: rank r takes images r::world_size, each image exactly once overall.
+
+    No padding: ranks may get one image more or less, so the caller sums (not averages) per-rank counts and
+    compares the total with `num_samples`. An unreadable image is dropped (logged and counted in `skipped`),
+    since replacing it would count another image twice.
+    """
+
+    def __init__(
+        self, cfg: DataConfig, split: str, batch_size: int, rank: int = 0, world_size: int = 1, pin_memory: bool = False
+    ) -> None:
+        reader, self.classes = open_split(cfg, split)
+        self.num_classes = len(self.classes)
+        self.num_samples = len(reader)
+        self.indices = list(range(rank, len(reader), world_size))
+        self.bad_files = BadFileCounter(cfg.max_bad_fraction, len(self.indices))
+        batches = [self.indices[i : i + batch_size] for i in range(0, len(self.indices), batch_size)]
+        self._loader = DataLoader(
+            _EvalSet(reader, cfg),
+            batch_sampler=batches,
+            collate_fn=_collate_eval,
+            **_loader_kwargs(cfg, pin_memory, _WorkerInit(0, rank, None)),
+        )
+
+    @property
+    def skipped(self) -> int:
+        return self.bad_files.skipped
+
+    def __len__(self) -> int:
+        return len(self._loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for images, labels, failures in self._loader:
+            self.bad_files.update(len(labels), failures)
+            if len(labels):
+                yield images, labels

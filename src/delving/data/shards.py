@@ -1,0 +1,126 @@
+"""WebDataset tar shards: writing them from a folder data set, and reading members by offset.
+
+Each shard is a plain WebDataset tar (`<key>.jpg` with the original file bytes, `<key>.cls` with the class
+index), readable by any WebDataset pipeline. Next to the shards, `<split>.json` records the classes and, per
+shard, each member's byte offset and label: with it every rank can compute the same global order and read any
+sample directly, which keeps step counts identical on all ranks and makes mid-epoch resume exact.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import webdataset as wds
+
+from delving.data.datasets import list_samples
+
+INDEX_VERSION = 1
+
+
+def index_path(root: str | os.PathLike, split: str) -> Path:
+    return Path(root) / f"{split}.json"
+
+
+def write_shards(
+    source_root: str | os.PathLike, split: str, out_root: str | os.PathLike, max_samples: int, seed: int = 0
+) -> Path:
+    """Writes `source_root/split` as shards of at most `max_samples` files in a shuffled order (so that the
+    shard-local shuffle at training time mixes classes) and the index; returns the index path."""
+    samples, classes = list_samples(source_root, split)
+    out_root = Path(out_root)
+    out_root.mkdir(parents=True, exist_ok=True)
+    index = index_path(out_root, split)
+    if index.exists():
+        raise FileExistsError(f"{index} exists: shards for split {split!r} were already written to {out_root}")
+    order = np.random.default_rng(seed).permutation(len(samples))
+    shards = []
+    for shard_no, start in enumerate(range(0, len(samples), max_samples)):
+        name = f"{split}-{shard_no:06d}.tar"
+        with wds.TarWriter(str(out_root / name)) as writer:
+            for position in order[start : start + max_samples]:
+                path, label = samples[position]
+                writer.write({"__key__": f"{int(position):08d}", "jpg": Path(path).read_bytes(), "cls": label})
+        shards.append({"file": name, **_member_table(out_root / name)})
+    tmp = index.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"version": INDEX_VERSION, "classes": classes, "shards": shards}), encoding="utf-8")
+    os.replace(tmp, index)  # the index appears last: its presence means the split is complete
+    return index
+
+
+def _member_table(tar_path: Path) -> dict[str, list]:
+    """Offsets of the image members and their labels, read back from the tar written."""
+    images: dict[str, tuple[int, int]] = {}
+    labels: dict[str, int] = {}
+    with tarfile.open(tar_path) as tar:
+        for member in tar:
+            key, _, ext = member.name.partition(".")
+            if ext == "cls":
+                labels[key] = int(tar.extractfile(member).read().decode())
+            elif ext == "jpg":
+                images[key] = (member.offset_data, member.size)
+    keys = sorted(images)
+    return {
+        "keys": keys,
+        "offsets": [images[k][0] for k in keys],
+        "sizes": [images[k][1] for k in keys],
+        "labels": [labels[k] for k in keys],
+    }
+
+
+@dataclass
+class ShardReader:
+    """Random access to the samples of one split's shards (picklable: file handles are opened per process)."""
+
+    root: Path
+    files: list[str]
+    shard_of: np.ndarray  # per sample: its shard number
+    offsets: np.ndarray
+    sizes: np.ndarray
+    labels: np.ndarray
+    keys: list[str]
+    classes: list[str]
+
+    @classmethod
+    def open(cls, root: str | os.PathLike, split: str) -> ShardReader:
+        index = index_path(root, split)
+        if not index.is_file():
+            raise FileNotFoundError(f"shard index not found: {index} (write shards with scripts/make_shards.py)")
+        meta = json.loads(index.read_text(encoding="utf-8"))
+        shards = meta["shards"]
+        return cls(
+            root=Path(root),
+            files=[s["file"] for s in shards],
+            shard_of=np.concatenate([np.full(len(s["keys"]), n, dtype=np.int64) for n, s in enumerate(shards)]),
+            offsets=np.concatenate([np.asarray(s["offsets"], dtype=np.int64) for s in shards]),
+            sizes=np.concatenate([np.asarray(s["sizes"], dtype=np.int64) for s in shards]),
+            labels=np.concatenate([np.asarray(s["labels"], dtype=np.int64) for s in shards]),
+            keys=[k for s in shards for k in s["keys"]],
+            classes=list(meta["classes"]),
+        )
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def label(self, i: int) -> int:
+        return int(self.labels[i])
+
+    def source(self, i: int) -> io.BytesIO:
+        name = self.files[self.shard_of[i]]
+        with open(self.root / name, "rb") as f:
+            f.seek(int(self.offsets[i]))
+            data = io.BytesIO(f.read(int(self.sizes[i])))
+        data.name = f"{self.root / name}:{self.keys[i]}.jpg"
+        return data
+
+    def epoch_order(self, seed: int, epoch: int) -> np.ndarray:
+        """Shards in a random order, each shard's samples shuffled: batches read from one or two files at a time."""
+        rng = np.random.default_rng((seed, epoch, 0))
+        bounds = np.searchsorted(self.shard_of, np.arange(len(self.files) + 1))  # samples are grouped by shard
+        shard_order = rng.permutation(len(self.files))
+        return np.concatenate([rng.permutation(np.arange(bounds[n], bounds[n + 1])) for n in shard_order])

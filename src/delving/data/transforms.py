@@ -1,0 +1,163 @@
+"""The paper's input pipeline (§4): scale jitter, random crop, flip, AlexNet PCA lighting, mean subtraction.
+
+Speed: only the crop window is resampled (Pillow's `resize(box=...)` gives the same pixels as resizing the
+whole image and cropping, because the filter is laid out on the same grid) and JPEGs are decoded at a reduced
+size with `draft` when the reduced image still covers the drawn scale.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+
+from delving.data.config import DataConfig, Normalize
+from delving.data.decode import ImageSource, decode_image_with_size
+
+# AlexNet's colour noise [16] adds sum_i alpha_i * lambda_i * p_i, alpha_i ~ N(0, 0.1), with the eigenvalues
+# lambda_i and eigenvectors p_i of ImageNet's 3x3 RGB pixel covariance. AlexNet never published its numbers; these
+# are fb.resnet.torch's estimate (facebookarchive/fb.resnet.torch, datasets/imagenet.lua, for pixels in [0, 1]),
+# the constants Caffe/Torch/PyTorch reimplementations use. Eigenvalues are x255 below since our pixels are 0-255.
+PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
+PCA_EIGVEC = (  # columns are the eigenvectors, rows are R, G, B
+    (-0.5675, 0.7192, 0.4009),
+    (-0.5808, -0.0045, -0.8140),
+    (-0.5836, -0.6948, 0.4203),
+)
+
+
+@dataclass(frozen=True)
+class TrainDraws:
+    """All random choices for one training sample, drawn before decoding (the scale picks the JPEG draft)."""
+
+    scale: int  # shorter side s
+    crop_x: float  # in [0, 1): position of the crop in the free horizontal range
+    crop_y: float
+    flip: bool
+    alpha: tuple[float, float, float]  # PCA lighting coefficients
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The generator of one sample's augmentation: a function of (seed, epoch, index) only, never of the
+    worker, the rank or the resume point."""
+    return np.random.default_rng((seed, epoch, index))
+
+
+def draw_train_params(rng: np.random.Generator, cfg: DataConfig) -> TrainDraws:
+    # Always the same number of draws in the same order, so switching flip or lighting off changes nothing else.
+    scale = int(rng.integers(cfg.scale_min, cfg.scale_max + 1))
+    crop_x, crop_y = (float(v) for v in rng.random(2))
+    flip = bool(rng.random() < 0.5)
+    alpha = rng.normal(0.0, 1.0, 3) * cfg.pca_lighting_std
+    return TrainDraws(scale, crop_x, crop_y, flip and cfg.flip, (float(alpha[0]), float(alpha[1]), float(alpha[2])))
+
+
+def resized_size(width: int, height: int, shorter: int) -> tuple[int, int]:
+    """(width, height) after resizing the shorter side to `shorter`, rounded as torchvision's Resize(int) does."""
+    if width <= height:
+        return shorter, int(shorter * height / width)
+    return int(shorter * width / height), shorter
+
+
+def resize_shorter(img: Image.Image, shorter: int) -> Image.Image:
+    """The test-side resize: the whole image, shorter side = `shorter`, bilinear with antialiasing (as torchvision)."""
+    size = resized_size(img.width, img.height, shorter)
+    return img if size == img.size else img.resize(size, Image.Resampling.BILINEAR)
+
+
+def _window(img: Image.Image, full_size: tuple[int, int], shorter: int, left: int, top: int, crop: int) -> Image.Image:
+    """The crop (left, top, crop, crop) of the image resized to `shorter`, resampling only that window.
+
+    `img` may be a draft-reduced decode of a file of `full_size`; the window is mapped by the actual ratio.
+    """
+    out_w, out_h = resized_size(*full_size, shorter)
+    sx, sy = img.width / out_w, img.height / out_h
+    box = (left * sx, top * sy, (left + crop) * sx, (top + crop) * sy)
+    return img.resize((crop, crop), Image.Resampling.BILINEAR, box=box)
+
+
+def train_crop(path: ImageSource, draws: TrainDraws, crop_size: int, use_draft: bool) -> Image.Image:
+    """Decode, then resize-to-s + crop + flip in one window resample. Raises BadImageError."""
+    img, full_size = decode_image_with_size(path, draws.scale if use_draft else None)
+    out_w, out_h = resized_size(*full_size, draws.scale)
+    left = min(int(draws.crop_x * (out_w - crop_size + 1)), out_w - crop_size)
+    top = min(int(draws.crop_y * (out_h - crop_size + 1)), out_h - crop_size)
+    window = _window(img, full_size, draws.scale, left, top, crop_size)
+    return window.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if draws.flip else window
+
+
+def reference_crop(img: Image.Image, draws: TrainDraws, crop_size: int) -> Image.Image:
+    """torchvision's Resize(s) + RandomCrop + RandomHorizontalFlip with our draws: the yardstick of the fast path."""
+    resized = TF.resize(img, draws.scale, interpolation=TF.InterpolationMode.BILINEAR)
+    out_w, out_h = resized.size
+    left = min(int(draws.crop_x * (out_w - crop_size + 1)), out_w - crop_size)
+    top = min(int(draws.crop_y * (out_h - crop_size + 1)), out_h - crop_size)
+    cropped = TF.crop(resized, top, left, crop_size, crop_size)
+    return TF.hflip(cropped) if draws.flip else cropped
+
+
+def center_crop(path: ImageSource, shorter: int, crop_size: int, use_draft: bool) -> Image.Image:
+    """Validation view: resize the shorter side to `shorter`, then the center crop (torchvision's rounding)."""
+    img, full_size = decode_image_with_size(path, shorter if use_draft else None)
+    out_w, out_h = resized_size(*full_size, shorter)
+    left, top = round((out_w - crop_size) / 2.0), round((out_h - crop_size) / 2.0)
+    return _window(img, full_size, shorter, left, top, crop_size)
+
+
+def pil_to_uint8(img: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> uint8 CHW tensor (no scaling: the model sees the 0-255 scale)."""
+    return torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1).contiguous()
+
+
+def lighting_offset(alpha: tuple[float, float, float]) -> torch.Tensor:
+    """Per-channel RGB shift of AlexNet's PCA lighting on the 0-255 scale."""
+    eigvec = torch.tensor(PCA_EIGVEC, dtype=torch.float64)
+    eigval = torch.tensor(PCA_EIGVAL, dtype=torch.float64) * 255.0
+    return (eigvec @ (torch.tensor(alpha, dtype=torch.float64) * eigval)).float()
+
+
+def _mean_std(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    mean = torch.tensor(list(cfg.mean), dtype=torch.float32)
+    std = torch.tensor(list(cfg.std), dtype=torch.float32) if cfg.normalize == Normalize.mean_std else None
+    return mean, std
+
+
+def normalize_tensor(pixels: torch.Tensor, cfg: DataConfig, shift: torch.Tensor | None = None) -> torch.Tensor:
+    """0-255 pixels (uint8 or float, CHW or NCHW) -> float32 model input: + shift (lighting), - mean, [/ std]."""
+    mean, std = _mean_std(cfg)
+    offset = -mean if shift is None else shift - mean
+    out = pixels.to(torch.float32) + offset.to(pixels.device).view(3, 1, 1)
+    return out if std is None else out / std.to(pixels.device).view(3, 1, 1)
+
+
+def to_model_input(img: Image.Image, cfg: DataConfig) -> torch.Tensor:
+    """A PIL RGB image (already resized/cropped by the caller) -> float32 CHW model input."""
+    return normalize_tensor(pil_to_uint8(img), cfg)
+
+
+class TrainTransform:
+    """The paper's training transform for one file: picklable, holds no random state of its own."""
+
+    def __init__(self, cfg: DataConfig) -> None:
+        self.cfg = cfg
+
+    def draws(self, rng: np.random.Generator) -> TrainDraws:
+        return draw_train_params(rng, self.cfg)
+
+    def __call__(self, path: ImageSource, draws: TrainDraws) -> torch.Tensor:
+        crop = train_crop(path, draws, self.cfg.crop_size, self.cfg.use_draft)
+        return normalize_tensor(pil_to_uint8(crop), self.cfg, lighting_offset(draws.alpha))
+
+
+class EvalTransform:
+    """Center-crop validation view of one file (resize shorter side to test_scale, crop crop_size)."""
+
+    def __init__(self, cfg: DataConfig) -> None:
+        self.cfg = cfg
+
+    def __call__(self, path: ImageSource) -> torch.Tensor:
+        crop = center_crop(path, self.cfg.test_scale, self.cfg.crop_size, self.cfg.use_draft)
+        return to_model_input(crop, self.cfg)
