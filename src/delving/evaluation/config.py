@@ -1,0 +1,91 @@
+"""The eval config schema (Hydra ConfigStore node `eval/base_eval`): types and allowed values are checked on compose."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from delving.data.config import DataConfig
+
+PAPER_CROP = 224  # the paper's training crop; test scales are given for it and rescaled for smaller models
+
+
+class Protocol(str, Enum):
+    center = "center"  # shorter side s, one centre crop of the training size
+    ten_view = "ten_view"  # AlexNet's 4 corners + centre (and their flips) at each scale
+    dense = "dense"  # the paper's multi-view test on feature maps: every window of the last map, stride 1
+    multiscale = "multiscale"  # `dense` at several scales, averaged (Tables 4 and 6)
+
+
+class ProbsDtype(str, Enum):
+    float32 = "float32"
+    float16 = "float16"  # half the file size; ties in top-k can then differ from the printed errors
+
+
+@dataclass
+class EvalConfig:
+    protocol: Protocol = Protocol.dense
+    # Shorter sides in the paper's pixels (for a 224 crop); multiplied by model.input_size / 224.
+    scales: list[int] = field(default_factory=lambda: [256])
+    flips: bool = True  # also run the horizontally flipped views and average them in
+    batch_size: int = 32  # images (dense) or crops (center, ten_view) per forward, per rank
+    num_workers: int | None = None  # decoding processes per rank; None: data.num_workers
+    max_pending_images: int = 256  # dense: images held in shape buckets before the fullest is flushed
+    amp: bool = False  # bfloat16 autocast on CUDA (softmax stays fp32); off for exact fp32 numbers
+    probs_dtype: ProbsDtype = ProbsDtype.float32  # how the predictions file stores the probabilities
+    limit: int | None = None  # evaluate only the first N images of the split (smoke runs)
+
+
+def effective_scales(scales: list[int], input_size: int) -> list[int]:
+    """Shorter sides in this model's pixels: the paper's 256/384/480 for a 224 crop, scaled to `input_size`."""
+    if not scales:
+        raise ValueError("eval.scales is empty: give at least one test scale, e.g. eval.scales=[256]")
+    resolved = [round(s * input_size / PAPER_CROP) for s in scales]
+    too_small = [s for s, r in zip(scales, resolved, strict=True) if r < input_size]
+    if too_small:
+        raise ValueError(
+            f"eval.scales {too_small} are smaller than the paper's crop {PAPER_CROP}: the resized image would "
+            f"not hold one {input_size}x{input_size} view of this model (scales are in paper pixels)"
+        )
+    return resolved
+
+
+@dataclass
+class EvaluateAppConfig:
+    """delving-eval (configs/evaluate.yaml). Without `data=`, the data config saved in the checkpoint is used."""
+
+    checkpoint: str = MISSING
+    data: DataConfig | None = None
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    split: str = "val"  # val | train (the data config's folders) or any split folder name
+    output: str | None = None  # predictions file; None: outputs/eval/<model>_<protocol>_<time>.npz
+    device: str = "auto"  # auto: cuda:<local rank> when CUDA is available, else cpu
+
+
+@dataclass
+class EnsembleAppConfig:
+    """delving-ensemble (configs/ensemble.yaml)."""
+
+    files: list[str] = MISSING  # predictions files of delving-eval
+    names: list[str] | None = None  # a label per file; None: the file names without .npz
+    weights: list[float] | None = None  # None: the plain mean of the probabilities
+    select: bool = False  # greedy forward selection on a held-out part of the images
+    select_fraction: float = 0.5  # the part used to select; every reported error is on the rest
+    seed: int = 0  # which images are held out
+    paper_table: str | None = None  # table2 | table4 | table5 | table6 | table7: show the paper's numbers
+    baseline: str | None = None  # a predictions file: per-class changes of the ensemble against it
+    worst_classes: int = 10
+    output_dir: str = "outputs/ensemble"  # gets ensemble.md and ensemble.json (and the predictions)
+    save_predictions: bool = False  # also write the ensemble's probabilities as ensemble.npz
+
+
+def register_configs() -> None:
+    """The schemas of delving-eval and delving-ensemble in Hydra's ConfigStore (idempotent)."""
+    store = ConfigStore.instance()
+    store.store(group="eval", name="base_eval", node=EvalConfig)
+    store.store(group="data", name="base_data", node=DataConfig)
+    store.store(name="base_evaluate", node=EvaluateAppConfig)
+    store.store(name="base_ensemble", node=EnsembleAppConfig)

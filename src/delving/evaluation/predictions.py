@@ -1,0 +1,136 @@
+"""Predictions files: one per model and protocol, an `.npz` that NumPy alone reads.
+
+Arrays: `ids` (N,) str, the image paths relative to the split folder; `labels` (N,) int64, class
+indices into `classes`; `probs` (N, C) float32 or float16, the averaged softmax of each image;
+`metadata` a 0-d str holding a JSON object (format version, model name and config, checkpoint
+sha256, protocol, scales, flips, data set, split, class list, errors). See the README.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT_VERSION = 1
+_ARRAYS = ("ids", "labels", "probs", "metadata")
+_SUM_TOLERANCE = {np.dtype(np.float16): 1e-2, np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-6}
+
+
+class PredictionsFileError(ValueError):
+    """A predictions file that is missing, partial, corrupt or inconsistent."""
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+
+
+@dataclass
+class Predictions:
+    ids: np.ndarray  # (N,) str
+    labels: np.ndarray  # (N,) int64
+    probs: np.ndarray  # (N, C) float
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.metadata["classes"])
+
+    @property
+    def class_names(self) -> list[str]:
+        """Human-readable names where the data set has them, else the class folder names."""
+        return list(self.metadata.get("class_names") or self.metadata["classes"])
+
+    @property
+    def num_images(self) -> int:
+        return len(self.ids)
+
+
+def check_predictions(pred: Predictions, where: str | os.PathLike = "predictions") -> None:
+    """Raises PredictionsFileError unless the arrays and metadata agree with each other."""
+    meta = pred.metadata
+    for key in ("classes", "dataset", "protocol"):
+        if key not in meta:
+            raise PredictionsFileError(where, f"metadata has no {key!r}")
+    num, num_classes = len(pred.ids), len(meta["classes"])
+    if pred.probs.ndim != 2 or pred.probs.shape != (num, num_classes):
+        raise PredictionsFileError(
+            where, f"probs has shape {pred.probs.shape}, expected ({num} images, {num_classes} classes)"
+        )
+    if pred.labels.shape != (num,):
+        raise PredictionsFileError(where, f"labels has shape {pred.labels.shape}, expected ({num},)")
+    if meta.get("num_images", num) != num:
+        raise PredictionsFileError(where, f"partial file: {num} images, metadata says {meta['num_images']}")
+    if num and (pred.labels.min() < 0 or pred.labels.max() >= num_classes):
+        raise PredictionsFileError(where, f"labels outside [0, {num_classes})")
+    if len(set(pred.ids.tolist())) != num:
+        raise PredictionsFileError(where, "duplicate image ids")
+    if not np.isfinite(pred.probs).all():
+        raise PredictionsFileError(where, "probs contain NaN or infinity")
+    tolerance = _SUM_TOLERANCE.get(pred.probs.dtype, 1e-4)
+    sums = pred.probs.sum(axis=1, dtype=np.float64)
+    if num and np.abs(sums - 1.0).max() > tolerance:
+        raise PredictionsFileError(
+            where, f"probabilities do not sum to 1 (worst row sums to {sums.max():.4f})"
+        )
+
+
+def save_predictions(path: str | os.PathLike, pred: Predictions) -> Path:
+    """Checks, then writes atomically (a temp file in the same folder, renamed), so no reader sees half a file."""
+    path = Path(path)
+    pred = Predictions(
+        ids=np.asarray(pred.ids, dtype=str),
+        labels=np.asarray(pred.labels, dtype=np.int64),
+        probs=np.asarray(pred.probs),
+        metadata={**pred.metadata, "format_version": FORMAT_VERSION, "num_images": len(pred.ids)},
+    )
+    check_predictions(pred, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(
+                handle,
+                ids=pred.ids,
+                labels=pred.labels,
+                probs=pred.probs,
+                metadata=np.array(json.dumps(pred.metadata, sort_keys=True)),
+            )
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_predictions(path: str | os.PathLike) -> Predictions:
+    """Reads and checks a predictions file; a missing, truncated or inconsistent file raises PredictionsFileError."""
+    path = Path(path)
+    if not path.is_file():
+        raise PredictionsFileError(path, "no such file")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [key for key in _ARRAYS if key not in archive.files]
+            if missing:
+                raise PredictionsFileError(path, f"not a predictions file: no {', '.join(missing)} array")
+            arrays = {key: archive[key] for key in _ARRAYS}
+        metadata = json.loads(str(arrays["metadata"]))
+    except PredictionsFileError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+        raise PredictionsFileError(path, f"unreadable or truncated ({type(exc).__name__}: {exc})") from exc
+    if metadata.get("format_version") != FORMAT_VERSION:
+        raise PredictionsFileError(
+            path, f"format version {metadata.get('format_version')}, expected {FORMAT_VERSION}"
+        )
+    pred = Predictions(arrays["ids"], arrays["labels"].astype(np.int64), arrays["probs"], metadata)
+    check_predictions(pred, path)
+    return pred
