@@ -18,7 +18,9 @@ class DatasetKind(str, Enum):
 
 
 class Normalize(str, Enum):
-    mean = "mean"  # subtract the mean RGB on the 0-255 scale, no std division (the paper's input, ~[-128, 128])
+    mean = (
+        "mean"  # subtract the mean RGB on the 0-255 scale, no std division (the paper's input, ~[-128, 128])
+    )
     mean_std = "mean_std"  # also divide by the std (unit variance input)
 
 
@@ -28,7 +30,9 @@ class DataConfig:
     root: str | None = None  # synthetic: None = a cache folder keyed by the generation parameters
     train_split: str = "train"
     val_split: str = "val"
-    class_names_file: str | None = None  # optional "<wnid> <name>" lines; None: look in the root (reports only)
+    class_names_file: str | None = (
+        None  # optional "<wnid> <name>" lines; None: look in the root (reports only)
+    )
 
     # The paper's training input: shorter side s ~ U[scale_min, scale_max] (integers), a random crop, a flip.
     crop_size: int = 224

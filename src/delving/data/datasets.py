@@ -17,9 +17,13 @@ def list_classes(split_dir: Path) -> list[str]:
     """Sorted sub-folder names (torchvision's order): the class index of a folder is its position here."""
     if not split_dir.is_dir():
         raise FileNotFoundError(f"data split folder not found: {split_dir}")
-    classes = sorted(entry.name for entry in os.scandir(split_dir) if entry.is_dir() and not entry.name.startswith("."))
+    classes = sorted(
+        entry.name for entry in os.scandir(split_dir) if entry.is_dir() and not entry.name.startswith(".")
+    )
     if not classes:
-        raise FileNotFoundError(f"no class folders in {split_dir} (expected {split_dir}/<class>/<image files>)")
+        raise FileNotFoundError(
+            f"no class folders in {split_dir} (expected {split_dir}/<class>/<image files>)"
+        )
     return classes
 
 
@@ -90,7 +94,9 @@ def read_devkit_meta(meta_mat: str | os.PathLike) -> dict[str, str]:
 def class_names(cfg: DataConfig, root: str | os.PathLike, classes: list[str]) -> list[str]:
     """Human-readable names for reports; the folder names where no name source exists (never an error)."""
     root = Path(root)
-    candidates = [Path(cfg.class_names_file)] if cfg.class_names_file else [root / f for f in CLASS_NAME_FILES]
+    candidates = (
+        [Path(cfg.class_names_file)] if cfg.class_names_file else [root / f for f in CLASS_NAME_FILES]
+    )
     names: dict[str, str] = {}
     for path in candidates:
         if path.is_file():

@@ -31,7 +31,9 @@ def source_name(source: ImageSource) -> str:
     return str(getattr(source, "name", source))
 
 
-def decode_image_with_size(path: ImageSource, draft_size: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
+def decode_image_with_size(
+    path: ImageSource, draft_size: int | None = None
+) -> tuple[Image.Image, tuple[int, int]]:
     """Decodes to RGB and also returns the file's full (width, height), which `draft` hides.
 
     With `draft_size`, a JPEG is decoded at the largest 1/2, 1/4 or 1/8 reduction whose shorter side is

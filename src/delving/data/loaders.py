@@ -139,10 +139,16 @@ class _TrainSet(Dataset):
         for step in range(min(MAX_CONSECUTIVE_BAD, len(self.reader))):
             candidate = (index + step) % len(self.reader)
             try:
-                return self.transform(self.reader.source(candidate), draws), self.reader.label(candidate), failures
+                return (
+                    self.transform(self.reader.source(candidate), draws),
+                    self.reader.label(candidate),
+                    failures,
+                )
             except BadImageError as err:
                 failures.append((err.path, err.reason))
-        raise TooManyBadImagesError(f"{len(failures)} unreadable images in a row from sample {index}: {failures}")
+        raise TooManyBadImagesError(
+            f"{len(failures)} unreadable images in a row from sample {index}: {failures}"
+        )
 
 
 class _EpochBatches:
@@ -192,9 +198,13 @@ def _collate_train(items: list[tuple[torch.Tensor, int, list[Failure]]]):
 
 
 def _loader_kwargs(cfg: DataConfig, pin_memory: bool, init: _WorkerInit) -> dict:
+    # A private generator: each new iterator draws a base seed from it, never from the global torch RNG,
+    # which the trainer's dropout uses and restores on resume.
+    generator = torch.Generator().manual_seed(0)
     if cfg.num_workers == 0:
-        return {"num_workers": 0, "pin_memory": pin_memory}
+        return {"num_workers": 0, "pin_memory": pin_memory, "generator": generator}
     return {
+        "generator": generator,
         "num_workers": cfg.num_workers,
         "persistent_workers": True,
         "prefetch_factor": cfg.prefetch_factor,
@@ -216,7 +226,9 @@ class TrainLoader:
         pin_memory: bool = False,
     ) -> None:
         if not 0 <= rank < world_size or batch_size < 1:
-            raise ValueError(f"need batch_size >= 1 and 0 <= rank < world_size, got {batch_size}, {rank}, {world_size}")
+            raise ValueError(
+                f"need batch_size >= 1 and 0 <= rank < world_size, got {batch_size}, {rank}, {world_size}"
+            )
         reader, self.classes = open_split(cfg, cfg.train_split)
         self.num_classes = len(self.classes)
         self.num_samples = len(reader)
@@ -275,7 +287,13 @@ class EvalLoader:
     """
 
     def __init__(
-        self, cfg: DataConfig, split: str, batch_size: int, rank: int = 0, world_size: int = 1, pin_memory: bool = False
+        self,
+        cfg: DataConfig,
+        split: str,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        pin_memory: bool = False,
     ) -> None:
         reader, self.classes = open_split(cfg, split)
         self.num_classes = len(self.classes)

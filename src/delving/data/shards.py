@@ -37,7 +37,9 @@ def write_shards(
     out_root.mkdir(parents=True, exist_ok=True)
     index = index_path(out_root, split)
     if index.exists():
-        raise FileExistsError(f"{index} exists: shards for split {split!r} were already written to {out_root}")
+        raise FileExistsError(
+            f"{index} exists: shards for split {split!r} were already written to {out_root}"
+        )
     order = np.random.default_rng(seed).permutation(len(samples))
     shards = []
     for shard_no, start in enumerate(range(0, len(samples), max_samples)):
@@ -45,10 +47,14 @@ def write_shards(
         with wds.TarWriter(str(out_root / name)) as writer:
             for position in order[start : start + max_samples]:
                 path, label = samples[position]
-                writer.write({"__key__": f"{int(position):08d}", "jpg": Path(path).read_bytes(), "cls": label})
+                writer.write(
+                    {"__key__": f"{int(position):08d}", "jpg": Path(path).read_bytes(), "cls": label}
+                )
         shards.append({"file": name, **_member_table(out_root / name)})
     tmp = index.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"version": INDEX_VERSION, "classes": classes, "shards": shards}), encoding="utf-8")
+    tmp.write_text(
+        json.dumps({"version": INDEX_VERSION, "classes": classes, "shards": shards}), encoding="utf-8"
+    )
     os.replace(tmp, index)  # the index appears last: its presence means the split is complete
     return index
 
@@ -90,13 +96,17 @@ class ShardReader:
     def open(cls, root: str | os.PathLike, split: str) -> ShardReader:
         index = index_path(root, split)
         if not index.is_file():
-            raise FileNotFoundError(f"shard index not found: {index} (write shards with scripts/make_shards.py)")
+            raise FileNotFoundError(
+                f"shard index not found: {index} (write shards with scripts/make_shards.py)"
+            )
         meta = json.loads(index.read_text(encoding="utf-8"))
         shards = meta["shards"]
         return cls(
             root=Path(root),
             files=[s["file"] for s in shards],
-            shard_of=np.concatenate([np.full(len(s["keys"]), n, dtype=np.int64) for n, s in enumerate(shards)]),
+            shard_of=np.concatenate(
+                [np.full(len(s["keys"]), n, dtype=np.int64) for n, s in enumerate(shards)]
+            ),
             offsets=np.concatenate([np.asarray(s["offsets"], dtype=np.int64) for s in shards]),
             sizes=np.concatenate([np.asarray(s["sizes"], dtype=np.int64) for s in shards]),
             labels=np.concatenate([np.asarray(s["labels"], dtype=np.int64) for s in shards]),
@@ -121,6 +131,8 @@ class ShardReader:
     def epoch_order(self, seed: int, epoch: int) -> np.ndarray:
         """Shards in a random order, each shard's samples shuffled: batches read from one or two files at a time."""
         rng = np.random.default_rng((seed, epoch, 0))
-        bounds = np.searchsorted(self.shard_of, np.arange(len(self.files) + 1))  # samples are grouped by shard
+        bounds = np.searchsorted(
+            self.shard_of, np.arange(len(self.files) + 1)
+        )  # samples are grouped by shard
         shard_order = rng.permutation(len(self.files))
         return np.concatenate([rng.permutation(np.arange(bounds[n], bounds[n + 1])) for n in shard_order])

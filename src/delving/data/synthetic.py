@@ -29,7 +29,16 @@ GENERATOR_VERSION = 1  # bump when the images change, so old caches are not reus
 COMPLETE_MARKER = ".complete"
 
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "diamond")
-HUES = {"red": 0.0, "orange": 0.08, "yellow": 0.16, "green": 0.33, "cyan": 0.5, "blue": 0.63, "purple": 0.76, "pink": 0.9}
+HUES = {
+    "red": 0.0,
+    "orange": 0.08,
+    "yellow": 0.16,
+    "green": 0.33,
+    "cyan": 0.5,
+    "blue": 0.63,
+    "purple": 0.76,
+    "pink": 0.9,
+}
 TEXTURES = ("plain", "striped", "checked")
 POSITIONS = ("top", "bottom")
 MAX_CLASSES = len(SHAPES) * len(HUES) * len(TEXTURES) * len(POSITIONS)
@@ -102,7 +111,20 @@ def _shape_polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> 
         pts = [(0, 1), (0.6, 0), (0, -1), (-0.6, 0)]
     else:  # cross
         w = 0.33
-        pts = [(w, 1), (-w, 1), (-w, w), (-1, w), (-1, -w), (-w, -w), (-w, -1), (w, -1), (w, -w), (1, -w), (1, w), (w, w)]
+        pts = [
+            (w, 1),
+            (-w, 1),
+            (-w, w),
+            (-1, w),
+            (-1, -w),
+            (-w, -w),
+            (-w, -1),
+            (w, -1),
+            (w, -w),
+            (1, -w),
+            (1, w),
+            (w, w),
+        ]
     c, s = np.cos(angle), np.sin(angle)
     return [(cx + r * (x * c - y * s), cy + r * (x * s + y * c)) for x, y in pts]
 
@@ -139,7 +161,9 @@ def render_image(cls: SyntheticClass, params: SyntheticParams, rng: np.random.Ge
 
     # Background: a smooth random colour field (a 3x3 grid upsampled) of low saturation.
     grid = rng.uniform(40, 215, (3, 3, 3)).astype(np.uint8)
-    canvas = np.asarray(Image.fromarray(grid).resize((width, height), Image.Resampling.BILINEAR), dtype=np.float64)
+    canvas = np.asarray(
+        Image.fromarray(grid).resize((width, height), Image.Resampling.BILINEAR), dtype=np.float64
+    )
 
     def paste(mask: Image.Image, colour: np.ndarray, pattern: np.ndarray | None = None) -> None:
         bbox = mask.getbbox()  # blend only where the shape is: most of the time goes here
@@ -159,7 +183,10 @@ def render_image(cls: SyntheticClass, params: SyntheticParams, rng: np.random.Ge
         mask = Image.new("L", (width, height), 0)
         r = rng.uniform(0.05, 0.13) * shorter
         _draw_shape(
-            ImageDraw.Draw(mask), SHAPES[rng.integers(len(SHAPES))], *rng.uniform(0, 1, 2) * (width, height), r,
+            ImageDraw.Draw(mask),
+            SHAPES[rng.integers(len(SHAPES))],
+            *rng.uniform(0, 1, 2) * (width, height),
+            r,
             rng.uniform(0, 2 * np.pi),
         )
         clutter.append((mask, _hsv(rng.random(), rng.uniform(0.3, 1.0), rng.uniform(0.3, 1.0))))
@@ -198,7 +225,9 @@ def generate(params: SyntheticParams, target: Path) -> None:
     """Writes the whole set under `target` (which must not exist), with the completion marker last."""
     classes = synthetic_classes(params)
     wnids = [f"syn{k:04d}" for k in range(len(classes))]
-    for split_code, (split, per_class) in enumerate((("train", params.train_per_class), ("val", params.val_per_class))):
+    for split_code, (split, per_class) in enumerate(
+        (("train", params.train_per_class), ("val", params.val_per_class))
+    ):
         for k, (wnid, cls) in enumerate(zip(wnids, classes, strict=True)):
             folder = target / split / wnid
             folder.mkdir(parents=True)
@@ -208,7 +237,9 @@ def generate(params: SyntheticParams, target: Path) -> None:
                 (folder / f"{wnid}_{split}_{i:05d}.JPEG").write_bytes(data)
     names = "".join(f"{wnid} {cls.name}\n" for wnid, cls in zip(wnids, classes, strict=True))
     (target / "classes.txt").write_text(names, encoding="utf-8")
-    (target / COMPLETE_MARKER).write_text(json.dumps(params.as_dict(), sort_keys=True) + "\n", encoding="utf-8")
+    (target / COMPLETE_MARKER).write_text(
+        json.dumps(params.as_dict(), sort_keys=True) + "\n", encoding="utf-8"
+    )
 
 
 def ensure_synthetic(cfg: DataConfig) -> Path:

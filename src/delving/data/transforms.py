@@ -52,7 +52,9 @@ def draw_train_params(rng: np.random.Generator, cfg: DataConfig) -> TrainDraws:
     crop_x, crop_y = (float(v) for v in rng.random(2))
     flip = bool(rng.random() < 0.5)
     alpha = rng.normal(0.0, 1.0, 3) * cfg.pca_lighting_std
-    return TrainDraws(scale, crop_x, crop_y, flip and cfg.flip, (float(alpha[0]), float(alpha[1]), float(alpha[2])))
+    return TrainDraws(
+        scale, crop_x, crop_y, flip and cfg.flip, (float(alpha[0]), float(alpha[1]), float(alpha[2]))
+    )
 
 
 def resized_size(width: int, height: int, shorter: int) -> tuple[int, int]:
@@ -68,7 +70,9 @@ def resize_shorter(img: Image.Image, shorter: int) -> Image.Image:
     return img if size == img.size else img.resize(size, Image.Resampling.BILINEAR)
 
 
-def _window(img: Image.Image, full_size: tuple[int, int], shorter: int, left: int, top: int, crop: int) -> Image.Image:
+def _window(
+    img: Image.Image, full_size: tuple[int, int], shorter: int, left: int, top: int, crop: int
+) -> Image.Image:
     """The crop (left, top, crop, crop) of the image resized to `shorter`, resampling only that window.
 
     `img` may be a draft-reduced decode of a file of `full_size`; the window is mapped by the actual ratio.
@@ -125,7 +129,9 @@ def _mean_std(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
     return mean, std
 
 
-def normalize_tensor(pixels: torch.Tensor, cfg: DataConfig, shift: torch.Tensor | None = None) -> torch.Tensor:
+def normalize_tensor(
+    pixels: torch.Tensor, cfg: DataConfig, shift: torch.Tensor | None = None
+) -> torch.Tensor:
     """0-255 pixels (uint8 or float, CHW or NCHW) -> float32 model input: + shift (lighting), - mean, [/ std]."""
     mean, std = _mean_std(cfg)
     offset = -mean if shift is None else shift - mean

@@ -1,0 +1,124 @@
+import logging
+
+import pytest
+import torch
+from test_data_helpers import make_folder_dataset, tiny_config, write_jpeg
+
+from delving.data.decode import TooManyBadImagesError
+from delving.data.loaders import EvalLoader, TrainLoader
+from delving.data.transforms import EvalTransform
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_folder_dataset(tmp_path_factory.mktemp("ds"), classes=3, train_per_class=12, val_per_class=5)
+
+
+def _epoch(loader: TrainLoader, epoch: int, start_step: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return list(loader.epoch(epoch, start_step))
+
+
+def test_two_ranks_with_half_batches_equal_one_rank(dataset):
+    cfg = tiny_config(dataset)
+    single = TrainLoader(cfg, batch_size=8, seed=5)
+    halves = [TrainLoader(cfg, batch_size=4, rank=r, world_size=2, seed=5) for r in range(2)]
+    assert single.steps_per_epoch == halves[0].steps_per_epoch == halves[1].steps_per_epoch == 36 // 8
+    assert single.num_classes == 3 and single.classes == ["c0", "c1", "c2"]
+    full = _epoch(single, 1)
+    parts = [_epoch(h, 1) for h in halves]
+    for step, (images, labels) in enumerate(full):
+        assert (
+            images.shape == (8, 3, 16, 16) and images.dtype == torch.float32 and labels.dtype == torch.int64
+        )
+        assert torch.equal(images, torch.cat([parts[0][step][0], parts[1][step][0]]))
+        assert torch.equal(labels, torch.cat([parts[0][step][1], parts[1][step][1]]))
+
+
+def test_every_rank_gets_the_same_number_of_full_batches(dataset):
+    cfg = tiny_config(dataset)
+    loaders = [TrainLoader(cfg, batch_size=5, rank=r, world_size=3, seed=0) for r in range(3)]
+    counts = [[len(labels) for _, labels in loader.epoch(0)] for loader in loaders]
+    assert counts == [[5, 5], [5, 5], [5, 5]]  # 36 samples // 15 per global step = 2, tail of 6 dropped
+
+
+def test_epoch_is_a_permutation_and_changes_with_epoch_and_seed(dataset):
+    cfg = tiny_config(dataset, pca_lighting_std=0.0, flip=False)
+    loader = TrainLoader(cfg, batch_size=12, seed=1)
+    labels = torch.cat([labels for _, labels in loader.epoch(0)])
+    assert sorted(labels.tolist()) == [0] * 12 + [1] * 12 + [2] * 12  # batch 12 divides 36: every sample once
+    again = torch.cat([labels for _, labels in loader.epoch(0)])
+    assert torch.equal(labels, again)
+    assert not torch.equal(labels, torch.cat([labels for _, labels in loader.epoch(1)]))
+    other_seed = TrainLoader(cfg, batch_size=12, seed=2)
+    assert not torch.equal(labels, torch.cat([labels for _, labels in other_seed.epoch(0)]))
+
+
+def test_workers_and_resume_do_not_change_the_batches(dataset):
+    cfg0 = tiny_config(dataset)
+    reference = _epoch(TrainLoader(cfg0, batch_size=6, seed=3), 2)
+    with_workers = TrainLoader(tiny_config(dataset, num_workers=2, prefetch_factor=2), batch_size=6, seed=3)
+    for epoch_batches in (_epoch(with_workers, 2), _epoch(with_workers, 2)):  # persistent workers, twice
+        assert len(epoch_batches) == len(reference) == 6
+        for (a, la), (b, lb) in zip(reference, epoch_batches, strict=True):
+            assert torch.equal(a, b) and torch.equal(la, lb)
+    tail = _epoch(TrainLoader(cfg0, batch_size=6, seed=3), 2, start_step=4)
+    assert len(tail) == 2
+    for (a, la), (b, lb) in zip(reference[4:], tail, strict=True):
+        assert torch.equal(a, b) and torch.equal(la, lb)
+
+
+def test_eval_loader_covers_every_image_exactly_once(dataset):
+    cfg = tiny_config(dataset)
+    loaders = [EvalLoader(cfg, "val", batch_size=4, rank=r, world_size=4) for r in range(4)]
+    assert all(loader.num_samples == 15 for loader in loaders)
+    per_rank = [torch.cat([labels for _, labels in loader]) for loader in loaders]
+    assert [len(labels) for labels in per_rank] == [4, 4, 4, 3]  # no padding
+    assert sorted(torch.cat(per_rank).tolist()) == [0] * 5 + [1] * 5 + [2] * 5
+    images, labels = next(iter(loaders[1]))
+    first = EvalTransform(cfg)(dataset / "val" / "c0" / "001.JPEG")  # sample 1 -> rank 1's first
+    assert images.shape == (4, 3, 16, 16) and torch.equal(images[0], first) and labels[0] == 0
+
+
+@pytest.fixture()
+def dataset_with_bad_files(tmp_path):
+    root = make_folder_dataset(tmp_path / "ds", classes=3, train_per_class=10, val_per_class=2)
+    (root / "train" / "c0" / "003.JPEG").write_bytes(b"")  # zero-byte
+    data = (root / "train" / "c1" / "005.JPEG").read_bytes()
+    (root / "train" / "c1" / "005.JPEG").write_bytes(data[: len(data) // 3])  # truncated
+    write_jpeg(root / "train" / "c2" / "007.JPEG", 40, 30, seed=9, fmt="PNG")  # readable PNG named .JPEG
+    write_jpeg(root / "train" / "c2" / "008.JPEG", 40, 30, seed=9, mode="CMYK")  # readable CMYK
+    return root
+
+
+def test_bad_files_are_replaced_counted_and_logged_once(dataset_with_bad_files, caplog):
+    loader = TrainLoader(tiny_config(dataset_with_bad_files, max_bad_fraction=0.1), batch_size=30, seed=0)
+    with caplog.at_level(logging.WARNING, logger="delving.data.loaders"):
+        for epoch in range(2):
+            batches = _epoch(loader, epoch)
+            assert [len(labels) for _, labels in batches] == [30]  # the batch keeps its size
+            # Replacement is the next file in the listing: c0/004 for c0/003 (class 0), c1/006 for c1/005.
+            assert sorted(batches[0][1].tolist()) == [0] * 10 + [1] * 10 + [2] * 10
+    assert loader.bad_files.skipped == 4 and loader.bad_files.reads == 64
+    warnings = [r.getMessage() for r in caplog.records if "skipping unreadable" in r.getMessage()]
+    assert len(warnings) == 2
+    assert any("003.JPEG (zero-byte file)" in w for w in warnings)
+    assert any("005.JPEG" in w and "truncated" in w.lower() for w in warnings)
+
+
+def test_too_many_bad_files_stop_the_run(dataset_with_bad_files):
+    loader = TrainLoader(tiny_config(dataset_with_bad_files, max_bad_fraction=0.05), batch_size=30, seed=0)
+    with pytest.raises(TooManyBadImagesError, match=r"2 unreadable images skipped out of 32 read"):
+        _epoch(loader, 0)  # 2 > 0.05 * 32
+    with_workers = TrainLoader(
+        tiny_config(dataset_with_bad_files, max_bad_fraction=0.05, num_workers=2), batch_size=10, seed=0
+    )
+    with pytest.raises(TooManyBadImagesError):
+        _epoch(with_workers, 0)
+
+
+def test_eval_loader_drops_bad_images(dataset_with_bad_files):
+    root = dataset_with_bad_files
+    (root / "val" / "c1" / "000.JPEG").write_bytes(b"")
+    loader = EvalLoader(tiny_config(root, max_bad_fraction=0.5), "val", batch_size=4)
+    labels = torch.cat([labels for _, labels in loader])
+    assert sorted(labels.tolist()) == [0, 0, 1, 2, 2] and loader.skipped == 1 and loader.num_samples == 6
