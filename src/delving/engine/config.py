@@ -1,0 +1,125 @@
+"""The training app's config schema. Hydra validates every composed config against it before any work:
+a wrong key fails with the key's name, a wrong enum value with the allowed values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+
+from delving.data.config import DataConfig
+from delving.evaluation.config import EvalConfig
+from delving.models.config import ModelConfig
+
+
+class MomentumForm(str, Enum):
+    caffe = "caffe"  # V <- mu V + lr (g + wd w); w <- w - V: the paper's solver (paper.md Sec. 7)
+    pytorch = "pytorch"  # b <- mu b + (g + wd w); w <- w - lr b: torch.optim.SGD
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4  # on conv/fc weights only; never on biases or PReLU slopes
+    momentum_form: MomentumForm = MomentumForm.caffe
+
+
+class SchedKind(str, Enum):
+    plateau = "plateau"  # divide by `factor` when val top-1 error stops improving (the paper's rule)
+    milestones = "milestones"  # divide by `factor` at fixed epochs
+    constant = "constant"
+
+
+@dataclass
+class SchedConfig:
+    name: SchedKind = SchedKind.plateau
+    factor: float = 0.1
+    min_lr: float = 1e-4  # 1e-2 -> 1e-3 -> 1e-4 and no lower
+    patience: int = 3  # plateau: epochs without a `threshold` relative improvement before a drop
+    threshold: float = 0.01
+    milestones: list[int] = field(default_factory=list)
+
+
+class WandbMode(str, Enum):
+    offline = "offline"
+    online = "online"
+    disabled = "disabled"
+
+
+@dataclass
+class WandbConfig:
+    mode: WandbMode = WandbMode.offline  # never needs an account or a network
+    project: str = "delving"
+    entity: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LoggerConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    log_every_steps: int = 20
+    progress_bar: bool = True  # rank 0 only, and quiet when stderr is not a terminal
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"  # autocast; no loss scaling needed
+    fp16 = "fp16"  # autocast + GradScaler
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 80
+    batch_size: int = 128  # global: split over ranks (and accumulation steps)
+    grad_accum_steps: int = 1
+    precision: Precision = Precision.fp32
+    channels_last: bool = False
+    compile: bool = False  # torch.compile, applied before DDP
+    cudnn_benchmark: bool = True
+    device: str = "auto"  # auto: cuda:<local rank> when CUDA is available, else cpu
+    checkpoint_every_steps: int = 0  # 0: only at the end of each epoch (last.pt)
+    keep_best: int = 3  # best-k checkpoints by val top-1 error
+    val_every_epochs: int = 1
+    val_max_images: int | None = None  # e.g. 3000 for Figs. 2-3's error curves; None: the whole split
+    final_eval: bool = True  # run the `eval` protocol on the val split after the last epoch
+    dist_timeout_s: int = 1800
+
+
+@dataclass
+class LauncherConfig:
+    name: str = "local"
+
+
+@dataclass
+class AppConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    experiment_name: str = "default"
+    paper_reference: dict[str, Any] = field(default_factory=dict)  # the paper's numbers this run reproduces
+    seed: int = 0
+    resume: str | None = None  # auto: the run directory's last.pt; or a checkpoint path
+
+
+def register_configs() -> None:
+    """Put the schemas in Hydra's ConfigStore (idempotent)."""
+    store = ConfigStore.instance()
+    store.store(name="base_train", node=AppConfig)
+    for group, node in (
+        ("model", ModelConfig),
+        ("data", DataConfig),
+        ("optim", OptimConfig),
+        ("sched", SchedConfig),
+        ("eval", EvalConfig),
+        ("logger", LoggerConfig),
+        ("launcher", LauncherConfig),
+    ):
+        store.store(group=group, name=f"base_{group}", node=node)

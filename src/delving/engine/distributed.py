@@ -1,0 +1,117 @@
+"""Process-group set-up from torchrun's or SLURM's variables, and the few collectives the trainer needs."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _first_slurm_host(nodelist: str) -> str:
+    """First host of a SLURM node list ("gpu[03-05,07],cpu1" -> "gpu03"); scontrol when it is there."""
+    try:
+        out = subprocess.run(
+            ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True
+        )
+        return out.stdout.split()[0]
+    except (OSError, subprocess.CalledProcessError, IndexError):
+        match = re.match(r"([^\[,]+)(?:\[([^\],-]+))?", nodelist)
+        if not match:
+            raise ValueError(f"cannot read the first host of SLURM_JOB_NODELIST={nodelist!r}") from None
+        return match.group(1) + (match.group(2) or "")
+
+
+def environment_ranks(env: dict[str, str] | None = None) -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun, else from SLURM (one task per GPU), else (0, 1, 0).
+
+    Under SLURM it also fills MASTER_ADDR/MASTER_PORT when the job script did not.
+    """
+    env = os.environ if env is None else env
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
+    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        env.setdefault("MASTER_ADDR", _first_slurm_host(env["SLURM_JOB_NODELIST"]))
+        env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
+        return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0))
+    return 0, 1, 0
+
+
+def pick_device(requested: str, local_rank: int) -> torch.device:
+    if requested == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device(f"cuda:{local_rank}")
+    return device
+
+
+def init_distributed(requested_device: str = "auto", timeout_s: int = 1800) -> DistributedContext:
+    """Joins the process group (nccl on GPU, gloo on CPU) when launched with several processes."""
+    rank, world_size, local_rank = environment_ranks()
+    device = pick_device(requested_device, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(
+            backend="nccl" if device.type == "cuda" else "gloo",
+            init_method="env://",
+            rank=rank,
+            world_size=world_size,
+            timeout=datetime.timedelta(seconds=timeout_s),
+        )
+    return DistributedContext(rank, world_size, local_rank, device)
+
+
+def shutdown_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def gather_to_main(obj: Any, ctx: DistributedContext) -> list[Any] | None:
+    """Every rank's `obj` on rank 0 (None elsewhere); all ranks must call it."""
+    if not ctx.is_distributed:
+        return [obj]
+    gathered: list[Any] | None = [None] * ctx.world_size if ctx.is_main else None
+    dist.gather_object(obj, gathered, dst=0)
+    return gathered
+
+
+def broadcast_from_main(obj: Any, ctx: DistributedContext) -> Any:
+    if not ctx.is_distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier(ctx: DistributedContext) -> None:
+    if ctx.is_distributed:
+        dist.barrier()

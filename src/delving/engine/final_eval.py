@@ -1,0 +1,49 @@
+"""After training: the config's test protocol on the val split, a predictions file and a printed table."""
+
+from __future__ import annotations
+
+from delving.engine.logging import log
+from delving.engine.trainer import Trainer
+from delving.evaluation.evaluator import evaluate
+from delving.evaluation.predictions import save_predictions
+
+
+def run_final_eval(trainer: Trainer) -> dict[str, float]:
+    """Collective: every rank evaluates its share; rank 0 writes predictions-<protocol>.npz and logs."""
+    cfg, ctx = trainer.cfg, trainer.ctx
+    protocol = getattr(cfg.eval.protocol, "value", cfg.eval.protocol)
+    result = evaluate(
+        trainer.model,
+        cfg.data,
+        cfg.eval,
+        split="val",
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        device=ctx.device,
+        extra_metadata={"config": trainer.config, "checkpoint": str(trainer.run_dir / "last.pt")},
+    )
+    summary = {
+        "top1_error": result.top1_error,
+        "top5_error": result.top5_error,
+        "num_images": result.num_images,
+    }
+    if ctx.is_main:
+        path = save_predictions(trainer.run_dir / f"predictions-{protocol}.npz", result.predictions())
+        scales = ", ".join(str(s) for s in cfg.eval.scales)
+        log.info(
+            "final evaluation (%s, scales %s, flips %s) on %d val images:\n"
+            "| protocol | top-1 error | top-5 error |\n|---|---|---|\n| %s | %.2f%% | %.2f%% |\npredictions: %s",
+            protocol,
+            scales,
+            cfg.eval.flips,
+            result.num_images,
+            protocol,
+            result.top1_error,
+            result.top5_error,
+            path,
+        )
+        if trainer.metrics is not None:
+            trainer.metrics.write(
+                {"type": "final_eval", "step": trainer.global_step, "protocol": protocol, **summary}
+            )
+    return summary

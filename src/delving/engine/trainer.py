@@ -1,0 +1,398 @@
+"""The Trainer: DDP training of any registered net with exact resume, metrics and checkpoints.
+
+It knows the model only as an nn.Module (plus the param-group helper) and the data only through
+TrainLoader/EvalLoader; every rank runs the same steps and the same collectives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from delving.data.loaders import EvalLoader, TrainLoader
+from delving.engine.checkpoint import (
+    FORMAT_VERSION,
+    CheckpointError,
+    atomic_torch_save,
+    capture_rng_state,
+    check_resumable,
+    load_checkpoint,
+    restore_rng_state,
+)
+from delving.engine.config import Precision
+from delving.engine.distributed import (
+    DistributedContext,
+    all_reduce_sum,
+    barrier,
+    broadcast_from_main,
+    gather_to_main,
+    init_distributed,
+)
+from delving.engine.logging import MetricsLog, log, progress_bar, setup_console_logging
+from delving.engine.optim import EpochScheduler, build_optimizer
+from delving.models import build_model
+
+# Fault injection for the resume tests: SIGKILL this process right after this global step.
+KILL_AT_STEP_ENV = "DELVING_KILL_AT_STEP"
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def config_to_dict(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # type: ignore[return-value]
+
+
+class Trainer:
+    def __init__(self, cfg: DictConfig, run_dir: str | Path) -> None:
+        self.cfg = cfg
+        self.config = config_to_dict(cfg)
+        self.run_dir = Path(run_dir)
+        self.ctx: DistributedContext = init_distributed(cfg.train.device, cfg.train.dist_timeout_s)
+        setup_console_logging(self.run_dir, self.ctx.is_main)
+        train = cfg.train
+        per_rank, remainder = divmod(train.batch_size, self.ctx.world_size * train.grad_accum_steps)
+        if remainder or per_rank == 0:
+            raise ValueError(
+                f"train.batch_size={train.batch_size} (global) does not split evenly over {self.ctx.world_size} "
+                f"rank(s) x {train.grad_accum_steps} accumulation step(s); pick a multiple of "
+                f"{self.ctx.world_size * train.grad_accum_steps}."
+            )
+        self.micro_batch = per_rank
+        self.device = self.ctx.device
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = train.cudnn_benchmark
+
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+        self.model = build_model(cfg.model).to(self.device)
+        if train.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.scheduler = EpochScheduler(self.optimizer, cfg.sched)
+        self.precision = Precision(train.precision)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision is Precision.fp16)
+        self.train_loader = TrainLoader(
+            cfg.data,
+            batch_size=per_rank * train.grad_accum_steps,
+            rank=self.ctx.rank,
+            world_size=self.ctx.world_size,
+            seed=cfg.seed,
+            pin_memory=self.device.type == "cuda",
+        )
+        if self.train_loader.num_classes != cfg.model.num_classes:
+            raise ValueError(
+                f"the data set has {self.train_loader.num_classes} classes but model.num_classes="
+                f"{cfg.model.num_classes}; set model.num_classes={self.train_loader.num_classes}"
+            )
+        self.val_loader = EvalLoader(
+            cfg.data,
+            cfg.data.val_split,
+            batch_size=per_rank,
+            rank=self.ctx.rank,
+            world_size=self.ctx.world_size,
+        )
+        self.net: nn.Module = torch.compile(self.model) if train.compile else self.model
+        if self.ctx.is_distributed:
+            self.net = DistributedDataParallel(
+                self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+
+        self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
+        self.best: list[dict[str, Any]] = []
+        wandb_run_id = self._maybe_resume()
+        # Dropout draws from each rank's own stream (restored exactly on resume).
+        if not self._resumed:
+            torch.manual_seed(cfg.seed * 1_000_003 + self.ctx.rank)
+        self.metrics = (
+            MetricsLog(self.run_dir, cfg.logger, self.config, wandb_run_id) if self.ctx.is_main else None
+        )
+        if self.metrics is not None and self._resumed:
+            self.metrics.truncate_after(self.global_step)
+
+    # ---------------------------------------------------------------- resume
+    def _resume_path(self) -> Path | None:
+        resume = self.cfg.resume
+        if resume in (None, "", "null"):
+            return None
+        if resume == "auto":
+            last = self.run_dir / "last.pt"
+            return last if last.exists() else None
+        return Path(resume)
+
+    def _maybe_resume(self) -> str | None:
+        self._resumed = False
+        path = self._resume_path()
+        if path is None:
+            return None
+        state = load_checkpoint(path)
+        check_resumable(state, self.config, path)
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as error:
+            raise CheckpointError(f"{path}: its weights do not fit this model: {error}") from error
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step_in_epoch, self.global_step = (
+            state["epoch"],
+            state["step_in_epoch"],
+            state["global_step"],
+        )
+        self.best = list(state["best"])
+        rng_states = state["rng"]
+        if len(rng_states) == self.ctx.world_size:
+            restore_rng_state(rng_states[self.ctx.rank])
+        else:
+            log.warning(
+                "checkpoint has RNG states of %d ranks, this run has %d: dropout draws will differ from an "
+                "uninterrupted run (the data order does not).",
+                len(rng_states),
+                self.ctx.world_size,
+            )
+            torch.manual_seed(self.cfg.seed * 1_000_003 + self.ctx.rank + self.global_step)
+        self._resumed = True
+        log.info(
+            "resumed from %s at epoch %d, step %d (global step %d)",
+            path,
+            self.epoch,
+            self.step_in_epoch,
+            self.global_step,
+        )
+        return state.get("wandb_run_id")
+
+    def _save(self, name: str) -> Path | None:
+        """Collective: gathers every rank's RNG state; rank 0 writes run_dir/name atomically."""
+        rng_states = gather_to_main(capture_rng_state(), self.ctx)
+        path = self.run_dir / name
+        if self.ctx.is_main:
+            atomic_torch_save(
+                {
+                    "format_version": FORMAT_VERSION,
+                    "model": self.model.state_dict(),
+                    "config": self.config,
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "scaler": self.scaler.state_dict(),
+                    "epoch": self.epoch,
+                    "step_in_epoch": self.step_in_epoch,
+                    "global_step": self.global_step,
+                    "rng": rng_states,
+                    "best": self.best,
+                    "wandb_run_id": self.metrics.wandb_run_id if self.metrics else None,
+                    "world_size": self.ctx.world_size,
+                },
+                path,
+            )
+        barrier(self.ctx)
+        return path if self.ctx.is_main else None
+
+    def _update_best(self, last: Path, top1_error: float) -> None:
+        """Keep the k best epochs by val error as hard links to last.pt (no second write of the state)."""
+        entry = {
+            "top1_error": top1_error,
+            "epoch": self.epoch - 1,
+            "file": f"best-epoch{self.epoch - 1:03d}.pt",
+        }
+        ranked = sorted([*self.best, entry], key=lambda e: (e["top1_error"], e["epoch"]))
+        keep, drop = ranked[: self.cfg.train.keep_best], ranked[self.cfg.train.keep_best :]
+        if entry in keep:
+            target = self.run_dir / entry["file"]
+            target.unlink(missing_ok=True)
+            try:
+                os.link(last, target)
+            except OSError:
+                atomic_torch_save(torch.load(last, weights_only=True), target)
+        for old in drop:
+            (self.run_dir / old["file"]).unlink(missing_ok=True)
+        self.best = keep
+
+    # ---------------------------------------------------------------- steps
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision is Precision.fp32:
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision is Precision.bf16 else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _train_step(
+        self, images: torch.Tensor, labels: torch.Tensor, want_grad_norms: bool
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        images = images.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        if self.cfg.train.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        accum = self.cfg.train.grad_accum_steps
+        total = torch.zeros((), device=self.device)
+        for index, (x, y) in enumerate(zip(images.chunk(accum), labels.chunk(accum), strict=True)):
+            sync = index == accum - 1 or not isinstance(self.net, DistributedDataParallel)
+            with contextlib.nullcontext() if sync else self.net.no_sync(), self._autocast():
+                loss = F.cross_entropy(self.net(x), y) / accum
+            self.scaler.scale(loss).backward()
+            total += loss.detach()
+        grad_norms = self._grad_norms() if want_grad_norms else {}
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total, grad_norms
+
+    def _grad_norms(self) -> dict[str, float]:
+        # After backward: DDP has averaged the gradients, so every rank sees the same values.
+        norms = {
+            f"grad_norm/{name.removesuffix('.weight')}": p.grad.detach().float().norm()
+            for name, p in self.model.named_parameters()
+            if p.grad is not None and p.ndim > 1
+        }
+        return {k: v.item() for k, v in norms.items()}
+
+    def _prelu_slopes(self) -> dict[str, float]:
+        return {
+            f"prelu_slope/{name}": module.weight.detach().float().mean().item()
+            for name, module in self.model.named_modules()
+            if isinstance(module, nn.PReLU)
+        }
+
+    def _check_losses(self, losses: list[torch.Tensor], first_step: int) -> float:
+        """Mean loss over all ranks of the steps since the last check; stops on NaN/Inf (collective)."""
+        stacked = torch.stack(losses) if losses else torch.zeros(1, device=self.device)
+        bad = ~torch.isfinite(stacked)
+        first_bad = torch.where(bad.any(), bad.float().argmax(), torch.tensor(-1, device=self.device)).float()
+        summary = torch.stack(
+            [torch.nan_to_num(stacked, nan=0.0, posinf=0.0, neginf=0.0).sum(), first_bad.clamp(min=-1) + 1]
+        )
+        reduced = all_reduce_sum(summary.clone()).cpu()
+        if reduced[1] > 0 or bad.any():
+            step = first_step + int(first_bad.item()) if bad.any() else first_step
+            raise NonFiniteLossError(
+                f"the loss became NaN or Inf at global step {step} (epoch {self.epoch}). The run stopped; "
+                f"{self.run_dir / 'last.pt'} still holds the last good state. Lower optim.lr, check the "
+                "data (delving-verify-data) or the init, then resume=auto."
+            )
+        return reduced[0].item() / (max(len(losses), 1) * self.ctx.world_size)
+
+    # ---------------------------------------------------------------- loops
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Center-crop top-1/top-5 error on the val split; each image counted once over all ranks."""
+        self.model.eval()
+        counts = torch.zeros(4, dtype=torch.float64)  # top-1 hits, top-5 hits, images, unreadable images
+        for images, labels in self.val_loader:
+            with self._autocast():
+                logits = self.model(images.to(self.device, non_blocking=True)).float().cpu()
+            hits = logits.topk(min(5, logits.shape[1]), dim=1).indices == labels[:, None]
+            counts[:3] += torch.tensor([hits[:, 0].sum().item(), hits.any(dim=1).sum().item(), len(labels)])
+        counts[3] = self.val_loader.skipped
+        top1_hits, top5_hits, seen, skipped = all_reduce_sum(counts.to(self.device)).cpu().tolist()
+        if int(seen + skipped) != self.val_loader.num_samples:
+            raise RuntimeError(
+                f"validation counted {int(seen + skipped)} images, the split has {self.val_loader.num_samples}"
+            )
+        self.model.train()
+        return {
+            "val_top1_error": 100 * (1 - top1_hits / seen),
+            "val_top5_error": 100 * (1 - top5_hits / seen),
+        }
+
+    def fit(self) -> dict[str, float]:
+        cfg = self.cfg
+        steps = self.train_loader.steps_per_epoch
+        kill_at = int(os.environ.get(KILL_AT_STEP_ENV, "0"))
+        log_every, ckpt_every = cfg.logger.log_every_steps, cfg.train.checkpoint_every_steps
+        global_batch = cfg.train.batch_size
+        log.info(
+            "training %s: %d epoch(s) x %d step(s), global batch %d over %d rank(s), device %s, run dir %s",
+            cfg.model.name,
+            cfg.train.epochs,
+            steps,
+            global_batch,
+            self.ctx.world_size,
+            self.device,
+            self.run_dir,
+        )
+        self.model.train()
+        last_val: dict[str, float] = {}
+        while self.epoch < cfg.train.epochs:
+            bar = progress_bar(
+                steps, self.step_in_epoch, cfg.logger.progress_bar and self.ctx.is_main, f"epoch {self.epoch}"
+            )
+            pending: list[torch.Tensor] = []
+            window_start, window_step = time.perf_counter(), self.global_step
+            for images, labels in self.train_loader.epoch(self.epoch, start_step=self.step_in_epoch):
+                log_now = (self.global_step + 1) % log_every == 0
+                loss, grad_norms = self._train_step(images, labels, want_grad_norms=log_now)
+                pending.append(loss)
+                self.global_step += 1
+                self.step_in_epoch += 1
+                bar.update(1)
+                checkpoint_now = (
+                    ckpt_every > 0 and self.global_step % ckpt_every == 0 and self.step_in_epoch < steps
+                )
+                if log_now or checkpoint_now:
+                    mean_loss = self._check_losses(pending, self.global_step - len(pending) + 1)
+                    elapsed = time.perf_counter() - window_start
+                    images_per_s = (self.global_step - window_step) * global_batch / max(elapsed, 1e-9)
+                    pending, window_start, window_step = [], time.perf_counter(), self.global_step
+                    bar.set_postfix(loss=f"{mean_loss:.3f}", img_s=f"{images_per_s:.0f}")
+                    if self.metrics is not None:
+                        self.metrics.write(
+                            {
+                                "type": "train",
+                                "step": self.global_step,
+                                "epoch": self.epoch,
+                                "loss": mean_loss,
+                                "lr": self.scheduler.lr,
+                                "images_per_s": images_per_s,
+                                **grad_norms,
+                                **self._prelu_slopes(),
+                            }
+                        )
+                if checkpoint_now:
+                    self._save("last.pt")
+                if kill_at and self.global_step == kill_at:
+                    os.kill(os.getpid(), signal.SIGKILL)
+            bar.close()
+            self._check_losses(pending, self.global_step - len(pending) + 1)
+            self.epoch, self.step_in_epoch = self.epoch + 1, 0
+            val = (
+                self.validate()
+                if self.epoch % cfg.train.val_every_epochs == 0 or self.epoch == cfg.train.epochs
+                else {}
+            )
+            self.scheduler.end_of_epoch(val.get("val_top1_error"))
+            if val:
+                last_val = val
+                log.info(
+                    "epoch %d: val top-1 error %.2f%%, top-5 error %.2f%%, lr %.2g",
+                    self.epoch - 1,
+                    val["val_top1_error"],
+                    val["val_top5_error"],
+                    self.scheduler.lr,
+                )
+                if self.metrics is not None:
+                    self.metrics.write(
+                        {
+                            "type": "val",
+                            "step": self.global_step,
+                            "epoch": self.epoch - 1,
+                            "lr": self.scheduler.lr,
+                            **val,
+                        }
+                    )
+            last = self._save("last.pt")
+            if val and last is not None:
+                self._update_best(last, val["val_top1_error"])
+            self.best = broadcast_from_main(self.best, self.ctx)
+        return last_val
+
+    def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
