@@ -27,11 +27,16 @@ def list_classes(split_dir: Path) -> list[str]:
     return classes
 
 
-def list_samples(root: str | os.PathLike, split: str) -> tuple[list[tuple[str, int]], list[str]]:
-    """(path, class index) for every image of `root/split`, sorted as torchvision's ImageFolder, and the classes."""
+def _existing_root(root: str | os.PathLike) -> Path:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"data root not found: {root}")
+    return root
+
+
+def list_samples(root: str | os.PathLike, split: str) -> tuple[list[tuple[str, int]], list[str]]:
+    """(path, class index) for every image of `root/split`, sorted as torchvision's ImageFolder, and the classes."""
+    root = _existing_root(root)
     split_dir = root / split
     classes = list_classes(split_dir)
     samples: list[tuple[str, int]] = []
@@ -51,7 +56,7 @@ def list_samples(root: str | os.PathLike, split: str) -> tuple[list[tuple[str, i
 
 def check_same_classes(root: str | os.PathLike, train_split: str, val_split: str) -> list[str]:
     """Train and val must index classes identically; a mismatch would silently shift every val label."""
-    root = Path(root)
+    root = _existing_root(root)
     train, val = list_classes(root / train_split), list_classes(root / val_split)
     if train != val:
         only_train, only_val = sorted(set(train) - set(val)), sorted(set(val) - set(train))

@@ -1,0 +1,46 @@
+import re
+import subprocess
+import sys
+
+import pytest
+from test_data_helpers import make_folder_dataset, tiny_config, write_jpeg
+
+from delving.data.verify import scan_split
+
+
+def _verify(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "delving.cli.verify_data", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_verify_data_lists_every_bad_file_and_exits_1(tmp_path):
+    root = make_folder_dataset(tmp_path / "ds", classes=2, train_per_class=4, val_per_class=2)
+    clean = _verify("data=folder", f"data.root={root}", "processes=1")
+    assert clean.returncode == 0, clean.stderr
+    assert "0 unreadable image(s)" in clean.stdout
+
+    (root / "train" / "c0" / "001.JPEG").write_bytes(b"")
+    good = (root / "val" / "c1" / "000.JPEG").read_bytes()
+    (root / "val" / "c1" / "000.JPEG").write_bytes(good[:200])
+    (root / "train" / "c1" / "002.JPEG").write_text("<html>not found</html>")
+    write_jpeg(root / "train" / "c1" / "003.JPEG", 20, 20, seed=1, fmt="PNG")  # readable
+    write_jpeg(root / "train" / "c0" / "002.JPEG", 20, 20, seed=1, mode="CMYK")  # readable
+    bad = _verify("data=folder", f"data.root={root}", "processes=2")
+    assert bad.returncode == 1
+    lines = [line for line in bad.stdout.splitlines() if line.startswith("BAD ")]
+    assert len(lines) == 3
+    assert any("c0/001.JPEG: zero-byte file" in line for line in lines)
+    assert any("c1/000.JPEG" in line for line in lines)
+    assert any("c1/002.JPEG: UnidentifiedImageError" in line for line in lines)
+    assert "3 unreadable image(s)" in bad.stdout
+
+
+def test_scan_split_reports_listing_errors_with_the_path(tmp_path):
+    root = make_folder_dataset(tmp_path / "ds", classes=2, train_per_class=2, val_per_class=1)
+    (root / "val" / "c0" / "000.JPEG").write_bytes(b"\xff\xd8\xff")
+    assert [path for path, _ in scan_split(tiny_config(root), "val", 1)] == [
+        str(root / "val" / "c0" / "000.JPEG")
+    ]
+    with pytest.raises(FileNotFoundError, match=re.escape(f"data root not found: {tmp_path / 'missing'}")):
+        next(scan_split(tiny_config(tmp_path / "missing"), "val", 1))
