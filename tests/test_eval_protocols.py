@@ -309,6 +309,7 @@ def test_delving_eval_writes_predictions(
             overrides=[
                 f"checkpoint={checkpoint}",
                 "eval=ten_view",
+                "eval.num_workers=2",
                 f"output={tmp_path / 'p.npz'}",
                 "device=cpu",
             ],

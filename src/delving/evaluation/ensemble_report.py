@@ -47,7 +47,10 @@ def build_report(
         raise ValueError("no predictions files to ensemble")
     if len(set(names)) != len(names):
         raise ValueError(f"two predictions files share a name: {list(names)}")
-    check_compatible([*preds, baseline] if baseline is not None else preds, [*names, baseline_name])
+    if baseline is None:
+        check_compatible(preds, names)
+    else:
+        check_compatible([*preds, baseline], [*names, baseline_name])
     if table is not None:
         paper_table(table)  # an unknown table is an error before any work
     labels = preds[0].labels

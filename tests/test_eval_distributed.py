@@ -1,0 +1,59 @@
+"""Two gloo processes give exactly the one-process result, and every image is evaluated once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from test_eval_support import folder_data_config, tiny_model, write_image_folder
+
+from delving.evaluation import EvalConfig, evaluate
+
+# 7 images: rank 0 takes 4 and rank 1 takes 3, so an unequal split is exercised (no duplicate padding).
+SIZES = [(80, 64), (64, 90), (100, 70), (64, 64), (70, 110), (96, 64), (64, 72)]
+EVAL = {"protocol": "multiscale", "scales": [256, 384], "flips": True, "batch_size": 2}
+
+
+def _worker(rank: int, world_size: int, root: str, init_file: str, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        model = tiny_model()
+        seen: list[int] = []
+        features = model.features
+        model.features = torch.nn.Sequential()  # replaced by a counter of the images this rank runs
+        model.forward_features = lambda x: (seen.append(x.shape[0]), features(x))[1]  # type: ignore[method-assign]
+        result = evaluate(
+            model, folder_data_config(Path(root)), EvalConfig(**EVAL), rank=rank, world_size=world_size
+        )
+        record = {"rank": rank, "runs": sum(seen), "top1": result.top1_error, "top5": result.top5_error}
+        Path(out, f"rank{rank}.json").write_text(json.dumps(record))
+        if rank == 0:
+            np.savez(
+                Path(out, "rank0.npz"), probs=result.probs, labels=result.labels, ids=np.array(result.ids)
+            )
+        else:
+            assert result.probs is None and result.ids is None
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.ddp
+def test_two_gloo_ranks_equal_one_process(tmp_path: Path) -> None:
+    root = write_image_folder(tmp_path / "data", SIZES)
+    single = evaluate(tiny_model(), folder_data_config(root), EvalConfig(**EVAL))
+    mp.start_processes(_worker, args=(2, str(root), str(tmp_path / "init"), str(tmp_path)), nprocs=2, start_method="fork")
+
+    records = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    # Each rank ran only its share: 4 and 3 images x 2 scales x 2 (image and mirror image).
+    assert [r["runs"] for r in records] == [4 * 2 * 2, 3 * 2 * 2]
+    assert all((r["top1"], r["top5"]) == (single.top1_error, single.top5_error) for r in records)
+    with np.load(tmp_path / "rank0.npz") as gathered:
+        assert gathered["ids"].tolist() == single.ids and len(set(single.ids)) == len(SIZES)
+        np.testing.assert_array_equal(gathered["labels"], single.labels)
+        np.testing.assert_allclose(gathered["probs"], single.probs, atol=1e-6)
