@@ -84,7 +84,7 @@ def dataset_with_bad_files(tmp_path):
     root = make_folder_dataset(tmp_path / "ds", classes=3, train_per_class=10, val_per_class=2)
     (root / "train" / "c0" / "003.JPEG").write_bytes(b"")  # zero-byte
     data = (root / "train" / "c1" / "005.JPEG").read_bytes()
-    (root / "train" / "c1" / "005.JPEG").write_bytes(data[: len(data) // 3])  # truncated
+    (root / "train" / "c1" / "005.JPEG").write_bytes(data[: len(data) * 3 // 4])  # truncated after the header
     write_jpeg(root / "train" / "c2" / "007.JPEG", 40, 30, seed=9, fmt="PNG")  # readable PNG named .JPEG
     write_jpeg(root / "train" / "c2" / "008.JPEG", 40, 30, seed=9, mode="CMYK")  # readable CMYK
     return root

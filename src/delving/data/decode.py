@@ -56,7 +56,7 @@ def decode_image_with_size(
             img.load()
             if img.mode in ("P", "PA", "LA", "La"):
                 img = img.convert("RGBA")
-            rgb = img.convert("RGB")
+            rgb = img if img.mode == "RGB" else img.convert("RGB")  # loaded already: no copy needed
         if min(rgb.size) < 1:
             raise BadImageError(source_name(path), f"empty image {rgb.size}")
         return rgb, full_size
