@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from delving.data.config import DataConfig, DatasetKind
+from delving.data.imagenet import read_devkit_meta
 
 # torchvision's IMG_EXTENSIONS: the same files are listed as by ImageFolder, so class indices and order agree.
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -88,14 +89,6 @@ def read_class_names_file(path: str | os.PathLike) -> dict[str, str]:
     return names
 
 
-def read_devkit_meta(meta_mat: str | os.PathLike) -> dict[str, str]:
-    """{wnid: words} from the ILSVRC-2012 devkit's data/meta.mat (needs scipy, optional)."""
-    from scipy.io import loadmat
-
-    synsets = loadmat(str(meta_mat), squeeze_me=True)["synsets"]
-    return {str(s["WNID"]): str(s["words"]) for s in synsets if int(s["num_children"]) == 0}
-
-
 def class_names(cfg: DataConfig, root: str | os.PathLike, classes: list[str]) -> list[str]:
     """Human-readable names for reports; the folder names where no name source exists (never an error)."""
     root = Path(root)
@@ -108,10 +101,7 @@ def class_names(cfg: DataConfig, root: str | os.PathLike, classes: list[str]) ->
             names = read_class_names_file(path)
             break
     else:
-        meta = root / "ILSVRC2012_devkit_t12" / "data" / "meta.mat"
-        if meta.is_file():
-            try:
-                names = read_devkit_meta(meta)
-            except ImportError:
-                names = {}
+        devkit = root / "ILSVRC2012_devkit_t12"
+        if (devkit / "data" / "meta.mat").is_file():
+            names = read_devkit_meta(devkit)[1]
     return [names.get(wnid, wnid) for wnid in classes]
