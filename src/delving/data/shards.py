@@ -70,7 +70,7 @@ def _member_table(tar_path: Path) -> dict[str, list]:
                 labels[key] = int(tar.extractfile(member).read().decode())
             elif ext == "jpg":
                 images[key] = (member.offset_data, member.size)
-    keys = sorted(images)
+    keys = list(images)  # tar order, so reading a shard front to back is sequential
     return {
         "keys": keys,
         "offsets": [images[k][0] for k in keys],
