@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from delving.evaluation.checkpoint import CheckpointError, load_model
 from delving.evaluation.config import EvalConfig
 from delving.evaluation.ensemble_report import build_report, render_markdown
 from delving.evaluation.evaluator import EvalResult, evaluate
-from delving.evaluation.predictions import Predictions, load_predictions, save_predictions
+from delving.evaluation.predictions import Predictions, load_predictions, save_predictions, temp_path
 
 # The input normalisation belongs to the trained model, whichever data set it is now evaluated on.
 MODEL_INPUT_FIELDS = ("normalize", "mean", "std")
@@ -120,15 +119,15 @@ def _write_atomically(files: dict[Path, str]) -> None:
     try:
         for path, text in files.items():
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            tmp = temp_path(path)
             temps.append((tmp, path))
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            with open(tmp, "x", encoding="utf-8") as handle:
                 handle.write(text)
         for tmp, path in temps:
             os.replace(tmp, path)
     finally:
         for tmp, _ in temps:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
 
 
 def run_ensemble(cfg: DictConfig) -> Path:
@@ -157,11 +156,15 @@ def run_ensemble(cfg: DictConfig) -> Path:
     markdown = render_markdown(report)
     out = Path(cfg.output_dir)
     if cfg.save_predictions:
+        first = preds[0].metadata
         meta = {
-            **preds[0].metadata,
+            **{key: first.get(key) for key in ("classes", "class_names", "dataset")},
             "protocol": "ensemble",
-            "ensemble": report["ensemble"],
-            "num_images": len(rows),
+            "members": report["files"],
+            "weights": report["ensemble"]["weights"],
+            "selection": report["selection"],
+            "top1_error": (report["selection"] or report["ensemble"])["top1"],
+            "top5_error": (report["selection"] or report["ensemble"])["top5"],
         }
         save_predictions(
             out / "ensemble.npz",

@@ -161,7 +161,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     for m in report["models"]:
         paper = m["paper"] or {}
         lines.append(
-            f"| {m['name']} | {m['model']} {m['act'] or ''} | {m['protocol']} {m['scales']} | {m['top1']:.2f} | "
+            f"| {m['name']} | {' '.join(filter(None, (m['model'], m['act'])))} | {m['protocol']} {m['scales']} | {m['top1']:.2f} | "
             f"{m['top5']:.2f} | {paper.get('label', '–')} | {_cell(paper.get('top1'))} | {_cell(paper.get('top5'))} |"
         )
     ens = report["ensemble"]

@@ -193,7 +193,9 @@ def _bare_model(model: nn.Module) -> SPPNet:
         while hasattr(model, attr) and not hasattr(model, "spp"):
             model = getattr(model, attr)
     if not hasattr(model, "spp"):
-        raise TypeError(f"evaluate needs an SPPNet (its SPP layer makes the dense test), got {type(model).__name__}")
+        raise TypeError(
+            f"evaluate needs an SPPNet (its SPP layer makes the dense test), got {type(model).__name__}"
+        )
     return model  # type: ignore[return-value]
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +81,11 @@ def check_predictions(pred: Predictions, where: str | os.PathLike = "predictions
         )
 
 
+def temp_path(path: Path) -> Path:
+    """A hidden sibling to write before the rename: same file system, unique per process, umask honoured."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
 def save_predictions(path: str | os.PathLike, pred: Predictions) -> Path:
     """Checks, then writes atomically (a temp file in the same folder, renamed), so no reader sees half a file."""
     path = Path(path)
@@ -92,9 +97,9 @@ def save_predictions(path: str | os.PathLike, pred: Predictions) -> Path:
     )
     check_predictions(pred, path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = temp_path(path)
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with open(tmp, "xb") as handle:
             np.savez(
                 handle,
                 ids=pred.ids,
@@ -106,7 +111,7 @@ def save_predictions(path: str | os.PathLike, pred: Predictions) -> Path:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 
