@@ -224,7 +224,7 @@ class Trainer:
         dtype = torch.bfloat16 if self.precision is Precision.bf16 else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
-    def _train_step(
+    def train_step(
         self, images: torch.Tensor, labels: torch.Tensor, want_grad_norms: bool
     ) -> tuple[torch.Tensor, dict[str, float]]:
         images = images.to(self.device, non_blocking=True)
@@ -302,96 +302,81 @@ class Trainer:
             "val_top5_error": 100 * (1 - top5_hits / seen),
         }
 
-    def fit(self) -> dict[str, float]:
+    def train_epoch(self, max_steps: int | None = None) -> None:
+        """Trains the rest of the current epoch (from `step_in_epoch`), logging and checkpointing on the way."""
         cfg = self.cfg
         steps = self.train_loader.steps_per_epoch
         kill_at = int(os.environ.get(KILL_AT_STEP_ENV, "0"))
         log_every, ckpt_every = cfg.logger.log_every_steps, cfg.train.checkpoint_every_steps
-        global_batch = cfg.train.batch_size
+        show = cfg.logger.progress_bar and self.ctx.is_main
+        bar = progress_bar(steps, self.step_in_epoch, show, f"epoch {self.epoch}")
+        pending: list[torch.Tensor] = []
+        window_start, window_step = time.perf_counter(), self.global_step
+        for done, (images, labels) in enumerate(self.train_loader.epoch(self.epoch, self.step_in_epoch), 1):
+            log_now = (self.global_step + 1) % log_every == 0
+            loss, grad_norms = self.train_step(images, labels, want_grad_norms=log_now)
+            pending.append(loss)
+            self.global_step += 1
+            self.step_in_epoch += 1
+            bar.update(1)
+            checkpoint_now = (
+                ckpt_every > 0 and self.global_step % ckpt_every == 0 and self.step_in_epoch < steps
+            )
+            if log_now or checkpoint_now:
+                mean_loss = self._check_losses(pending, self.global_step - len(pending) + 1)
+                elapsed = time.perf_counter() - window_start
+                images_per_s = (self.global_step - window_step) * cfg.train.batch_size / max(elapsed, 1e-9)
+                pending, window_start, window_step = [], time.perf_counter(), self.global_step
+                bar.set_postfix(loss=f"{mean_loss:.3f}", img_s=f"{images_per_s:.0f}")
+                self._write_metrics(
+                    type="train", loss=mean_loss, lr=self.scheduler.lr, images_per_s=images_per_s,
+                    **grad_norms, **self._prelu_slopes(),
+                )  # fmt: skip
+            if checkpoint_now:
+                self._save("last.pt")
+            if kill_at and self.global_step == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            if max_steps is not None and done >= max_steps:
+                break
+        bar.close()
+        self._check_losses(pending, self.global_step - len(pending) + 1)
+
+    def end_epoch(self) -> dict[str, float]:
+        """Validation, the LR rule, last.pt and the best-k checkpoints (collective)."""
+        self.epoch, self.step_in_epoch = self.epoch + 1, 0
+        due = self.epoch % self.cfg.train.val_every_epochs == 0 or self.epoch == self.cfg.train.epochs
+        val = self.validate() if due else {}
+        self.scheduler.end_of_epoch(val.get("val_top1_error"))
+        if val:
+            log.info(
+                "epoch %d: val top-1 error %.2f%%, top-5 error %.2f%%, lr %.2g",
+                self.epoch - 1, val["val_top1_error"], val["val_top5_error"], self.scheduler.lr,
+            )  # fmt: skip
+            self._write_metrics(type="val", epoch=self.epoch - 1, lr=self.scheduler.lr, **val)
+        last = self._save("last.pt")
+        if val and last is not None:
+            self._update_best(last, val["val_top1_error"])
+        self.best = broadcast_from_main(self.best, self.ctx)
+        return val
+
+    def fit(self) -> dict[str, float]:
+        """Trains to `train.epochs`; returns the last validation errors."""
+        cfg = self.cfg
         log.info(
             "training %s: %d epoch(s) x %d step(s), global batch %d over %d rank(s), device %s, run dir %s",
-            cfg.model.name,
-            cfg.train.epochs,
-            steps,
-            global_batch,
-            self.ctx.world_size,
-            self.device,
-            self.run_dir,
-        )
+            getattr(cfg.model.name, "value", cfg.model.name), cfg.train.epochs, self.train_loader.steps_per_epoch,
+            cfg.train.batch_size, self.ctx.world_size, self.device, self.run_dir,
+        )  # fmt: skip
         self.model.train()
         last_val: dict[str, float] = {}
         while self.epoch < cfg.train.epochs:
-            bar = progress_bar(
-                steps, self.step_in_epoch, cfg.logger.progress_bar and self.ctx.is_main, f"epoch {self.epoch}"
-            )
-            pending: list[torch.Tensor] = []
-            window_start, window_step = time.perf_counter(), self.global_step
-            for images, labels in self.train_loader.epoch(self.epoch, start_step=self.step_in_epoch):
-                log_now = (self.global_step + 1) % log_every == 0
-                loss, grad_norms = self._train_step(images, labels, want_grad_norms=log_now)
-                pending.append(loss)
-                self.global_step += 1
-                self.step_in_epoch += 1
-                bar.update(1)
-                checkpoint_now = (
-                    ckpt_every > 0 and self.global_step % ckpt_every == 0 and self.step_in_epoch < steps
-                )
-                if log_now or checkpoint_now:
-                    mean_loss = self._check_losses(pending, self.global_step - len(pending) + 1)
-                    elapsed = time.perf_counter() - window_start
-                    images_per_s = (self.global_step - window_step) * global_batch / max(elapsed, 1e-9)
-                    pending, window_start, window_step = [], time.perf_counter(), self.global_step
-                    bar.set_postfix(loss=f"{mean_loss:.3f}", img_s=f"{images_per_s:.0f}")
-                    if self.metrics is not None:
-                        self.metrics.write(
-                            {
-                                "type": "train",
-                                "step": self.global_step,
-                                "epoch": self.epoch,
-                                "loss": mean_loss,
-                                "lr": self.scheduler.lr,
-                                "images_per_s": images_per_s,
-                                **grad_norms,
-                                **self._prelu_slopes(),
-                            }
-                        )
-                if checkpoint_now:
-                    self._save("last.pt")
-                if kill_at and self.global_step == kill_at:
-                    os.kill(os.getpid(), signal.SIGKILL)
-            bar.close()
-            self._check_losses(pending, self.global_step - len(pending) + 1)
-            self.epoch, self.step_in_epoch = self.epoch + 1, 0
-            val = (
-                self.validate()
-                if self.epoch % cfg.train.val_every_epochs == 0 or self.epoch == cfg.train.epochs
-                else {}
-            )
-            self.scheduler.end_of_epoch(val.get("val_top1_error"))
-            if val:
-                last_val = val
-                log.info(
-                    "epoch %d: val top-1 error %.2f%%, top-5 error %.2f%%, lr %.2g",
-                    self.epoch - 1,
-                    val["val_top1_error"],
-                    val["val_top5_error"],
-                    self.scheduler.lr,
-                )
-                if self.metrics is not None:
-                    self.metrics.write(
-                        {
-                            "type": "val",
-                            "step": self.global_step,
-                            "epoch": self.epoch - 1,
-                            "lr": self.scheduler.lr,
-                            **val,
-                        }
-                    )
-            last = self._save("last.pt")
-            if val and last is not None:
-                self._update_best(last, val["val_top1_error"])
-            self.best = broadcast_from_main(self.best, self.ctx)
+            self.train_epoch()
+            last_val = self.end_epoch() or last_val
         return last_val
+
+    def _write_metrics(self, **record: Any) -> None:
+        if self.metrics is not None:
+            self.metrics.write({"step": self.global_step, "epoch": self.epoch, **record})
 
     def close(self) -> None:
         if self.metrics is not None:
