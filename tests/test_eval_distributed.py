@@ -19,6 +19,19 @@ SIZES = [(80, 64), (64, 90), (100, 70), (64, 64), (70, 110), (96, 64), (64, 72)]
 EVAL = {"protocol": "multiscale", "scales": [256, 384], "flips": True, "batch_size": 2}
 
 
+def _failing_worker(rank: int, world_size: int, root: str, init_file: str, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        evaluate(
+            tiny_model(), folder_data_config(Path(root)), EvalConfig(**EVAL), rank=rank, world_size=world_size
+        )
+    except Exception as exc:  # the test reads what each rank raised
+        Path(out, f"error{rank}.txt").write_text(f"{type(exc).__name__}: {exc}")
+    finally:
+        dist.destroy_process_group()
+
+
 def _worker(rank: int, world_size: int, root: str, init_file: str, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
@@ -47,7 +60,9 @@ def _worker(rank: int, world_size: int, root: str, init_file: str, out: str) -> 
 def test_two_gloo_ranks_equal_one_process(tmp_path: Path) -> None:
     root = write_image_folder(tmp_path / "data", SIZES)
     single = evaluate(tiny_model(), folder_data_config(root), EvalConfig(**EVAL))
-    mp.start_processes(_worker, args=(2, str(root), str(tmp_path / "init"), str(tmp_path)), nprocs=2, start_method="fork")
+    mp.start_processes(
+        _worker, args=(2, str(root), str(tmp_path / "init"), str(tmp_path)), nprocs=2, start_method="fork"
+    )
 
     records = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     # Each rank ran only its share: 4 and 3 images x 2 scales x 2 (image and mirror image).
@@ -57,3 +72,17 @@ def test_two_gloo_ranks_equal_one_process(tmp_path: Path) -> None:
         assert gathered["ids"].tolist() == single.ids and len(set(single.ids)) == len(SIZES)
         np.testing.assert_array_equal(gathered["labels"], single.labels)
         np.testing.assert_allclose(gathered["probs"], single.probs, atol=1e-6)
+
+
+@pytest.mark.ddp
+def test_a_bad_image_on_one_rank_stops_every_rank(tmp_path: Path) -> None:
+    root = write_image_folder(tmp_path / "data", SIZES[:4])
+    (root / "val" / "class_0" / "zz_empty.JPEG").write_bytes(b"")  # sample 2 of 5: rank 0's second image
+    mp.start_processes(
+        _failing_worker,
+        args=(2, str(root), str(tmp_path / "init"), str(tmp_path)),
+        nprocs=2,
+        start_method="fork",
+    )
+    assert "zz_empty.JPEG: zero-byte file" in (tmp_path / "error0.txt").read_text()
+    assert "failed on another rank" in (tmp_path / "error1.txt").read_text()

@@ -325,3 +325,22 @@ def test_delving_eval_writes_predictions(
     np.testing.assert_allclose(probs, _evaluate(model, data_root, protocol="ten_view"), atol=1e-6)
     out = capsys.readouterr().out
     assert f"| model_a | ten_view | [256] -> [73] | True | 5 | {meta['top1_error']:.2f} |" in out
+
+    # data= picks the data set, but the input normalisation stays the one the model was trained with.
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose(
+            "evaluate",
+            overrides=[
+                f"checkpoint={checkpoint}",
+                "eval=ten_view",
+                "data=folder",
+                f"data.root={data_root}",
+                "data.num_workers=0",
+                "data.use_draft=false",
+                "data.normalize=mean_std",
+                f"output={tmp_path / 'q.npz'}",
+            ],
+        )
+    with np.load(run_eval(cfg), allow_pickle=False) as raw:
+        np.testing.assert_allclose(raw["probs"], probs, atol=1e-6)
+    assert "data.normalize taken from the checkpoint" in capsys.readouterr().out

@@ -180,6 +180,21 @@ def _gather_to_rank0(
     return all_idx, all_probs
 
 
+def _raise_together(error: Exception | None, world_size: int, device: torch.device) -> None:
+    """A collective every rank reaches: all raise together instead of leaving the others in a gather."""
+    if world_size == 1:
+        if error is not None:
+            raise error
+        return
+    comm = device if dist.get_backend() == "nccl" else _CPU
+    failed = torch.tensor([0 if error is None else 1], device=comm)
+    dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+    if error is not None:
+        raise error
+    if failed.item():
+        raise RuntimeError("evaluation failed on another rank; its error is in that rank's log")
+
+
 def _broadcast_errors(errors: list[float], device: torch.device) -> list[float]:
     comm = device if dist.get_backend() == "nccl" else _CPU
     values = torch.tensor(errors, dtype=torch.float64, device=comm)
@@ -246,28 +261,34 @@ def evaluate(
     workers = eval_cfg.num_workers if eval_cfg.num_workers is not None else data_cfg.num_workers
     was_training = net.training
     net.eval()
+    local_error: Exception | None = None
+    local_probs = np.zeros((0, net.num_classes), np.float32)
     try:
-        runner = _BucketedRunner(net, len(local), eval_cfg, device)
-        for index, views in _batches(dataset, workers if len(local) else 0, device):
-            runner.add(index, views)
-        local_probs = (
-            runner.finish().astype(np.float32) if len(local) else np.zeros((0, net.num_classes), np.float32)
-        )
+        if len(local):
+            runner = _BucketedRunner(net, len(local), eval_cfg, device)
+            for index, views in _batches(dataset, workers, device):
+                runner.add(index, views)
+            local_probs = runner.finish().astype(np.float32)
+    except Exception as exc:  # e.g. an unreadable image: every rank must learn of it, or the others hang
+        local_error = exc
     finally:
         net.train(was_training)
+    _raise_together(local_error, world_size, device)
 
     if world_size > 1:
         gathered = _gather_to_rank0(local, local_probs, rank, world_size, device)
     else:
         gathered = local, local_probs
+    gather_error = None
+    if gathered is not None and not np.array_equal(np.sort(gathered[0]), np.arange(len(samples))):
+        gather_error = RuntimeError(
+            f"gathered {len(gathered[0])} predictions for {len(samples)} images: some were lost or counted twice"
+        )
+    _raise_together(gather_error, world_size, device)
     errors = [float("nan"), float("nan")]
     result = EvalResult(float("nan"), float("nan"), len(samples))
     if gathered is not None:
         indices, probs = gathered
-        if len(indices) != len(samples) or not np.array_equal(np.sort(indices), np.arange(len(samples))):
-            raise RuntimeError(
-                f"gathered {len(indices)} predictions for {len(samples)} images: some were lost or counted twice"
-            )
         order = np.argsort(indices)
         probs = probs[order]
         labels = np.array([samples[i][1] for i in range(len(samples))], dtype=np.int64)
