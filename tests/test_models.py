@@ -222,3 +222,16 @@ def test_build_model_from_config_and_param_groups() -> None:
     assert any("act" in n for n in undecayed) and all(n.endswith("bias") or "act" in n for n in undecayed)
     assert len(decayed) + len(undecayed) == len(names)
     assert len(decayed) == 14  # 11 convs + 3 fc
+
+
+def test_forward_dense_whole_image_window_equals_forward() -> None:
+    torch.manual_seed(0)
+    net = create_net(
+        "net14", act="prelu", width=0.125, num_classes=6, input_size=56, spp_levels=[3, 2, 1]
+    ).eval()
+    x = torch.randn(2, 3, 56, 56) * 50
+    with torch.no_grad():
+        dense = net.forward_dense(x)
+        assert dense.shape == (2, 1, 1, 6)
+        torch.testing.assert_close(dense[:, 0, 0], net(x), rtol=1e-4, atol=1e-4)
+        assert net.forward_dense(torch.randn(1, 3, 80, 104)).shape == (1, 3, 5, 6)

@@ -194,7 +194,9 @@ class SPPNet(nn.Module):
 
     def forward_dense(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of every training-sized window of the image's feature map: (N, H', W', num_classes)."""
-        return self.forward_head(self.spp.dense(self.forward_features(x), self.map_size))
+        pooled = self.spp.dense(self.forward_features(x), self.map_size)  # (N, H', W', D)
+        # The windows go through the head as one 2-D batch: a channel-wise PReLU reads channels from dim 1.
+        return self.forward_head(pooled.flatten(0, 2)).view(*pooled.shape[:3], -1)
 
     def get_classifier(self) -> nn.Module:
         return self.head.fc3
