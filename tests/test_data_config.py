@@ -7,7 +7,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
-from delving.data.config import DataConfig, DatasetKind, Normalize, validate
+from delving.data.config import DataConfig, DatasetKind, Normalize, as_data_config, validate
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
@@ -70,3 +70,17 @@ def test_validate_rejects_inconsistent_sizes():
         validate(DataConfig(test_scale=200))
     with pytest.raises(ValueError, match="3 values"):
         validate(DataConfig(mean=[1.0, 2.0]))
+
+
+def test_as_data_config_accepts_hydra_and_plain_configs():
+    typed = _compose_data("folder", ["data.root=/x", "data.crop_size=32", "data.scale_min=40"])
+    cfg = as_data_config(typed)
+    assert isinstance(cfg, DataConfig) and cfg.crop_size == 32 and cfg.name is DatasetKind.folder
+    untyped = as_data_config(OmegaConf.create({"name": "shards", "root": "/y", "normalize": "mean_std"}))
+    assert (
+        untyped.name is DatasetKind.shards
+        and untyped.normalize is Normalize.mean_std
+        and untyped.crop_size == 224
+    )
+    with pytest.raises(ValidationError):
+        as_data_config({"name": "nope"})

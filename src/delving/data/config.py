@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
 
 # The usual ImageNet RGB mean and std on the 0-255 scale (torchvision's 0.485/0.456/0.406 and 0.229/0.224/0.225 x 255).
 IMAGENET_MEAN_RGB = [123.675, 116.28, 103.53]
@@ -75,3 +78,11 @@ def validate(cfg: DataConfig) -> None:
         raise ValueError(f"data: mean and std need 3 values (RGB), got {list(cfg.mean)} and {list(cfg.std)}")
     if not 0.0 <= cfg.max_bad_fraction < 1.0:
         raise ValueError(f"data: max_bad_fraction must be in [0, 1), got {cfg.max_bad_fraction}")
+
+
+def as_data_config(cfg: DataConfig | DictConfig | dict[str, Any]) -> DataConfig:
+    """The dataclass from Hydra's DictConfig (typed or not): checked types, and plain attribute access in the
+    per-sample code (a DictConfig lookup costs microseconds)."""
+    if isinstance(cfg, DataConfig):
+        return cfg
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), cfg))

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from delving.data.config import DataConfig, DatasetKind, validate
+from delving.data.config import DataConfig, DatasetKind, as_data_config, validate
 from delving.data.datasets import check_same_classes, list_samples, resolve_root
 from delving.data.decode import BadImageError, ImageSource, TooManyBadImagesError
 from delving.data.shards import ShardReader
@@ -67,6 +67,7 @@ class FolderReader:
 
 def open_split(cfg: DataConfig, split: str) -> tuple[SampleReader, list[str]]:
     """The reader and class list of one split of the configured data set (checking train/val classes agree)."""
+    cfg = as_data_config(cfg)
     validate(cfg)
     root = resolve_root(cfg)
     if cfg.name == DatasetKind.shards:
@@ -90,6 +91,11 @@ class BadFileCounter:
         self.reads = 0
         self.skipped = 0
         self.logged: set[str] = set()
+
+    def reset(self) -> None:
+        """Zero the counts (files already logged stay quiet)."""
+        self.reads = 0
+        self.skipped = 0
 
     def update(self, good: int, failures: list[Failure]) -> None:
         self.reads += good + len(failures)
@@ -229,6 +235,7 @@ class TrainLoader:
             raise ValueError(
                 f"need batch_size >= 1 and 0 <= rank < world_size, got {batch_size}, {rank}, {world_size}"
             )
+        cfg = as_data_config(cfg)
         reader, self.classes = open_split(cfg, cfg.train_split)
         self.num_classes = len(self.classes)
         self.num_samples = len(reader)
@@ -282,8 +289,8 @@ class EvalLoader:
     """Center-crop validation for one rank: rank r takes images r::world_size, each image exactly once overall.
 
     No padding: ranks may get one image more or less, so the caller sums (not averages) per-rank counts and
-    compares the total with `num_samples`. An unreadable image is dropped (logged and counted in `skipped`),
-    since replacing it would count another image twice.
+    compares the total plus `skipped` with `num_samples`. An unreadable image is dropped (logged and counted
+    in `skipped`), since replacing it would count another image twice.
     """
 
     def __init__(
@@ -295,6 +302,7 @@ class EvalLoader:
         world_size: int = 1,
         pin_memory: bool = False,
     ) -> None:
+        cfg = as_data_config(cfg)
         reader, self.classes = open_split(cfg, split)
         self.num_classes = len(self.classes)
         self.num_samples = len(reader)
@@ -310,12 +318,14 @@ class EvalLoader:
 
     @property
     def skipped(self) -> int:
+        """Unreadable images dropped by this rank in the current (or last) pass."""
         return self.bad_files.skipped
 
     def __len__(self) -> int:
         return len(self._loader)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self.bad_files.reset()  # per pass: the caller checks each pass's images + skipped == num_samples
         for images, labels, failures in self._loader:
             self.bad_files.update(len(labels), failures)
             if len(labels):

@@ -14,7 +14,7 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from delving.data.config import DataConfig, Normalize
+from delving.data.config import DataConfig, Normalize, as_data_config
 from delving.data.decode import ImageSource, decode_image_with_size
 
 # AlexNet's colour noise [16] adds sum_i alpha_i * lambda_i * p_i, alpha_i ~ N(0, 0.1), with the eigenvalues
@@ -124,19 +124,28 @@ def lighting_offset(alpha: tuple[float, float, float]) -> torch.Tensor:
 
 
 def _mean_std(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
-    mean = torch.tensor(list(cfg.mean), dtype=torch.float32)
-    std = torch.tensor(list(cfg.std), dtype=torch.float32) if cfg.normalize == Normalize.mean_std else None
+    mean = torch.tensor(list(cfg.mean), dtype=torch.float32).view(3, 1, 1)
+    std = (
+        torch.tensor(list(cfg.std), dtype=torch.float32).view(3, 1, 1)
+        if cfg.normalize == Normalize.mean_std
+        else None
+    )
     return mean, std
+
+
+def _normalize(
+    pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor | None, shift: torch.Tensor | None
+):
+    offset = -mean if shift is None else shift.view(3, 1, 1) - mean
+    out = pixels.to(torch.float32) + offset.to(pixels.device)
+    return out if std is None else out / std.to(pixels.device)
 
 
 def normalize_tensor(
     pixels: torch.Tensor, cfg: DataConfig, shift: torch.Tensor | None = None
 ) -> torch.Tensor:
     """0-255 pixels (uint8 or float, CHW or NCHW) -> float32 model input: + shift (lighting), - mean, [/ std]."""
-    mean, std = _mean_std(cfg)
-    offset = -mean if shift is None else shift - mean
-    out = pixels.to(torch.float32) + offset.to(pixels.device).view(3, 1, 1)
-    return out if std is None else out / std.to(pixels.device).view(3, 1, 1)
+    return _normalize(pixels, *_mean_std(cfg), shift)
 
 
 def to_model_input(img: Image.Image, cfg: DataConfig) -> torch.Tensor:
@@ -148,22 +157,24 @@ class TrainTransform:
     """The paper's training transform for one file: picklable, holds no random state of its own."""
 
     def __init__(self, cfg: DataConfig) -> None:
-        self.cfg = cfg
+        self.cfg = as_data_config(cfg)
+        self.mean, self.std = _mean_std(self.cfg)
 
     def draws(self, rng: np.random.Generator) -> TrainDraws:
         return draw_train_params(rng, self.cfg)
 
     def __call__(self, path: ImageSource, draws: TrainDraws) -> torch.Tensor:
         crop = train_crop(path, draws, self.cfg.crop_size, self.cfg.use_draft)
-        return normalize_tensor(pil_to_uint8(crop), self.cfg, lighting_offset(draws.alpha))
+        return _normalize(pil_to_uint8(crop), self.mean, self.std, lighting_offset(draws.alpha))
 
 
 class EvalTransform:
     """Center-crop validation view of one file (resize shorter side to test_scale, crop crop_size)."""
 
     def __init__(self, cfg: DataConfig) -> None:
-        self.cfg = cfg
+        self.cfg = as_data_config(cfg)
+        self.mean, self.std = _mean_std(self.cfg)
 
     def __call__(self, path: ImageSource) -> torch.Tensor:
         crop = center_crop(path, self.cfg.test_scale, self.cfg.crop_size, self.cfg.use_draft)
-        return to_model_input(crop, self.cfg)
+        return _normalize(pil_to_uint8(crop), self.mean, self.std, None)
