@@ -235,3 +235,19 @@ def test_batch_that_does_not_split_over_ranks_is_refused(tmp_path: Path) -> None
     result = run_train(tmp_path, ["train.batch_size=6", "train.grad_accum_steps=4"], check=False)
     assert result.returncode != 0 and "does not split evenly" in result.stderr
     assert not (tmp_path / "last.pt").exists()
+
+
+def test_validation_subset_is_fixed_and_split_over_ranks_without_repeats() -> None:
+    from delving.data.config import DataConfig
+    from delving.data.loaders import EvalLoader
+
+    cfg = DataConfig(
+        synthetic_classes=4, synthetic_train_per_class=12, synthetic_val_per_class=4, synthetic_min_size=32,
+        synthetic_max_size=40, crop_size=24, scale_min=28, scale_max=36, test_scale=28, num_workers=0,
+    )  # fmt: skip
+    ranks = [EvalLoader(cfg, "val", batch_size=2, rank=r, world_size=2, max_samples=7) for r in (0, 1)]
+    chosen = sorted(ranks[0].indices + ranks[1].indices)
+    assert len(chosen) == len(set(chosen)) == 7 == ranks[0].num_samples
+    assert chosen == sorted(EvalLoader(cfg, "val", batch_size=3, max_samples=7).indices)
+    assert chosen != list(range(7))  # a random subset, not the first classes only
+    assert sum(len(labels) for r in ranks for _, labels in r) == 7

@@ -288,6 +288,8 @@ def _collate_eval(items: list[tuple[torch.Tensor | None, int, Failure | None]]):
 class EvalLoader:
     """Center-crop validation for one rank: rank r takes images r::world_size, each image exactly once overall.
 
+    `max_samples` evaluates a fixed random subset of that size instead of the whole split.
+
     No padding: ranks may get one image more or less, so the caller sums (not averages) per-rank counts and
     compares the total plus `skipped` with `num_samples`. An unreadable image is dropped (logged and counted
     in `skipped`), since replacing it would count another image twice.
@@ -301,12 +303,17 @@ class EvalLoader:
         rank: int = 0,
         world_size: int = 1,
         pin_memory: bool = False,
+        max_samples: int | None = None,
     ) -> None:
         cfg = as_data_config(cfg)
         reader, self.classes = open_split(cfg, split)
         self.num_classes = len(self.classes)
-        self.num_samples = len(reader)
-        self.indices = list(range(rank, len(reader), world_size))
+        subset = np.arange(len(reader))
+        if max_samples is not None and max_samples < len(reader):
+            # A fixed random subset (Figs. 2-3 use 3,000 random val images): the same in every run and rank.
+            subset = np.sort(np.random.default_rng(0).choice(len(reader), size=max_samples, replace=False))
+        self.num_samples = len(subset)
+        self.indices = subset[rank::world_size].tolist()
         self.bad_files = BadFileCounter(cfg.max_bad_fraction, len(self.indices))
         batches = [self.indices[i : i + batch_size] for i in range(0, len(self.indices), batch_size)]
         self._loader = DataLoader(

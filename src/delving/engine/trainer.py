@@ -101,6 +101,7 @@ class Trainer:
             batch_size=per_rank,
             rank=self.ctx.rank,
             world_size=self.ctx.world_size,
+            max_samples=train.val_max_images,
         )
         self.net: nn.Module = torch.compile(self.model) if train.compile else self.model
         if self.ctx.is_distributed:
