@@ -62,6 +62,11 @@ def _crops_one_by_one(
     return torch.cat(probs).mean(0)
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _interleaved_times(paths: dict[str, object], images: list[torch.Tensor], rounds: int) -> dict[str, float]:
     """Median over rounds of the mean seconds per image; paths alternate image by image, so a busy
     machine slows them alike instead of skewing the ratio."""
@@ -72,8 +77,10 @@ def _interleaved_times(paths: dict[str, object], images: list[torch.Tensor], rou
         spent = dict.fromkeys(paths, 0.0)
         for image in images:
             for name, run in paths.items():
+                _sync(image.device)
                 start = time.perf_counter()
                 run(image)
+                _sync(image.device)
                 spent[name] += time.perf_counter() - start
         for name in paths:
             per_round[name].append(spent[name] / len(images))
@@ -92,12 +99,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--all-windows", action="store_true", help="also crop every window one by one (slow)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = create_net(args.model, width=args.width).eval()
+    device = torch.device(args.device)
+    model = create_net(args.model, width=args.width).eval().to(device)
     width, height = (int(v) for v in args.image_size.split("x"))
-    images = _images(args.images, width, height, args.scale)
+    images = [image.to(device) for image in _images(args.images, width, height, args.scale)]
     ten = _window_offsets(model, images[0], ten_view=True)
     every = _window_offsets(model, images[0], ten_view=False)
 
@@ -112,7 +121,8 @@ def main() -> None:
     print(
         f"{args.model} width {args.width}, crop {model.input_size}, image {args.image_size} -> {shape} (scale "
         f"{args.scale}), {args.images} images x {args.rounds} rounds, {args.threads} threads, "
-        f"torch {torch.__version__}, CPU"
+        f"torch {torch.__version__}, "
+        f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}"
     )
     print("| path | views per image | s per image (median of rounds) | dense speed-up |")
     print("|---|---|---|---|")
