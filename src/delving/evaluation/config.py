@@ -33,7 +33,7 @@ class EvalConfig:
     flips: bool = True  # also run the horizontally flipped views and average them in
     batch_size: int = 32  # images (dense) or crops (center, ten_view) per forward, per rank
     num_workers: int | None = None  # decoding processes per rank; None: data.num_workers
-    max_pending_images: int = 256  # dense: images held in shape buckets before the fullest is flushed
+    max_pending_views: int = 256  # views (whole images for dense) waiting in half-full shape buckets
     amp: bool = False  # bfloat16 autocast on CUDA (softmax stays fp32); off for exact fp32 numbers
     probs_dtype: ProbsDtype = ProbsDtype.float32  # how the predictions file stores the probabilities
     limit: int | None = None  # evaluate only the first N images of the split (smoke runs)

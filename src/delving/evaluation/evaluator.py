@@ -65,13 +65,8 @@ class _EvalImages(Dataset):
     def __init__(
         self, paths: Sequence[str], data_cfg: Any, protocol: Protocol, scales: Sequence[int], size: int
     ) -> None:
-        self.paths, self.data_cfg, self.protocol, self.scales, self.size = (
-            paths,
-            data_cfg,
-            protocol,
-            scales,
-            size,
-        )
+        self.paths, self.data_cfg, self.protocol = paths, data_cfg, protocol
+        self.scales, self.size = scales, size
         self.draft_size = max(scales) if getattr(data_cfg, "use_draft", False) else None
 
     def __len__(self) -> int:
@@ -107,7 +102,7 @@ class _BucketedRunner:
             self.pending += 1
             if len(bucket) >= self.cfg.batch_size:
                 self._flush(tuple(view.shape))
-        if self.pending > self.cfg.max_pending_images:  # bound memory when many shapes are half full
+        if self.pending > self.cfg.max_pending_views:  # bound memory when many shapes are half full
             self._flush(max(self.buckets, key=lambda shape: len(self.buckets[shape])))
 
     def finish(self) -> np.ndarray:
@@ -120,7 +115,7 @@ class _BucketedRunner:
     def _flush(self, shape: tuple[int, ...]) -> None:
         jobs = self.buckets.pop(shape)
         self.pending -= len(jobs)
-        batch = torch.stack([view for _, view in jobs]).to(self.device, non_blocking=True)
+        batch = torch.stack([view for _, view in jobs]).to(self.device)
         probs = job_probabilities(self.model, batch, self.cfg.flips, self.cfg.amp).cpu().double().numpy()
         indices = np.array([index for index, _ in jobs])
         np.add.at(self.sums, indices, probs)
@@ -214,9 +209,7 @@ def _bare_model(model: nn.Module) -> SPPNet:
     return model  # type: ignore[return-value]
 
 
-def _batches(
-    dataset: _EvalImages, workers: int, device: torch.device
-) -> Iterator[tuple[int, list[torch.Tensor]]]:
+def _batches(dataset: _EvalImages, workers: int) -> Iterator[tuple[int, list[torch.Tensor]]]:
     if workers == 0:
         yield from (dataset[i] for i in range(len(dataset)))
         return
@@ -224,7 +217,6 @@ def _batches(
         dataset,
         batch_size=None,
         num_workers=workers,
-        pin_memory=device.type == "cuda",
         worker_init_fn=_one_thread_per_worker,
         prefetch_factor=4,
     )
@@ -266,7 +258,7 @@ def evaluate(
     try:
         if len(local):
             runner = _BucketedRunner(net, len(local), eval_cfg, device)
-            for index, views in _batches(dataset, workers, device):
+            for index, views in _batches(dataset, workers):
                 runner.add(index, views)
             local_probs = runner.finish().astype(np.float32)
     except Exception as exc:  # e.g. an unreadable image: every rank must learn of it, or the others hang
