@@ -89,9 +89,16 @@ def shutdown_distributed() -> None:
         dist.destroy_process_group()
 
 
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    if dist.is_initialized():
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+def all_reduce(tensor: torch.Tensor, op: str) -> torch.Tensor:
+    """In-place sum or max over ranks of a small CPU tensor (moved to the GPU for nccl and back)."""
+    if not dist.is_initialized():
+        return tensor
+    device = (
+        torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else tensor.device
+    )
+    moved = tensor.to(device)
+    dist.all_reduce(moved, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
+    tensor.copy_(moved.cpu())
     return tensor
 
 

@@ -7,6 +7,7 @@ TrainLoader/EvalLoader; every rank runs the same steps and the same collectives.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import time
@@ -32,7 +33,7 @@ from delving.engine.checkpoint import (
 from delving.engine.config import Precision
 from delving.engine.distributed import (
     DistributedContext,
-    all_reduce_sum,
+    all_reduce,
     barrier,
     broadcast_from_main,
     gather_to_main,
@@ -69,7 +70,6 @@ class Trainer:
                 f"rank(s) x {train.grad_accum_steps} accumulation step(s); pick a multiple of "
                 f"{self.ctx.world_size * train.grad_accum_steps}."
             )
-        self.micro_batch = per_rank
         self.device = self.ctx.device
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = train.cudnn_benchmark
@@ -263,22 +263,23 @@ class Trainer:
         }
 
     def _check_losses(self, losses: list[torch.Tensor], first_step: int) -> float:
-        """Mean loss over all ranks of the steps since the last check; stops on NaN/Inf (collective)."""
-        stacked = torch.stack(losses) if losses else torch.zeros(1, device=self.device)
-        bad = ~torch.isfinite(stacked)
-        first_bad = torch.where(bad.any(), bad.float().argmax(), torch.tensor(-1, device=self.device)).float()
-        summary = torch.stack(
-            [torch.nan_to_num(stacked, nan=0.0, posinf=0.0, neginf=0.0).sum(), first_bad.clamp(min=-1) + 1]
-        )
-        reduced = all_reduce_sum(summary.clone()).cpu()
-        if reduced[1] > 0 or bad.any():
-            step = first_step + int(first_bad.item()) if bad.any() else first_step
+        """Mean loss over all ranks of the steps since the last check; stops every rank on NaN/Inf.
+
+        The losses stay on the device between checks (no sync per step); every rank calls this at the
+        same steps, so the two collectives match.
+        """
+        stacked = torch.stack(losses).double().cpu() if losses else torch.zeros(0, dtype=torch.float64)
+        bad = (~torch.isfinite(stacked)).nonzero().flatten()
+        local_first_bad = first_step + int(bad[0]) if len(bad) else math.inf
+        first_bad = -all_reduce(torch.tensor([-local_first_bad], dtype=torch.float64), "max").item()
+        if math.isfinite(first_bad):
             raise NonFiniteLossError(
-                f"the loss became NaN or Inf at global step {step} (epoch {self.epoch}). The run stopped; "
-                f"{self.run_dir / 'last.pt'} still holds the last good state. Lower optim.lr, check the "
-                "data (delving-verify-data) or the init, then resume=auto."
+                f"the loss became NaN or Inf at global step {int(first_bad)} (epoch {self.epoch}). The run "
+                f"stopped; {self.run_dir / 'last.pt'} still holds the last good state. Lower optim.lr, check "
+                "the data (delving-verify-data) or the init, then resume=auto."
             )
-        return reduced[0].item() / (max(len(losses), 1) * self.ctx.world_size)
+        total = all_reduce(torch.tensor([stacked.sum().item(), len(losses)], dtype=torch.float64), "sum")
+        return total[0].item() / max(total[1].item(), 1.0)
 
     # ---------------------------------------------------------------- loops
     @torch.no_grad()
@@ -292,7 +293,7 @@ class Trainer:
             hits = logits.topk(min(5, logits.shape[1]), dim=1).indices == labels[:, None]
             counts[:3] += torch.tensor([hits[:, 0].sum().item(), hits.any(dim=1).sum().item(), len(labels)])
         counts[3] = self.val_loader.skipped
-        top1_hits, top5_hits, seen, skipped = all_reduce_sum(counts.to(self.device)).cpu().tolist()
+        top1_hits, top5_hits, seen, skipped = all_reduce(counts, "sum").tolist()
         if int(seen + skipped) != self.val_loader.num_samples:
             raise RuntimeError(
                 f"validation counted {int(seen + skipped)} images, the split has {self.val_loader.num_samples}"
