@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from delving.engine.logging import log
 from delving.engine.trainer import Trainer
+from delving.evaluation.checkpoint import file_sha256
 from delving.evaluation.evaluator import evaluate
 from delving.evaluation.predictions import save_predictions
 
@@ -12,6 +13,7 @@ def run_final_eval(trainer: Trainer) -> dict[str, float]:
     """Collective: every rank evaluates its share; rank 0 writes predictions-<protocol>.npz and logs."""
     cfg, ctx = trainer.cfg, trainer.ctx
     protocol = getattr(cfg.eval.protocol, "value", cfg.eval.protocol)
+    last = trainer.run_dir / "last.pt"
     result = evaluate(
         trainer.model,
         cfg.data,
@@ -20,7 +22,12 @@ def run_final_eval(trainer: Trainer) -> dict[str, float]:
         rank=ctx.rank,
         world_size=ctx.world_size,
         device=ctx.device,
-        extra_metadata={"config": trainer.config, "checkpoint": str(trainer.run_dir / "last.pt")},
+        # The same checkpoint and model_config fields as delving-eval's files, which delving-ensemble reads.
+        extra_metadata={
+            "config": trainer.config,
+            "model_config": trainer.config["model"],
+            "checkpoint": {"path": str(last), "sha256": file_sha256(last) if last.is_file() else None},
+        },
     )
     summary = {
         "top1_error": result.top1_error,
