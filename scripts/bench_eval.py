@@ -23,7 +23,7 @@ from PIL import Image
 
 from delving.data.config import DataConfig
 from delving.data.transforms import resize_shorter, to_model_input
-from delving.evaluation.evaluator import dense_logits, job_probabilities
+from delving.evaluation.evaluator import job_probabilities
 from delving.models import create_net
 
 
@@ -41,7 +41,7 @@ def _images(count: int, width: int, height: int, scale: int) -> list[torch.Tenso
 def _window_offsets(model: torch.nn.Module, image: torch.Tensor, ten_view: bool) -> list[tuple[int, int]]:
     """Pixel (top, left) of the crop matching each window of the last map (window cell x feature stride)."""
     with torch.no_grad():
-        rows, cols = dense_logits(model, image).shape[1:3]
+        rows, cols = model.forward_dense(image).shape[1:3]
     if ten_view:
         cells = [(rows // 2, cols // 2), (0, 0), (0, cols - 1), (rows - 1, 0), (rows - 1, cols - 1)]
     else:

@@ -27,7 +27,7 @@ from delving.evaluation import CheckpointError, EvalConfig, Protocol, evaluate, 
 from delving.evaluation.app import run_eval
 from delving.evaluation.checkpoint import file_sha256
 from delving.evaluation.config import effective_scales, register_configs
-from delving.evaluation.evaluator import dense_logits, job_probabilities
+from delving.evaluation.evaluator import job_probabilities
 from delving.evaluation.views import crop_corners
 from delving.models import create_net
 from delving.models.sppnet import Conv, Pool, SPPNet
@@ -71,7 +71,7 @@ def test_whole_image_window_equals_a_plain_forward(name: str, options: dict) -> 
     torch.manual_seed(0)
     model = calibrate_logits(create_net(name, num_classes=5, **options).eval(), options["input_size"])
     x = _probe(1, (options["input_size"], options["input_size"]))
-    logits = dense_logits(model, x)
+    logits = model.forward_dense(x)
     assert logits.shape == (1, 1, 1, 5)  # a training-sized image has exactly one window
     with torch.no_grad():
         expected = F.softmax(model(x), dim=1)
@@ -93,7 +93,7 @@ def test_every_window_equals_the_forward_of_its_aligned_crop() -> None:
     model = _padding_free_net()
     assert (model.map_size, model.feature_stride) == (4, 8)
     x = _probe(2, (64, 104))  # 6 windows along the width: crops at 0, 8, ..., 40 (40 + 64 = 104)
-    logits = dense_logits(model, x)
+    logits = model.forward_dense(x)
     assert logits.shape == (1, 1, 6, 4)
     with torch.no_grad():
         crops = torch.cat([model(x[..., 8 * j : 8 * j + 64]) for j in range(6)])
@@ -179,7 +179,7 @@ def test_multiscale_weighs_each_scale_equally(data_root: Path) -> None:
     # The 384 scale has more windows than 256; a window-weighted mean would not equal the above.
     image = _model_input(sorted((data_root / "val").rglob("*.JPEG"))[0], 110)
     with torch.no_grad():
-        windows = dense_logits(model, image[None]).shape[1:3]
+        windows = model.forward_dense(image[None]).shape[1:3]
     assert windows.numel() > 1
 
 

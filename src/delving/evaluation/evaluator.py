@@ -122,17 +122,6 @@ class _BucketedRunner:
         np.add.at(self.jobs, indices, 1)
 
 
-def dense_logits(model: SPPNet, batch: torch.Tensor) -> torch.Tensor:
-    """Logits of every training-sized window of each input's last map, (N, H', W', classes).
-
-    Like SPPNet.forward_dense, but the windows go through the head as a 2-D batch: a channel-wise
-    PReLU after fc1/fc2 reads its channels from dim 1, which in a 4-D tensor would be the window row.
-    """
-    pooled = model.spp.dense(model.forward_features(batch), model.map_size)  # (N, H', W', D)
-    logits = model.forward_head(pooled.flatten(0, 2))
-    return logits.view(*pooled.shape[:3], -1)
-
-
 @torch.inference_mode()
 def job_probabilities(model: SPPNet, batch: torch.Tensor, flips: bool, amp: bool = False) -> torch.Tensor:
     """(N, classes) softmax averaged over every window of each input's last map, and over its mirror image."""
@@ -145,7 +134,7 @@ def job_probabilities(model: SPPNet, batch: torch.Tensor, flips: bool, amp: bool
         else contextlib.nullcontext()
     )
     with autocast:
-        logits = dense_logits(model, batch)
+        logits = model.forward_dense(batch)  # (N, H', W', classes); one window for a training-sized crop
     probs = F.softmax(logits.float(), dim=-1).mean(dim=(1, 2))
     return (probs[:size] + probs[size:]) / 2 if flips else probs
 
@@ -198,14 +187,12 @@ def _broadcast_errors(errors: list[float], device: torch.device) -> list[float]:
 
 
 def _bare_model(model: nn.Module) -> SPPNet:
-    """The SPPNet inside a DDP or torch.compile wrapper: the dense test needs its parts."""
+    """The SPPNet inside a DDP or torch.compile wrapper: the dense test needs its forward_dense."""
     for attr in ("module", "_orig_mod"):
-        while hasattr(model, attr) and not hasattr(model, "spp"):
+        while hasattr(model, attr) and not hasattr(model, "forward_dense"):
             model = getattr(model, attr)
-    if not hasattr(model, "spp"):
-        raise TypeError(
-            f"evaluate needs an SPPNet (its SPP layer makes the dense test), got {type(model).__name__}"
-        )
+    if not hasattr(model, "forward_dense"):
+        raise TypeError(f"evaluate needs an SPPNet (with forward_dense), got {type(model).__name__}")
     return model  # type: ignore[return-value]
 
 
