@@ -1,0 +1,49 @@
+"""Config schemas of delving-report and delving-init-check (Hydra ConfigStore)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hydra.core.config_store import ConfigStore
+
+from delving.models.config import ModelConfig
+
+
+@dataclass
+class InitCheckAppConfig:
+    """delving-init-check (configs/init_check.yaml)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    timm_model: str | None = (
+        None  # any timm.create_model name (resnet18, vit_small_patch16_224, ...); `model` is then unused
+    )
+    inits: list[str] | None = (
+        None  # several schemes in one table and plot; None: model.init (timm: its own init)
+    )
+    batch_size: int = 2
+    input_size: int | None = None  # None: the model's training size
+    input_std: float = 1.0
+    seed: int = 0
+    output_dir: str | None = None  # None: outputs/init_check/<model>
+
+
+@dataclass
+class ReportAppConfig:
+    """delving-report (configs/report.yaml)."""
+
+    runs: list[str] = field(default_factory=list)  # run directories (or folders holding run directories)
+    predictions: list[str] = field(
+        default_factory=list
+    )  # extra predictions files (e.g. delving-eval outputs)
+    ensembles: list[str] = field(default_factory=list)  # ensemble.json files of delving-ensemble
+    init_checks: list[str] = field(default_factory=list)  # init_check.json files of delving-init-check
+    output_dir: str = "outputs/report"
+    title: str = "Delving Deep into Rectifiers: reproduction report"
+    command: str | None = None  # recorded in the report header; None: the command line of this call
+
+
+def register_configs() -> None:
+    store = ConfigStore.instance()
+    store.store(group="model", name="base_model", node=ModelConfig)
+    store.store(name="base_init_check", node=InitCheckAppConfig)
+    store.store(name="base_report", node=ReportAppConfig)

@@ -1,0 +1,417 @@
+"""The report: paper-vs-ours tables, init-study curves, learned slopes and training curves, from run directories.
+
+`build_report` returns the markdown and the matplotlib figures (tests inspect them); `write_report` saves them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from delving.evaluation.paper_results import PAPER_TABLES, PaperRow, find_paper_row
+from delving.report.paper_slopes import TABLE1_SLOPES
+from delving.report.plots import new_figure, save_figure
+from delving.report.runs import EvalRecord, Run
+
+INIT_FIGURES = ("fig2", "fig3")
+
+
+@dataclass
+class Report:
+    markdown: str
+    figures: dict[str, Figure] = field(default_factory=dict)  # PNG file name -> figure
+    summary: dict[str, Any] = field(default_factory=dict)  # what report.json holds
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    return "–" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _act(run: Run) -> str:
+    return str(run.model.get("act"))
+
+
+def _chance(run: Run) -> float:
+    return 100.0 * (1.0 - 1.0 / run.num_classes)
+
+
+def _describe_test(record: EvalRecord) -> str:
+    scales = "/".join(str(s) for s in record.scales or [])
+    return f"{record.protocol} {scales}, {record.num_images} images"
+
+
+def _data_line(run: Run) -> str:
+    data, model = run.config.get("data", {}), run.model
+    name = data.get("name")
+    if name == "synthetic":
+        where = f"synthetic, {data.get('synthetic_classes')} classes"
+    else:
+        where = f"{name} {data.get('root') or ''}".strip()
+    return (
+        f"{where}; {model.get('name')} width {model.get('width')}, {model.get('input_size')} px crops, "
+        f"{run.config.get('train', {}).get('epochs')} epochs"
+    )
+
+
+# ------------------------------------------------------------------ tables
+
+
+def run_table(runs: list[Run]) -> list[str]:
+    lines = [
+        "| run | experiment | model | act | init | data | epochs | last val top-1 / top-5 (%) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        val = run.final_val or {}
+        data = run.config.get("data", {})
+        lines.append(
+            f"| `{run.path.name}` | {run.name} | {run.model.get('name')} (width {run.model.get('width')}) | "
+            f"{_act(run)} | {run.model.get('init')} | {data.get('name')} | "
+            f"{run.config.get('train', {}).get('epochs')} | "
+            f"{_num(val.get('val_top1_error'))} / {_num(val.get('val_top5_error'))} |"
+        )
+    return lines
+
+
+def match_rows(key: str, runs: list[Run]) -> dict[str, tuple[Run, EvalRecord]]:
+    """Paper row label -> the first (run, test) that reproduces it: same model, act, protocol, scale."""
+    found: dict[str, tuple[Run, EvalRecord]] = {}
+    for run in runs:
+        for record in run.evals:
+            row = find_paper_row(key, run.model.get("name"), _act(run), record.protocol, record.scales)
+            if row is not None and row.label not in found:
+                found[row.label] = (run, record)
+    return found
+
+
+def paper_table_section(key: str, runs: list[Run], ensembles: list[dict[str, Any]]) -> list[str]:
+    table = PAPER_TABLES[key]
+    matched = match_rows(key, runs)
+    ensemble = next((e for e in ensembles if (e.get("paper_table") or {}).get("key") == key), None)
+    if not matched and ensemble is None:
+        return []
+    lines = [
+        f"### {table.title}",
+        "",
+        f"Paper: ImageNet-2012 {table.split}. Ours: the run's own val split (see the data column).",
+        "",
+        "| paper row | paper top-1 | paper top-5 | ours top-1 | ours top-5 | our run | our test | data |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in table.rows:
+        ours = _ours_for_row(row, matched, ensemble)
+        lines.append(f"| {row.label} | {_num(row.top1)} | {_num(row.top5)} | {ours} |")
+    return [*lines, ""]
+
+
+def _ours_for_row(
+    row: PaperRow, matched: dict[str, tuple[Run, EvalRecord]], ensemble: dict[str, Any] | None
+) -> str:
+    if row.protocol == "ensemble" and ensemble is not None:
+        ens, data = ensemble["ensemble"], ensemble["data"]
+        members = ", ".join(ensemble["ensemble"]["members"])
+        return (
+            f"{_num(ens['top1'])} | {_num(ens['top5'])} | ensemble of {members} | mean softmax | "
+            f"{data.get('name')}, {data.get('scored_images')} images"
+        )
+    if row.label not in matched:
+        return "| | | |" if row.model is None else "– | – | not run | | "
+    run, record = matched[row.label]
+    return (
+        f"{_num(record.top1_error)} | {_num(record.top5_error)} | {run.name} | {_describe_test(record)} | "
+        f"{_data_line(run)}"
+    )
+
+
+# ------------------------------------------------------------------ init study (Figs. 2 and 3)
+
+
+def _conv_names(run: Run) -> list[str]:
+    return [name for name in run.weight_norms if name.startswith("features.")]
+
+
+def init_study_figure(study: str, runs: list[Run]) -> Figure:
+    """Figure 2/3 style: val top-1 error vs epoch, He vs Xavier, plus the loss-gradient norms of the end convs."""
+    fig, (ax_err, ax_grad) = new_figure(1, 2, width=11, height=4)
+    for run in runs:
+        init = str(run.model.get("init"))
+        vals = run.of_type("val")
+        ax_err.plot(
+            [v["epoch"] + 1 for v in vals], [v["val_top1_error"] for v in vals], marker="o", label=init
+        )
+        convs = _conv_names(run)
+        trains = run.of_type("train")
+        per_epoch = run.steps_per_epoch
+        for conv, style in ((convs[0], "-"), (convs[-1], ":")) if convs else ():
+            key = f"grad_norm/{conv}"
+            points = [(r["step"] / per_epoch, r[key]) for r in trains if r.get(key) is not None]
+            if points:
+                xs, ys = zip(*points, strict=True)
+                ax_grad.semilogy(xs, ys, style, label=f"{init} {conv.removeprefix('features.')}")
+    if runs:
+        ax_err.axhline(_chance(runs[0]), color="grey", linestyle="--", label="chance")
+    model = runs[0].model.get("name") if runs else "?"
+    ax_err.set_title(f"{study}: {model}, ReLU, He vs Xavier init")
+    ax_err.set_xlabel("epoch")
+    ax_err.set_ylabel("val top-1 error (%)")
+    ax_grad.set_title("loss-gradient norm (weight decay excluded)")
+    ax_grad.set_xlabel("epoch")
+    ax_grad.set_ylabel("||dE/dW|| of the first and last conv")
+    for ax in (ax_err, ax_grad):
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def init_study_table(runs: list[Run]) -> list[str]:
+    """Final errors and, for the first and last conv, the last logged loss gradient against weight decay's."""
+    lines = [
+        "| init | last val top-1 (%) | chance (%) | first conv: loss grad / weight-decay grad | "
+        "last conv: loss grad / weight-decay grad |",
+        "|---|---|---|---|---|",
+    ]
+    for run in runs:
+        decay = float(run.config.get("optim", {}).get("weight_decay", 0.0))
+        trains = run.of_type("train")
+        cells = []
+        for conv in (_conv_names(run)[:1] + _conv_names(run)[-1:]) or []:
+            grads = [r[f"grad_norm/{conv}"] for r in trains if r.get(f"grad_norm/{conv}") is not None]
+            decay_grad = decay * run.weight_norms[conv]
+            if grads and decay_grad > 0:
+                cells.append(f"{grads[-1]:.2e} / {decay_grad:.2e} = {grads[-1] / decay_grad:.2g}")
+            else:
+                cells.append("–")
+        val = run.final_val or {}
+        lines.append(
+            f"| {run.model.get('init')} | {_num(val.get('val_top1_error'))} | {_num(_chance(run))} | "
+            + " | ".join(cells or ["–", "–"])
+            + " |"
+        )
+    return lines
+
+
+# ------------------------------------------------------------------ learned slopes (Table 1, Fig. 4)
+
+
+def slopes_figure(title: str, runs: list[Run]) -> Figure:
+    """Per layer: channel-wise mean with its std as error bars, channel-shared values, Table 1's for net14."""
+    fig, (ax,) = new_figure(1, 1, width=9, height=4)
+    layers = [s.layer for s in runs[0].slopes]
+    positions = range(len(layers))
+    for run in runs:
+        stats = {s.layer: s for s in run.slopes}
+        means = [stats[layer].mean if layer in stats else math.nan for layer in layers]
+        spreads = [stats[layer].std if layer in stats else 0.0 for layer in layers]
+        label = f"ours: {_act(run)}"
+        if any(s.count > 1 for s in run.slopes):
+            ax.errorbar(positions, means, yerr=spreads, marker="o", capsize=3, label=label + " (mean ± std)")
+        else:
+            ax.plot(positions, means, marker="s", label=label)
+    if all(layer in TABLE1_SLOPES for layer in layers):
+        ax.plot(
+            positions, [TABLE1_SLOPES[layer][0] for layer in layers], "k--", marker="x", label="paper: shared"
+        )
+        ax.plot(
+            positions, [TABLE1_SLOPES[layer][1] for layer in layers], "k:", marker="+", label="paper: wise"
+        )
+    ax.axhline(0.25, color="grey", linewidth=0.8, label="init a = 0.25")
+    ax.set_xticks(list(positions), layers, rotation=45, ha="right")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("learned slope a")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def slope_history_figure(run: Run) -> Figure | None:
+    """The per-layer mean slope over training, from metrics.jsonl: every layer starts at 0.25."""
+    trains = [r for r in run.of_type("train") if any(k.startswith("prelu_slope/") for k in r)]
+    if not trains:
+        return None
+    fig, (ax,) = new_figure(1, 1, width=7, height=4)
+    keys = [k for k in trains[0] if k.startswith("prelu_slope/")]
+    per_epoch = run.steps_per_epoch
+    for key in keys:
+        ax.plot([r["step"] / per_epoch for r in trains], [r[key] for r in trains], label=key.split("/", 1)[1])
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mean slope a of the layer")
+    ax.set_title(f"{run.name}: PReLU slopes during training")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def slopes_table(runs: list[Run]) -> list[str]:
+    names = [s.layer for s in runs[0].slopes]
+    with_paper = all(layer in TABLE1_SLOPES for layer in names)
+    header = "| layer |" + ("paper shared | paper wise |" if with_paper else "")
+    header += "".join(f" {run.name} mean ± std [min, max] |" for run in runs)
+    lines = [header, "|---|" + ("---|---|" if with_paper else "") + "---|" * len(runs)]
+    for layer in names:
+        cells = [f"| {layer} |"]
+        if with_paper:
+            cells.append(f" {TABLE1_SLOPES[layer][0]:.3f} | {TABLE1_SLOPES[layer][1]:.3f} |")
+        for run in runs:
+            stat = next((s for s in run.slopes if s.layer == layer), None)
+            if stat is None:
+                cells.append(" – |")
+            elif stat.count == 1:
+                cells.append(f" {stat.mean:.3f} (shared) |")
+            else:
+                cells.append(f" {stat.mean:.3f} ± {stat.std:.3f} [{stat.min:.2f}, {stat.max:.2f}] |")
+        lines.append("".join(cells))
+    return lines
+
+
+# ------------------------------------------------------------------ training curves
+
+
+def curves_figure(study: str, runs: list[Run]) -> Figure:
+    fig, (ax_loss, ax_val) = new_figure(1, 2, width=11, height=4)
+    for run in runs:
+        trains, vals = run.of_type("train"), run.of_type("val")
+        per_epoch = run.steps_per_epoch
+        ax_loss.plot([r["step"] / per_epoch for r in trains], [r["loss"] for r in trains], label=run.label)
+        ax_val.plot(
+            [v["epoch"] + 1 for v in vals], [v["val_top1_error"] for v in vals], marker=".", label=run.label
+        )
+    ax_loss.set_title(f"{study}: training loss")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("cross-entropy (train, running mean)")
+    ax_val.set_title(f"{study}: validation error (centre crop)")
+    ax_val.set_xlabel("epoch")
+    ax_val.set_ylabel("val top-1 error (%)")
+    for ax in (ax_loss, ax_val):
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------ the whole report
+
+
+def _group(runs: list[Run]) -> dict[str, list[Run]]:
+    groups: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        groups[run.study].append(run)
+    return dict(sorted(groups.items()))
+
+
+def build_report(
+    runs: list[Run],
+    ensembles: list[dict[str, Any]] | None = None,
+    init_checks: dict[str, list[dict[str, Any]]] | None = None,
+    title: str = "Reproduction report",
+    command: str | None = None,
+) -> Report:
+    """Everything from already loaded runs, ensemble.json contents and init_check.json contents (by path)."""
+    ensembles = ensembles or []
+    init_checks = init_checks or {}
+    report = Report("")
+    md = [f"# {title}", ""]
+    if command:
+        md += ["Made with:", "", "```", command, "```", ""]
+    md += ["## Runs", "", *run_table(runs), ""]
+
+    md += ["## Paper vs ours", ""]
+    tables = [line for key in PAPER_TABLES for line in paper_table_section(key, runs, ensembles)]
+    md += tables or ["No run reproduces a row of the paper's tables.", ""]
+
+    groups = _group(runs)
+    for study, members in groups.items():
+        if study not in INIT_FIGURES:
+            continue
+        name = f"{study}_init.png"
+        report.figures[name] = init_study_figure(study, members)
+        paper = members[0].paper
+        md += [
+            f"## {study}: He vs Xavier init",
+            "",
+            f"Paper: He init: {paper.get('he_fan_out', '–')}. Xavier: {paper.get('xavier', '–')}.",
+            "",
+            *init_study_table(members),
+            "",
+            "Loss gradient: the norm of dE/dW logged at the last logging step (weight decay is added by the "
+            "optimizer, not in it); weight-decay gradient: weight_decay × ||W|| of the final weights. "
+            "A ratio far below 1 means the layer's update is almost all weight decay.",
+            "",
+            f"![{study}]({name})",
+            "",
+        ]
+
+    prelu_groups = {s: [r for r in m if r.slopes] for s, m in groups.items()}
+    prelu_groups = {s: m for s, m in prelu_groups.items() if m}
+    if prelu_groups:
+        md += ["## Learned PReLU slopes (Table 1, Fig. 4 style)", ""]
+    for study, members in prelu_groups.items():
+        name = f"{study}_slopes.png"
+        report.figures[name] = slopes_figure(f"{study}: learned slopes per layer", members)
+        md += [f"### {study}", "", *slopes_table(members), "", f"![{study} slopes]({name})", ""]
+        wise = next((r for r in members if any(s.count > 1 for s in r.slopes)), members[0])
+        history = slope_history_figure(wise)
+        if history is not None:
+            report.figures[f"{study}_slope_history.png"] = history
+            md += [f"![{study} slopes during training]({study}_slope_history.png)", ""]
+
+    md += ["## Training curves", ""]
+    for study, members in groups.items():
+        name = f"{study}_curves.png"
+        report.figures[name] = curves_figure(study, members)
+        md += [f"### {study}", "", f"![{study} curves]({name})", ""]
+
+    if init_checks:
+        md += [
+            "## Initialization check (Sec. 2.2, delving-init-check)",
+            "",
+            "| source | model | init | forward gain (last / first conv) | backward gain (first / last conv) |",
+            "|---|---|---|---|---|",
+        ]
+        for source, entries in init_checks.items():
+            for entry in entries:
+                md.append(
+                    f"| {source} | {entry['model']} | {entry['init']} | "
+                    f"{entry['forward_gain_last_over_first']:.3g} | {entry['backward_gain_first_over_last']:.3g} |"
+                )
+        md.append("")
+
+    report.markdown = "\n".join(md)
+    report.summary = {
+        "runs": [
+            {
+                "path": str(run.path),
+                "experiment": run.name,
+                "study": run.study,
+                "model": run.model,
+                "final_val": run.final_val,
+                "evals": [vars(e) for e in run.evals],
+                "slopes": [vars(s) for s in run.slopes],
+            }
+            for run in runs
+        ],
+        "ensembles": ensembles,
+        "init_checks": init_checks,
+    }
+    return report
+
+
+def write_report(report: Report, output_dir: str | Path) -> Path:
+    """report.md, report.json and the PNGs in `output_dir`; returns the markdown path."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for name, fig in report.figures.items():
+        save_figure(fig, output_dir / name)
+    (output_dir / "report.json").write_text(json.dumps(report.summary, indent=1, default=str) + "\n")
+    path = output_dir / "report.md"
+    path.write_text(report.markdown + "\n")
+    return path
