@@ -128,7 +128,10 @@ class Trainer:
             return None
         if resume == "auto":
             last = self.run_dir / "last.pt"
-            return last if last.exists() else None
+            if not last.exists():
+                log.info("resume=auto: no %s yet, starting a new run", last)
+                return None
+            return last
         return Path(resume)
 
     def _maybe_resume(self) -> str | None:
