@@ -254,7 +254,7 @@ def slope_history_figure(run: Run) -> Figure | None:
 def slopes_table(runs: list[Run]) -> list[str]:
     names = [s.layer for s in runs[0].slopes]
     with_paper = all(layer in TABLE1_SLOPES for layer in names)
-    header = "| layer |" + ("paper shared | paper wise |" if with_paper else "")
+    header = "| layer |" + (" paper shared | paper wise |" if with_paper else "")
     header += "".join(f" {run.name} mean ± std [min, max] |" for run in runs)
     lines = [header, "|---|" + ("---|---|" if with_paper else "") + "---|" * len(runs)]
     for layer in names:
