@@ -86,6 +86,7 @@ step "$PY" -m delving.cli.init_check timm_model=resnet18 "inits=[own,he_fan_out,
   "output_dir=$OUT/init_check_resnet18"
 
 echo '```' >> "$LOG"
+cp "$RUNS/table7_ensemble_mini/ensemble.md" "$OUT/table7_ensemble_mini.md"
 # The report last (its own command is in its header).
 "$PY" -m delving.cli.report "runs=[$RUNS]" "ensembles=[$RUNS/table7_ensemble_mini/ensemble.json]" \
   "init_checks=[$OUT/init_check_net30/init_check.json,$OUT/init_check_resnet18/init_check.json]" \

@@ -57,7 +57,8 @@ def test_init_check_report_files_and_timm_nets(tmp_path: Path) -> None:
     # timm's own init zero-initializes the last BN of each residual block: no gradient reaches the last conv.
     timm_reports = init_check({}, ["own", "he_fan_out"], timm_name="resnet18", input_size=64)
     assert timm_reports[0].model == "resnet18" and len(timm_reports[0].layers) == 21
-    assert math.isnan(timm_reports[0].backward_gain) and math.isfinite(timm_reports[1].backward_gain)
+    # Re-initializing the convs leaves the norms alone, so that stays true; the forward gains are measured.
+    assert all(math.isnan(r.backward_gain) and 0 < r.forward_gain < 10 for r in timm_reports)
     markdown = write_outputs(reports, tmp_path, "delving-init-check model=net14")
     text = markdown.read_text()
     assert "forward gain (last / first)" in text and "| features.conv3_6 | conv |" in text

@@ -159,7 +159,7 @@ def init_check(
     return reports
 
 
-def _fmt(value: float) -> str:
+def fmt_stat(value: float) -> str:
     if not math.isfinite(value):
         return "–"
     return f"{value:.3g}" if 1e-3 <= abs(value) < 1e4 else f"{value:.2e}"
@@ -182,7 +182,8 @@ def render_markdown(reports: Sequence[InitReport], command: str | None = None) -
         "|---|---|---|---|",
     ]
     lines += [
-        f"| {r.init} | {len(r.layers)} | {_fmt(r.forward_gain)} | {_fmt(r.backward_gain)} |" for r in reports
+        f"| {r.init} | {len(r.layers)} | {fmt_stat(r.forward_gain)} | {fmt_stat(r.backward_gain)} |"
+        for r in reports
     ]
     header = "| layer | kind | " + " | ".join(f"{r.init} fwd std | {r.init} bwd std" for r in reports) + " |"
     lines += ["", "## Per layer", "", header, "|---|---|" + "---|---|" * len(reports)]
@@ -190,7 +191,7 @@ def render_markdown(reports: Sequence[InitReport], command: str | None = None) -
         cells = []
         for report in reports:
             other = report.layers[index]
-            cells += [_fmt(other.forward_std), _fmt(other.backward_std)]
+            cells += [fmt_stat(other.forward_std), fmt_stat(other.backward_std)]
         lines.append(f"| {layer.name} | {layer.kind} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -15,6 +15,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from delving.evaluation.paper_results import PAPER_TABLES, PaperRow, find_paper_row
+from delving.report.init_check import fmt_stat
 from delving.report.paper_slopes import TABLE1_SLOPES
 from delving.report.plots import new_figure, save_figure
 from delving.report.runs import EvalRecord, Run
@@ -381,9 +382,14 @@ def build_report(
             for entry in entries:
                 md.append(
                     f"| {source} | {entry['model']} | {entry['init']} | "
-                    f"{entry['forward_gain_last_over_first']:.3g} | {entry['backward_gain_first_over_last']:.3g} |"
+                    f"{fmt_stat(entry['forward_gain_last_over_first'])} | "
+                    f"{fmt_stat(entry['backward_gain_first_over_last'])} |"
                 )
-        md.append("")
+        md += [
+            "",
+            "– : no gradient reaches the last conv (timm's ResNets zero-initialize the last BN of each block).",
+            "",
+        ]
 
     report.markdown = "\n".join(md)
     report.summary = {
