@@ -188,7 +188,9 @@ def test_metrics_wandb_and_run_directory(runs: dict[str, Path]) -> None:
     assert 0 <= val[0]["val_top1_error"] <= 100 and val[0]["val_top5_error"] <= val[0]["val_top1_error"]
     assert list((run / "wandb").glob("offline-run-*"))
     assert (run / ".hydra" / "config.yaml").exists() and (run / "train.log").exists()
-    assert sorted(p.name for p in run.glob("best-*.pt"))
+    best_files = sorted(p.name for p in run.glob("best-*.pt"))
+    assert best_files == sorted(e["file"] for e in torch.load(run / "last.pt", weights_only=True)["best"])
+    assert len(best_files) == 2  # both epochs, and last.pt lists the newest entry too
     # The killed run's log has no step twice: records past the checkpoint were dropped on resume.
     steps = [json.loads(line)["step"] for line in (runs["single_killed"] / "metrics.jsonl").read_text().splitlines()
              if json.loads(line)["type"] == "train"]  # fmt: skip

@@ -111,14 +111,6 @@ def gather_to_main(obj: Any, ctx: DistributedContext) -> list[Any] | None:
     return gathered
 
 
-def broadcast_from_main(obj: Any, ctx: DistributedContext) -> Any:
-    if not ctx.is_distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def barrier(ctx: DistributedContext) -> None:
     if ctx.is_distributed:
         dist.barrier()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -35,7 +36,6 @@ from delving.engine.distributed import (
     DistributedContext,
     all_reduce,
     barrier,
-    broadcast_from_main,
     gather_to_main,
     init_distributed,
 )
@@ -201,25 +201,28 @@ class Trainer:
         barrier(self.ctx)
         return path if self.ctx.is_main else None
 
-    def _update_best(self, last: Path, top1_error: float) -> None:
-        """Keep the k best epochs by val error as hard links to last.pt (no second write of the state)."""
+    def _rank_best(self, top1_error: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """This epoch's best-k entry and the entries it pushes out; self.best is updated before last.pt is saved."""
         entry = {
             "top1_error": top1_error,
             "epoch": self.epoch - 1,
             "file": f"best-epoch{self.epoch - 1:03d}.pt",
         }
         ranked = sorted([*self.best, entry], key=lambda e: (e["top1_error"], e["epoch"]))
-        keep, drop = ranked[: self.cfg.train.keep_best], ranked[self.cfg.train.keep_best :]
-        if entry in keep:
+        self.best = ranked[: self.cfg.train.keep_best]
+        return entry, ranked[self.cfg.train.keep_best :]
+
+    def _link_best(self, last: Path, entry: dict[str, Any], dropped: list[dict[str, Any]]) -> None:
+        """Best-k checkpoints are hard links to last.pt (no second write of the state); rank 0 only."""
+        if entry in self.best:
             target = self.run_dir / entry["file"]
             target.unlink(missing_ok=True)
             try:
                 os.link(last, target)
             except OSError:
-                atomic_torch_save(torch.load(last, weights_only=True), target)
-        for old in drop:
+                shutil.copyfile(last, target)
+        for old in dropped:
             (self.run_dir / old["file"]).unlink(missing_ok=True)
-        self.best = keep
 
     # ---------------------------------------------------------------- steps
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -358,10 +361,10 @@ class Trainer:
                 self.epoch - 1, val["val_top1_error"], val["val_top5_error"], self.scheduler.lr,
             )  # fmt: skip
             self._write_metrics(type="val", epoch=self.epoch - 1, lr=self.scheduler.lr, **val)
+        ranked = self._rank_best(val["val_top1_error"]) if val else None  # same on every rank
         last = self._save("last.pt")
-        if val and last is not None:
-            self._update_best(last, val["val_top1_error"])
-        self.best = broadcast_from_main(self.best, self.ctx)
+        if ranked is not None and last is not None:
+            self._link_best(last, *ranked)
         return val
 
     def fit(self) -> dict[str, float]:
