@@ -22,11 +22,15 @@ def run_final_eval(trainer: Trainer) -> dict[str, float]:
         rank=ctx.rank,
         world_size=ctx.world_size,
         device=ctx.device,
-        # The same checkpoint and model_config fields as delving-eval's files, which delving-ensemble reads.
+        # The same checkpoint and model_config fields as delving-eval's files, which delving-ensemble reads;
+        # only rank 0 writes the file, so only rank 0 reads the (multi-GB) checkpoint to hash it.
         extra_metadata={
             "config": trainer.config,
             "model_config": trainer.config["model"],
-            "checkpoint": {"path": str(last), "sha256": file_sha256(last) if last.is_file() else None},
+            "checkpoint": {
+                "path": str(last),
+                "sha256": file_sha256(last) if ctx.is_main and last.is_file() else None,
+            },
         },
     )
     summary = {

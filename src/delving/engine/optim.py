@@ -79,10 +79,6 @@ class EpochScheduler:
         else:
             self.inner = None
 
-    @property
-    def needs_val_error(self) -> bool:
-        return self.kind is SchedKind.plateau
-
     def end_of_epoch(self, val_top1_error: float | None) -> None:
         if self.kind is SchedKind.plateau:
             if val_top1_error is not None:

@@ -259,14 +259,16 @@ class Trainer:
             for name, p in self.model.named_parameters()
             if p.grad is not None and p.ndim > 1
         }
-        return {k: v.item() for k, v in norms.items()}
+        return _to_floats(norms)
 
     def _prelu_slopes(self) -> dict[str, float]:
-        return {
-            f"prelu_slope/{name}": module.weight.detach().float().mean().item()
-            for name, module in self.model.named_modules()
-            if isinstance(module, nn.PReLU)
-        }
+        return _to_floats(
+            {
+                f"prelu_slope/{name}": module.weight.detach().float().mean()
+                for name, module in self.model.named_modules()
+                if isinstance(module, nn.PReLU)
+            }
+        )
 
     def _check_losses(self, losses: list[torch.Tensor], first_step: int) -> float:
         """Mean loss over all ranks of the steps since the last check; stops every rank on NaN/Inf.
@@ -389,3 +391,10 @@ class Trainer:
     def close(self) -> None:
         if self.metrics is not None:
             self.metrics.close()
+
+
+def _to_floats(values: dict[str, torch.Tensor]) -> dict[str, float]:
+    """One device-to-host copy for all the per-layer statistics, not one sync per layer."""
+    if not values:
+        return {}
+    return dict(zip(values, torch.stack(list(values.values())).tolist(), strict=True))
