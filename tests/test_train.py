@@ -18,7 +18,7 @@ from delving.cli.common import CONFIG_DIR, register_resolvers
 from delving.data.config import validate as validate_data
 from delving.engine.checkpoint import CheckpointError, check_resumable, load_checkpoint
 from delving.engine.config import OptimConfig, register_configs
-from delving.engine.distributed import environment_ranks
+from delving.dist import environment_ranks
 from delving.engine.optim import CaffeSGD, build_optimizer
 from delving.models import build_model
 

@@ -8,7 +8,7 @@ from omegaconf import DictConfig
 
 from delving.cli.common import CONFIG_DIR, register_resolvers
 from delving.engine.config import register_configs
-from delving.engine.distributed import shutdown_distributed
+from delving.dist import shutdown_distributed
 from delving.engine.final_eval import run_final_eval
 from delving.engine.trainer import Trainer
 

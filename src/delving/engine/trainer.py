@@ -32,7 +32,7 @@ from delving.engine.checkpoint import (
     restore_rng_state,
 )
 from delving.engine.config import Precision
-from delving.engine.distributed import (
+from delving.dist import (
     DistributedContext,
     all_reduce,
     barrier,
