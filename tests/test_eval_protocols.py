@@ -25,7 +25,7 @@ from test_eval_support import (
 from delving.data.transforms import resize_shorter, to_model_input
 from delving.evaluation import CheckpointError, EvalConfig, Protocol, evaluate, load_model
 from delving.evaluation.app import run_eval
-from delving.evaluation.checkpoint import file_sha256
+from delving.checkpoint import file_sha256
 from delving.evaluation.config import effective_scales, register_configs
 from delving.evaluation.evaluator import job_probabilities
 from delving.evaluation.views import crop_corners
@@ -262,7 +262,8 @@ def test_load_model_and_its_errors(tmp_path: Path, data_root: Path) -> None:
     model = tiny_model()
     data_cfg = {"name": "folder", "root": str(data_root), "crop_size": 64, "num_workers": 0}
     path = save_checkpoint(tmp_path / "ok.pt", model, dict(TINY_MODEL), data_cfg)
-    loaded, config, sha = load_model(path)
+    loaded, checkpoint, sha = load_model(path)
+    config = checkpoint.config
     assert sha == file_sha256(path) and len(sha) == 64 and config["data"] == data_cfg
     assert not loaded.training
     x = _probe(4, (64, 64))

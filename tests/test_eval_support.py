@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from delving.checkpoint import Checkpoint
 from delving.data.config import DataConfig, DatasetKind
 from delving.evaluation.predictions import Predictions
 from delving.models import create_net
@@ -61,10 +62,7 @@ def folder_data_config(root: Path) -> DataConfig:
 def save_checkpoint(
     path: Path, model: torch.nn.Module, model_cfg: dict[str, Any], data_cfg: dict[str, Any]
 ) -> Path:
-    torch.save(
-        {"model": model.state_dict(), "config": {"model": model_cfg, "data": data_cfg}, "epoch": 3}, path
-    )
-    return path
+    return Checkpoint(model.state_dict(), {"model": model_cfg, "data": data_cfg}).save(path)
 
 
 def make_predictions(

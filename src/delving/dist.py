@@ -19,6 +19,9 @@ class DistributedContext:
     world_size: int
     local_rank: int
     device: torch.device
+    # A gloo group beside the default one: small control messages (stop, failure, log) travel on the CPU,
+    # so agreeing every step costs no GPU sync even under nccl.
+    control: Any = None
 
     @property
     def is_main(self) -> bool:
@@ -59,11 +62,14 @@ def environment_ranks(env: dict[str, str] | None = None) -> tuple[int, int, int]
 
 
 def pick_device(requested: str, local_rank: int) -> torch.device:
+    """cuda:<local rank>, or the only visible GPU when the launcher gives each task one (--gpus-per-task=1)."""
     if requested == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        requested = "cuda"
     device = torch.device(requested)
     if device.type == "cuda" and device.index is None:
-        device = torch.device(f"cuda:{local_rank}")
+        device = torch.device(f"cuda:{local_rank if local_rank < torch.cuda.device_count() else 0}")
     return device
 
 
@@ -73,15 +79,32 @@ def init_distributed(requested_device: str = "auto", timeout_s: int = 1800) -> D
     device = pick_device(requested_device, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(
-            backend="nccl" if device.type == "cuda" else "gloo",
-            init_method="env://",
-            rank=rank,
-            world_size=world_size,
-            timeout=datetime.timedelta(seconds=timeout_s),
-        )
-    return DistributedContext(rank, world_size, local_rank, device)
+    if world_size == 1:
+        return DistributedContext(rank, world_size, local_rank, device)
+    timeout = datetime.timedelta(seconds=timeout_s)
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world_size, timeout=timeout)
+    control = dist.new_group(backend="gloo", timeout=timeout) if dist.get_backend() != "gloo" else None
+    return DistributedContext(rank, world_size, local_rank, device, control)
+
+
+def agree(ctx: DistributedContext, flags: list[int]) -> list[int]:
+    """Every rank's flags combined by max (any rank's 1 wins); a collective every rank calls at the same point."""
+    if not ctx.is_distributed:
+        return flags
+    values = torch.tensor(flags, dtype=torch.int64)
+    dist.all_reduce(values, op=dist.ReduceOp.MAX, group=ctx.control)
+    return values.tolist()
+
+
+def gather_objects(ctx: DistributedContext, obj: Any) -> list[Any]:
+    """Every rank's `obj` on every rank, over the control group (for error messages and small records)."""
+    if not ctx.is_distributed:
+        return [obj]
+    gathered: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(gathered, obj, group=ctx.control)
+    return gathered
 
 
 def shutdown_distributed() -> None:

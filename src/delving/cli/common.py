@@ -3,30 +3,27 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 from omegaconf import OmegaConf
+
+from delving.engine.run_dir import run_name_from_overrides
 
 # The repository's configs/ (an editable install or a checkout); DELVING_CONFIG_DIR points elsewhere.
 CONFIG_DIR = str(Path(os.environ.get("DELVING_CONFIG_DIR", Path(__file__).resolve().parents[3] / "configs")))
 
 
-def run_id() -> str:
-    """One name per launch that every rank computes alike, so all ranks share one run directory.
+def run_name(given: str | None) -> str:
+    """The run directory's name: run_name= when given, else named from the overrides that define the run.
 
-    SLURM job id, else torchrun's rendezvous id, else (torchrun without one) the launcher's pid,
-    else the start time of this single process.
+    Every rank of a launch, a relaunch, a requeued or a resubmitted job computes the same name, so the same
+    command always finds its run (see engine/run_dir.py).
     """
-    if "SLURM_JOB_ID" in os.environ:
-        array_task = os.environ.get("SLURM_ARRAY_TASK_ID")
-        return f"slurm-{os.environ['SLURM_JOB_ID']}" + (f"-{array_task}" if array_task else "")
-    rendezvous = os.environ.get("TORCHELASTIC_RUN_ID", "none")
-    if rendezvous != "none":
-        return f"torchrun-{rendezvous}"
-    if "LOCAL_RANK" in os.environ:
-        return f"torchrun-pid{os.getppid()}"
-    return time.strftime("%Y-%m-%d_%H-%M-%S")
+    if given:
+        return str(given)
+    from hydra.core.hydra_config import HydraConfig
+
+    return run_name_from_overrides(list(HydraConfig.get().overrides.task))
 
 
 def main_rank_only(value: str) -> str | None:
@@ -36,5 +33,5 @@ def main_rank_only(value: str) -> str | None:
 
 
 def register_resolvers() -> None:
-    OmegaConf.register_new_resolver("delving_run_id", run_id, use_cache=True, replace=True)
+    OmegaConf.register_new_resolver("delving_run_name", run_name, replace=True)
     OmegaConf.register_new_resolver("delving_main_rank_only", main_rank_only, replace=True)

@@ -61,6 +61,8 @@ class WandbConfig:
 class LoggerConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
     log_every_steps: int = 20
+    # When stderr is not a terminal: a plain progress line at least this often (besides every log_every_steps).
+    log_every_seconds: float = 60.0
     progress_bar: bool = True  # rank 0 only, and quiet when stderr is not a terminal
 
 
@@ -86,6 +88,8 @@ class TrainConfig:
     val_max_images: int | None = None  # e.g. 3000 for Figs. 2-3's error curves; None: the whole split
     final_eval: bool = True  # run the `eval` protocol on the val split after the last epoch
     dist_timeout_s: int = 1800
+    # On SIGUSR1 (SLURM's pre-timeout --signal) under a SLURM batch job, `scontrol requeue` it after saving.
+    requeue_on_usr1: bool = True
 
 
 @dataclass
@@ -107,6 +111,10 @@ class AppConfig:
     paper_reference: dict[str, Any] = field(default_factory=dict)  # the paper's numbers this run reproduces
     seed: int = 0
     resume: str | None = None  # auto: the run directory's last.pt; or a checkpoint path
+    # Names the run directory (outputs/<experiment_name>/<run_name>); None: named from the overrides.
+    run_name: str | None = None
+    # With resume=null in a run directory that holds a run: move its files to previous/<time>/ and start anew.
+    start_over: bool = False
 
 
 def register_configs() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from delving.engine.logging import log
 from delving.engine.trainer import Trainer
-from delving.evaluation.checkpoint import file_sha256
+from delving.checkpoint import file_sha256
 from delving.evaluation.evaluator import evaluate
 from delving.evaluation.predictions import save_predictions
 
@@ -55,6 +55,6 @@ def run_final_eval(trainer: Trainer) -> dict[str, float]:
         )
         if trainer.metrics is not None:
             trainer.metrics.write(
-                {"type": "final_eval", "step": trainer.global_step, "protocol": protocol, **summary}
+                {"type": "final_eval", "step": trainer.state.global_step, "protocol": protocol, **summary}
             )
     return summary

@@ -1,4 +1,4 @@
-"""Run outputs on rank 0: metrics.jsonl, a wandb run (offline by default), a progress bar, train.log."""
+"""Run outputs on rank 0: metrics.jsonl, a wandb run (offline by default), progress (bar or lines), train.log."""
 
 from __future__ import annotations
 
@@ -7,22 +7,28 @@ import logging
 import math
 import os
 import sys
+import time
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
 from delving.engine.config import LoggerConfig, WandbMode
+from delving.io import atomic_write_text
+
+if TYPE_CHECKING:
+    from delving.engine.trainer import Trainer
 
 log = logging.getLogger("delving")
 
 
 def setup_console_logging(run_dir: Path, is_main: bool) -> None:
-    """Rank 0 logs INFO to the console and train.log; other ranks only warnings, to the console."""
+    """Rank 0 logs INFO to the console and train.log (appended to across relaunches); other ranks only warnings."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(run_dir / "train.log"))
+        handlers.append(logging.FileHandler(run_dir / "train.log", mode="a"))
     formatter = logging.Formatter("[%(asctime)s %(levelname)s] %(message)s", "%H:%M:%S")
     log.handlers.clear()
     for handler in handlers:
@@ -40,7 +46,8 @@ class MetricsLog:
     ) -> None:
         self.path = run_dir / "metrics.jsonl"
         self.wandb_run = None
-        mode = WandbMode(cfg.wandb.mode)
+        # WANDB_MODE in the environment wins, as wandb's own tools expect (e.g. a site that forbids online).
+        mode = WandbMode(os.environ.get("WANDB_MODE") or cfg.wandb.mode)
         if mode is not WandbMode.disabled:
             import wandb
 
@@ -56,23 +63,39 @@ class MetricsLog:
                 config=config,
                 name=run_dir.name,
             )
+            if mode is WandbMode.offline:
+                log.info(
+                    "wandb offline run in %s; upload it with: wandb sync %s", self.wandb_run.dir,
+                    Path(self.wandb_run.dir).parent,
+                )  # fmt: skip
 
     @property
     def wandb_run_id(self) -> str | None:
         return self.wandb_run.id if self.wandb_run is not None else None
 
-    def truncate_after(self, global_step: int) -> None:
-        """Drop records a killed run wrote after the checkpoint it resumes from (no duplicate steps)."""
+    def truncate_after(self, global_step: int, keep_val: bool = True) -> None:
+        """Drop records written after the checkpoint this run starts from (no step twice in the log).
+
+        A torn last line (a kill during a write) is dropped with a warning instead of breaking every resume.
+        """
         if not self.path.exists():
             return
+        lines = self.path.read_text().splitlines()
+        records = []
+        for number, line in enumerate(lines, 1):
+            try:
+                records.append((line, json.loads(line)))
+            except json.JSONDecodeError:
+                if number < len(lines):
+                    raise ValueError(f"{self.path}: line {number} is not JSON; fix or delete the file") from None
+                log.warning("%s: dropped a torn last line (a write that was killed)", self.path)
         kept = [
             line
-            for line in self.path.read_text().splitlines()
-            if json.loads(line).get("step", 0) <= global_step
+            for line, record in records
+            if record.get("step", 0) < global_step
+            or (record.get("step", 0) == global_step and (keep_val or record.get("type") != "val"))
         ]
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
@@ -93,3 +116,49 @@ def progress_bar(total: int, initial: int, enabled: bool, description: str) -> t
     return tqdm(
         total=total, initial=initial, desc=description, disable=None if enabled else True, dynamic_ncols=True
     )
+
+
+class ProgressLine:
+    """Rank 0's plain progress line for logs that are not a terminal (SLURM output files, CI).
+
+    Printed every `logger.log_every_steps` steps and at least every `logger.log_every_seconds`; the
+    time-based one is decided by rank 0 and agreed by every rank (the loss needs a collective).
+    """
+
+    def __init__(self, trainer: Trainer, steps: int, plain: bool) -> None:
+        self.trainer, self.steps, self.plain = trainer, steps, plain
+        self.every_s = float(trainer.cfg.logger.log_every_seconds)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.start, self.start_step, self.wait = time.perf_counter(), self.trainer.state.global_step, 0.0
+
+    def waited(self, seconds: float) -> None:
+        self.wait += seconds
+
+    def due(self) -> bool:
+        return self.plain and time.perf_counter() - self.start >= self.every_s
+
+    def report(self, loss: float) -> float:
+        """Images/s over the window since the last report; prints the line when plain; starts a new window."""
+        trainer, state = self.trainer, self.trainer.state
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        window_steps = state.global_step - self.start_step
+        images_per_s = window_steps * trainer.cfg.train.batch_size / elapsed
+        if self.plain and window_steps:
+            per_step = elapsed / window_steps
+            epoch_left = self.steps - state.step_in_epoch
+            run_left = epoch_left + (trainer.cfg.train.epochs - state.epoch - 1) * self.steps
+            log.info(
+                "epoch %d/%d step %d/%d | loss %.4f | lr %.3g | %.0f img/s | data wait %.0f%% | "
+                "epoch ETA %s | run ETA %s",
+                state.epoch, trainer.cfg.train.epochs, state.step_in_epoch, self.steps, loss,
+                trainer.scheduler.lr, images_per_s, 100 * self.wait / elapsed,
+                _duration(epoch_left * per_step), _duration(run_left * per_step),
+            )  # fmt: skip
+        self._reset()
+        return images_per_s
+
+
+def _duration(seconds: float) -> str:
+    return str(timedelta(seconds=round(seconds)))

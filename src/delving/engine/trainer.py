@@ -1,12 +1,15 @@
 """The Trainer: DDP training of any registered net with exact resume, metrics and checkpoints.
 
 It knows the model only as an nn.Module (plus the param-group helper) and the data only through
-TrainLoader/EvalLoader; every rank runs the same steps and the same collectives.
+TrainLoader/EvalLoader; every rank runs the same steps and the same collectives. Once a step, the ranks
+agree (on a CPU control group) whether to stop for a signal, whether a rank failed, and whether a log
+line is due, so a stop is exact and one rank's error stops them all at the same step.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import os
 import shutil
@@ -21,77 +24,97 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from delving.data.loaders import EvalLoader, TrainLoader
-from delving.engine.checkpoint import (
-    FORMAT_VERSION,
-    CheckpointError,
-    atomic_torch_save,
+from delving.checkpoint import (
+    Checkpoint,
+    TrainState,
     capture_rng_state,
     check_resumable,
-    load_checkpoint,
+    load_weights,
     restore_rng_state,
 )
+from delving.data.loaders import EvalLoader, TrainLoader
+from delving.dist import DistributedContext, agree, all_reduce, barrier, gather_objects, gather_to_main
 from delving.engine.config import Precision
-from delving.dist import (
-    DistributedContext,
-    all_reduce,
-    barrier,
-    gather_to_main,
-    init_distributed,
-)
-from delving.engine.logging import MetricsLog, log, progress_bar, setup_console_logging
+from delving.engine.logging import MetricsLog, ProgressLine, log, progress_bar
 from delving.engine.optim import EpochScheduler, build_optimizer
+from delving.engine.signals import StopRequested, StopSignals
+from delving.errors import UserError
 from delving.models import build_model
 
-# Fault injection for the resume tests: SIGKILL this process right after this global step.
+# Test hooks (fault injection): SIGKILL this process right after this global step; sleep after each step.
 KILL_AT_STEP_ENV = "DELVING_KILL_AT_STEP"
+STEP_SLEEP_ENV = "DELVING_STEP_SLEEP_S"
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError):
     pass
+
+
+class RankFailed(RuntimeError):
+    """Another rank raised; its message is in this one (the first failing rank's)."""
 
 
 def config_to_dict(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # type: ignore[return-value]
 
 
+def _dropout_seed(seed: int, rank: int, offset: int = 0) -> int:
+    """Each rank's own stream for dropout, apart from the data order's."""
+    return seed * 1_000_003 + rank + offset
+
+
 class Trainer:
-    def __init__(self, cfg: DictConfig, run_dir: str | Path) -> None:
-        self.cfg = cfg
-        self.config = config_to_dict(cfg)
-        self.run_dir = Path(run_dir)
-        self.ctx: DistributedContext = init_distributed(cfg.train.device, cfg.train.dist_timeout_s)
-        setup_console_logging(self.run_dir, self.ctx.is_main)
-        train = cfg.train
+    def __init__(
+        self, cfg: DictConfig, run_dir: str | Path, ctx: DistributedContext, stop: StopSignals | None = None
+    ) -> None:
+        self.cfg, self.config, self.ctx = cfg, config_to_dict(cfg), ctx
+        self.run_dir, self.stop = Path(run_dir), stop or StopSignals()
+        self.device = ctx.device
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+        self.model = build_model(cfg.model).to(self.device)
+        if cfg.train.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.scheduler = EpochScheduler(self.optimizer, cfg.sched)
+        self.precision = Precision(cfg.train.precision)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision is Precision.fp16)
+        self._build_loaders()
+        self.net = self._wrap_model()
+        self.state = TrainState()
+        wandb_run_id = self._restore_or_seed()
+        self.metrics = (
+            MetricsLog(self.run_dir, cfg.logger, self.config, wandb_run_id) if self.ctx.is_main else None
+        )
+        if self.metrics is not None:
+            # Records a killed run wrote after last.pt (and its validation, when last.pt was saved before it).
+            self.metrics.truncate_after(self.state.global_step, keep_val=not self.state.val_pending)
+
+    def _per_rank_batch(self) -> int:
+        train = self.cfg.train
         per_rank, remainder = divmod(train.batch_size, self.ctx.world_size * train.grad_accum_steps)
         if remainder or per_rank == 0:
-            raise ValueError(
+            raise UserError(
                 f"train.batch_size={train.batch_size} (global) does not split evenly over {self.ctx.world_size} "
                 f"rank(s) x {train.grad_accum_steps} accumulation step(s); pick a multiple of "
                 f"{self.ctx.world_size * train.grad_accum_steps}."
             )
-        self.device = self.ctx.device
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = train.cudnn_benchmark
+        return per_rank
 
-        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-        self.model = build_model(cfg.model).to(self.device)
-        if train.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.optimizer = build_optimizer(self.model, cfg.optim)
-        self.scheduler = EpochScheduler(self.optimizer, cfg.sched)
-        self.precision = Precision(train.precision)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision is Precision.fp16)
+    def _build_loaders(self) -> None:
+        cfg, per_rank = self.cfg, self._per_rank_batch()
         self.train_loader = TrainLoader(
             cfg.data,
-            batch_size=per_rank * train.grad_accum_steps,
+            batch_size=per_rank * cfg.train.grad_accum_steps,
             rank=self.ctx.rank,
             world_size=self.ctx.world_size,
             seed=cfg.seed,
             pin_memory=self.device.type == "cuda",
         )
+        self.classes = list(self.train_loader.classes)
         if self.train_loader.num_classes != cfg.model.num_classes:
-            raise ValueError(
+            raise UserError(
                 f"the data set has {self.train_loader.num_classes} classes but model.num_classes="
                 f"{cfg.model.num_classes}; set model.num_classes={self.train_loader.num_classes}"
             )
@@ -101,25 +124,19 @@ class Trainer:
             batch_size=per_rank,
             rank=self.ctx.rank,
             world_size=self.ctx.world_size,
-            max_samples=train.val_max_images,
+            max_samples=cfg.train.val_max_images,
         )
-        self.net: nn.Module = torch.compile(self.model) if train.compile else self.model
-        if self.ctx.is_distributed:
-            self.net = DistributedDataParallel(
-                self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None
-            )
 
-        self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
-        self.best: list[dict[str, Any]] = []
-        wandb_run_id = self._maybe_resume()
-        # Dropout draws from each rank's own stream (restored exactly on resume).
-        if not self._resumed:
-            torch.manual_seed(cfg.seed * 1_000_003 + self.ctx.rank)
-        self.metrics = (
-            MetricsLog(self.run_dir, cfg.logger, self.config, wandb_run_id) if self.ctx.is_main else None
-        )
-        if self.metrics is not None and self._resumed:
-            self.metrics.truncate_after(self.global_step)
+    def _wrap_model(self) -> nn.Module:
+        net: nn.Module = torch.compile(self.model) if self.cfg.train.compile else self.model
+        if self.ctx.is_distributed:
+            net = DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        return net
+
+    def release_loaders(self) -> None:
+        """Ends the training loaders' worker processes (the final evaluation starts its own)."""
+        self.train_loader = self.val_loader = None  # type: ignore[assignment]
+        gc.collect()  # the DataLoaders' persistent iterators shut their workers down when collected
 
     # ---------------------------------------------------------------- resume
     def _resume_path(self) -> Path | None:
@@ -134,87 +151,64 @@ class Trainer:
             return last
         return Path(resume)
 
-    def _maybe_resume(self) -> str | None:
-        self._resumed = False
+    def _restore_or_seed(self) -> str | None:
+        """Restores everything from the checkpoint to resume from, if any; returns its wandb run id."""
         path = self._resume_path()
         if path is None:
+            torch.manual_seed(_dropout_seed(self.cfg.seed, self.ctx.rank))
             return None
-        state = load_checkpoint(path)
-        check_resumable(state, self.config, path)
-        try:
-            self.model.load_state_dict(state["model"])
-        except RuntimeError as error:
-            raise CheckpointError(f"{path}: its weights do not fit this model: {error}") from error
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.epoch, self.step_in_epoch, self.global_step = (
-            state["epoch"],
-            state["step_in_epoch"],
-            state["global_step"],
-        )
-        self.best = list(state["best"])
-        rng_states = state["rng"]
-        if len(rng_states) == self.ctx.world_size:
-            restore_rng_state(rng_states[self.ctx.rank])
+        checkpoint = Checkpoint.load(path)
+        check_resumable(checkpoint, self.config, path)
+        load_weights(self.model, checkpoint.model, path, "this model")
+        self.optimizer.load_state_dict(checkpoint.optimizer)
+        self.scheduler.load_state_dict(checkpoint.scheduler)
+        self.scaler.load_state_dict(checkpoint.scaler)
+        self.state.load_state_dict(checkpoint.train_state)
+        if len(checkpoint.rng) == self.ctx.world_size:
+            restore_rng_state(checkpoint.rng[self.ctx.rank])
         else:
             log.warning(
                 "checkpoint has RNG states of %d ranks, this run has %d: dropout draws will differ from an "
                 "uninterrupted run (the data order does not).",
-                len(rng_states),
+                len(checkpoint.rng),
                 self.ctx.world_size,
             )
-            torch.manual_seed(self.cfg.seed * 1_000_003 + self.ctx.rank + self.global_step)
-        self._resumed = True
+            torch.manual_seed(_dropout_seed(self.cfg.seed, self.ctx.rank, self.state.global_step))
         log.info(
             "resumed from %s at epoch %d, step %d (global step %d)",
-            path,
-            self.epoch,
-            self.step_in_epoch,
-            self.global_step,
-        )
-        return state.get("wandb_run_id")
+            path, self.state.epoch, self.state.step_in_epoch, self.state.global_step,
+        )  # fmt: skip
+        return checkpoint.wandb_run_id
 
     def _save(self, name: str) -> Path | None:
         """Collective: gathers every rank's RNG state; rank 0 writes run_dir/name atomically."""
         rng_states = gather_to_main(capture_rng_state(), self.ctx)
         path = self.run_dir / name
         if self.ctx.is_main:
-            atomic_torch_save(
-                {
-                    "format_version": FORMAT_VERSION,
-                    "model": self.model.state_dict(),
-                    "config": self.config,
-                    "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict(),
-                    "scaler": self.scaler.state_dict(),
-                    "epoch": self.epoch,
-                    "step_in_epoch": self.step_in_epoch,
-                    "global_step": self.global_step,
-                    "rng": rng_states,
-                    "best": self.best,
-                    "wandb_run_id": self.metrics.wandb_run_id if self.metrics else None,
-                    "world_size": self.ctx.world_size,
-                },
-                path,
-            )
+            Checkpoint(
+                model=self.model.state_dict(),
+                config=self.config,
+                classes=list(self.classes),
+                train_state=self.state.state_dict(),
+                optimizer=self.optimizer.state_dict(),
+                scheduler=self.scheduler.state_dict(),
+                scaler=self.scaler.state_dict(),
+                rng=rng_states or [],
+                wandb_run_id=self.metrics.wandb_run_id if self.metrics else None,
+            ).save(path)
         barrier(self.ctx)
         return path if self.ctx.is_main else None
 
-    def _rank_best(self, top1_error: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """This epoch's best-k entry and the entries it pushes out; self.best is updated before last.pt is saved."""
-        entry = {
-            "top1_error": top1_error,
-            "epoch": self.epoch - 1,
-            "file": f"best-epoch{self.epoch - 1:03d}.pt",
-        }
-        ranked = sorted([*self.best, entry], key=lambda e: (e["top1_error"], e["epoch"]))
-        self.best = ranked[: self.cfg.train.keep_best]
+    def _update_best_k(self, top1_error: float, finished: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """This epoch's best-k entry and the entries it pushes out; updated before last.pt is saved."""
+        entry = {"top1_error": top1_error, "epoch": finished, "file": f"best-epoch{finished:03d}.pt"}
+        ranked = sorted([*self.state.best, entry], key=lambda e: (e["top1_error"], e["epoch"]))
+        self.state.best = ranked[: self.cfg.train.keep_best]
         return entry, ranked[self.cfg.train.keep_best :]
 
     def _link_best(self, last: Path, entry: dict[str, Any], dropped: list[dict[str, Any]]) -> None:
         """Best-k checkpoints are hard links to last.pt (no second write of the state); rank 0 only."""
-        if entry in self.best:
+        if entry in self.state.best:
             target = self.run_dir / entry["file"]
             target.unlink(missing_ok=True)
             try:
@@ -253,7 +247,10 @@ class Trainer:
         return total, grad_norms
 
     def _grad_norms(self) -> dict[str, float]:
-        # After backward: DDP has averaged the gradients, so every rank sees the same values.
+        # After backward: DDP has averaged the gradients, so every rank sees the same values. Under fp16 the
+        # gradients are unscaled first (GradScaler.step then skips its own unscale), so the norms are true.
+        if self.precision is Precision.fp16:
+            self.scaler.unscale_(self.optimizer)
         norms = {
             f"grad_norm/{name.removesuffix('.weight')}": p.grad.detach().float().norm()
             for name, p in self.model.named_parameters()
@@ -282,25 +279,38 @@ class Trainer:
         first_bad = -all_reduce(torch.tensor([-local_first_bad], dtype=torch.float64), "max").item()
         if math.isfinite(first_bad):
             raise NonFiniteLossError(
-                f"the loss became NaN or Inf at global step {int(first_bad)} (epoch {self.epoch}). The run "
-                f"stopped; {self.run_dir / 'last.pt'} still holds the last good state. Lower optim.lr, check "
-                "the data (delving-verify-data) or the init, then resume=auto."
+                f"the loss became NaN or Inf at global step {int(first_bad)} (epoch {self.state.epoch}). The "
+                f"run stopped; {self.run_dir / 'last.pt'} still holds the last good state. Lower optim.lr, "
+                "check the data (delving-verify-data) or the init, then relaunch (resume=auto)."
             )
         total = all_reduce(torch.tensor([stacked.sum().item(), len(losses)], dtype=torch.float64), "sum")
         return total[0].item() / max(total[1].item(), 1.0)
+
+    def _agree(self, error: BaseException | None, log_due: bool) -> tuple[bool, bool]:
+        """The once-a-step collective: (stop for a signal, print a log line); re-raises any rank's error."""
+        stop, failed, log_now = agree(self.ctx, [int(self.stop.requested), int(error is not None), int(log_due)])
+        if failed:
+            messages = gather_objects(self.ctx, None if error is None else f"{type(error).__name__}: {error}")
+            if error is not None:
+                raise error
+            rank, message = next((r, m) for r, m in enumerate(messages) if m is not None)
+            raise RankFailed(f"rank {rank} failed, so every rank stopped: {message}")
+        return bool(stop), bool(log_now)
 
     # ---------------------------------------------------------------- loops
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Center-crop top-1/top-5 error on the val split; each image counted once over all ranks."""
         self.model.eval()
-        counts = torch.zeros(4, dtype=torch.float64)  # top-1 hits, top-5 hits, images, unreadable images
+        top1_hits = top5_hits = seen = 0
         for images, labels in self.val_loader:
             with self._autocast():
                 logits = self.model(images.to(self.device, non_blocking=True)).float().cpu()
             hits = logits.topk(min(5, logits.shape[1]), dim=1).indices == labels[:, None]
-            counts[:3] += torch.tensor([hits[:, 0].sum().item(), hits.any(dim=1).sum().item(), len(labels)])
-        counts[3] = self.val_loader.skipped
+            top1_hits += int(hits[:, 0].sum())
+            top5_hits += int(hits.any(dim=1).sum())
+            seen += len(labels)
+        counts = torch.tensor([top1_hits, top5_hits, seen, self.val_loader.skipped], dtype=torch.float64)
         top1_hits, top5_hits, seen, skipped = all_reduce(counts, "sum").tolist()
         if int(seen + skipped) != self.val_loader.num_samples:
             raise RuntimeError(
@@ -313,80 +323,105 @@ class Trainer:
         }
 
     def train_epoch(self, max_steps: int | None = None) -> None:
-        """Trains the rest of the current epoch (from `step_in_epoch`), logging and checkpointing on the way."""
-        cfg = self.cfg
+        """Trains the rest of the current epoch (from `step_in_epoch`), logging and checkpointing on the way.
+
+        Raises StopRequested after saving last.pt when a stop signal reached any rank.
+        """
+        cfg, state = self.cfg, self.state
         steps = self.train_loader.steps_per_epoch
         kill_at = int(os.environ.get(KILL_AT_STEP_ENV, "0"))
+        step_sleep = float(os.environ.get(STEP_SLEEP_ENV, "0"))
         log_every, ckpt_every = cfg.logger.log_every_steps, cfg.train.checkpoint_every_steps
-        show = cfg.logger.progress_bar and self.ctx.is_main
-        bar = progress_bar(steps, self.step_in_epoch, show, f"epoch {self.epoch}")
+        bar = progress_bar(steps, state.step_in_epoch, cfg.logger.progress_bar and self.ctx.is_main, f"epoch {state.epoch}")
+        line = ProgressLine(self, steps, plain=self.ctx.is_main and bar.disable)
         pending: list[torch.Tensor] = []
-        window_start, window_step = time.perf_counter(), self.global_step
-        for done, (images, labels) in enumerate(self.train_loader.epoch(self.epoch, self.step_in_epoch), 1):
-            log_now = (self.global_step + 1) % log_every == 0
-            loss, grad_norms = self.train_step(images, labels, want_grad_norms=log_now)
+        batches = iter(self.train_loader.epoch(state.epoch, state.step_in_epoch))
+        for done in range(1, steps - state.step_in_epoch + 1):
+            error, batch = None, None
+            waited = time.perf_counter()
+            try:
+                batch = next(batches)
+            except Exception as exc:  # e.g. too many unreadable images: every rank must learn of it
+                error = exc
+            line.waited(time.perf_counter() - waited)
+            stop, log_now = self._agree(error, line.due())
+            if stop:
+                self._save("last.pt")
+                raise StopRequested(self.stop.received or signal.SIGTERM)
+            images, labels = batch  # type: ignore[misc]
+            want_grad_norms = (state.global_step + 1) % log_every == 0
+            loss, grad_norms = self.train_step(images, labels, want_grad_norms=want_grad_norms)
             pending.append(loss)
-            self.global_step += 1
-            self.step_in_epoch += 1
+            state.global_step += 1
+            state.step_in_epoch += 1
             bar.update(1)
-            checkpoint_now = (
-                ckpt_every > 0 and self.global_step % ckpt_every == 0 and self.step_in_epoch < steps
-            )
-            if log_now or checkpoint_now:
-                mean_loss = self._check_losses(pending, self.global_step - len(pending) + 1)
-                elapsed = time.perf_counter() - window_start
-                images_per_s = (self.global_step - window_step) * cfg.train.batch_size / max(elapsed, 1e-9)
-                pending, window_start, window_step = [], time.perf_counter(), self.global_step
+            checkpoint_now = ckpt_every > 0 and state.global_step % ckpt_every == 0 and state.step_in_epoch < steps
+            if want_grad_norms or checkpoint_now or log_now:
+                mean_loss = self._check_losses(pending, state.global_step - len(pending) + 1)
+                pending = []
+                images_per_s = line.report(mean_loss)
                 bar.set_postfix(loss=f"{mean_loss:.3f}", img_s=f"{images_per_s:.0f}")
-                self._write_metrics(
-                    type="train", loss=mean_loss, lr=self.scheduler.lr, images_per_s=images_per_s,
-                    **grad_norms, **self._prelu_slopes(),
-                )  # fmt: skip
+                if want_grad_norms or checkpoint_now:
+                    self._write_metrics(
+                        type="train", loss=mean_loss, lr=self.scheduler.lr, images_per_s=images_per_s,
+                        **grad_norms, **self._prelu_slopes(),
+                    )  # fmt: skip
             if checkpoint_now:
                 self._save("last.pt")
-            if kill_at and self.global_step == kill_at:
+            if kill_at and state.global_step == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
+            if step_sleep:
+                time.sleep(step_sleep)
             if max_steps is not None and done >= max_steps:
                 break
         bar.close()
-        self._check_losses(pending, self.global_step - len(pending) + 1)
+        self._check_losses(pending, state.global_step - len(pending) + 1)
 
     def end_epoch(self) -> dict[str, float]:
-        """Validation, the LR rule, last.pt and the best-k checkpoints (collective)."""
-        self.epoch, self.step_in_epoch = self.epoch + 1, 0
-        due = self.epoch % self.cfg.train.val_every_epochs == 0 or self.epoch == self.cfg.train.epochs
-        val = self.validate() if due else {}
-        self.scheduler.end_of_epoch(val.get("val_top1_error"))
-        if val:
-            log.info(
-                "epoch %d: val top-1 error %.2f%%, top-5 error %.2f%%, lr %.2g",
-                self.epoch - 1, val["val_top1_error"], val["val_top5_error"], self.scheduler.lr,
-            )  # fmt: skip
-            self._write_metrics(type="val", epoch=self.epoch - 1, lr=self.scheduler.lr, **val)
-        ranked = self._rank_best(val["val_top1_error"]) if val else None  # same on every rank
+        """last.pt first (a failure in validation loses nothing of the epoch), then the validation if due."""
+        state = self.state
+        state.epoch, state.step_in_epoch = state.epoch + 1, 0
+        state.val_pending = state.epoch % self.cfg.train.val_every_epochs == 0 or state.epoch == self.cfg.train.epochs
+        if not state.val_pending:
+            self.scheduler.end_of_epoch(None)
+        self._save("last.pt")
+        return self.finish_validation() if state.val_pending else {}
+
+    def finish_validation(self) -> dict[str, float]:
+        """The finished epoch's validation, the LR rule, last.pt again and the best-k links (collective)."""
+        finished = self.state.epoch - 1
+        val = self.validate()
+        self.scheduler.end_of_epoch(val["val_top1_error"])
+        log.info(
+            "epoch %d: val top-1 error %.2f%%, top-5 error %.2f%%, lr %.2g",
+            finished, val["val_top1_error"], val["val_top5_error"], self.scheduler.lr,
+        )  # fmt: skip
+        self._write_metrics(type="val", epoch=finished, lr=self.scheduler.lr, **val)
+        ranked = self._update_best_k(val["val_top1_error"], finished)  # the same on every rank
+        self.state.val_pending = False
         last = self._save("last.pt")
-        if ranked is not None and last is not None:
+        if last is not None:
             self._link_best(last, *ranked)
         return val
 
     def fit(self) -> dict[str, float]:
-        """Trains to `train.epochs`; returns the last validation errors."""
+        """Trains to `train.epochs`; returns the last validation errors. Raises StopRequested on a signal."""
         cfg = self.cfg
         log.info(
             "training %s: %d epoch(s) x %d step(s), global batch %d over %d rank(s), device %s, run dir %s",
-            getattr(cfg.model.name, "value", cfg.model.name), cfg.train.epochs, self.train_loader.steps_per_epoch,
+            self.config["model"]["name"], cfg.train.epochs, self.train_loader.steps_per_epoch,
             cfg.train.batch_size, self.ctx.world_size, self.device, self.run_dir,
         )  # fmt: skip
         self.model.train()
-        last_val: dict[str, float] = {}
-        while self.epoch < cfg.train.epochs:
+        last_val = self.finish_validation() if self.state.val_pending else {}
+        while self.state.epoch < cfg.train.epochs:
             self.train_epoch()
             last_val = self.end_epoch() or last_val
         return last_val
 
     def _write_metrics(self, **record: Any) -> None:
         if self.metrics is not None:
-            self.metrics.write({"step": self.global_step, "epoch": self.epoch, **record})
+            self.metrics.write({"step": self.state.global_step, "epoch": self.state.epoch, **record})
 
     def close(self) -> None:
         if self.metrics is not None:

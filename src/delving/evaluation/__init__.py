@@ -1,7 +1,7 @@
 """The paper's test protocols (centre crop, 10-view, dense multi-view on feature maps, multi-scale),
 predictions files, top-k error, and the ensemble evaluator."""
 
-from delving.evaluation.checkpoint import CheckpointError, load_model
+from delving.checkpoint import CheckpointError, load_model
 from delving.evaluation.config import EvalConfig, Protocol, effective_scales
 from delving.evaluation.ensemble import EnsembleMismatchError, check_compatible, combine, greedy_select
 from delving.evaluation.evaluator import EvalResult, evaluate, job_probabilities

@@ -15,11 +15,12 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
 from delving.data.config import DataConfig
-from delving.evaluation.checkpoint import CheckpointError, load_model
+from delving.checkpoint import CheckpointError, load_model
 from delving.evaluation.config import EvalConfig
 from delving.evaluation.ensemble_report import build_report, render_markdown
 from delving.evaluation.evaluator import EvalResult, evaluate
-from delving.evaluation.predictions import Predictions, load_predictions, save_predictions, temp_path
+from delving.evaluation.predictions import Predictions, load_predictions, save_predictions
+from delving.io import atomic_write_texts
 
 # The input normalisation belongs to the trained model, whichever data set it is now evaluated on.
 MODEL_INPUT_FIELDS = ("normalize", "mean", "std")
@@ -82,7 +83,8 @@ def run_eval(cfg: DictConfig) -> Path | None:
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world_size)
     try:
-        model, saved, sha256 = load_model(cfg.checkpoint)
+        model, checkpoint, sha256 = load_model(cfg.checkpoint)
+        saved = checkpoint.config
         model.to(device)
         data_cfg = resolve_data_config(cfg.data, saved.get("data"))
         eval_cfg: EvalConfig = OmegaConf.to_object(cfg.eval)  # type: ignore[assignment]
@@ -111,23 +113,6 @@ def run_eval(cfg: DictConfig) -> Path | None:
     finally:
         if started_group:
             dist.destroy_process_group()
-
-
-def _write_atomically(files: dict[Path, str]) -> None:
-    """Writes every text to a temp file first and renames only when all are written."""
-    temps = []
-    try:
-        for path, text in files.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = temp_path(path)
-            temps.append((tmp, path))
-            with open(tmp, "x", encoding="utf-8") as handle:
-                handle.write(text)
-        for tmp, path in temps:
-            os.replace(tmp, path)
-    finally:
-        for tmp, _ in temps:
-            tmp.unlink(missing_ok=True)
 
 
 def run_ensemble(cfg: DictConfig) -> Path:
@@ -170,7 +155,7 @@ def run_ensemble(cfg: DictConfig) -> Path:
             out / "ensemble.npz",
             Predictions(preds[0].ids[rows], preds[0].labels[rows], probs.astype(np.float32), meta),
         )
-    _write_atomically(
+    atomic_write_texts(
         {out / "ensemble.md": markdown, out / "ensemble.json": json.dumps(report, indent=2) + "\n"}
     )
     print(markdown)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from delving.io import atomic_write
 
 FORMAT_VERSION = 1
 _ARRAYS = ("ids", "labels", "probs", "metadata")
@@ -81,11 +82,6 @@ def check_predictions(pred: Predictions, where: str | os.PathLike = "predictions
         )
 
 
-def temp_path(path: Path) -> Path:
-    """A hidden sibling to write before the rename: same file system, unique per process, umask honoured."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-
-
 def save_predictions(path: str | os.PathLike, pred: Predictions) -> Path:
     """Checks, then writes atomically (a temp file in the same folder, renamed), so no reader sees half a file."""
     path = Path(path)
@@ -96,23 +92,9 @@ def save_predictions(path: str | os.PathLike, pred: Predictions) -> Path:
         metadata={**pred.metadata, "format_version": FORMAT_VERSION, "num_images": len(pred.ids)},
     )
     check_predictions(pred, path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
-    try:
-        with open(tmp, "xb") as handle:
-            np.savez(
-                handle,
-                ids=pred.ids,
-                labels=pred.labels,
-                probs=pred.probs,
-                metadata=np.array(json.dumps(pred.metadata, sort_keys=True)),
-            )
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    metadata = np.array(json.dumps(pred.metadata, sort_keys=True))
+    arrays = {"ids": pred.ids, "labels": pred.labels, "probs": pred.probs, "metadata": metadata}
+    atomic_write(path, lambda handle: np.savez(handle, **arrays))
     return path
 
 

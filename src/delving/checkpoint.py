@@ -1,0 +1,221 @@
+"""The one checkpoint format: what the trainer saves, resumes from and evaluation reads.
+
+A checkpoint holds the model's weights, the resolved run config, the class folder names the model was
+trained on (evaluation refuses another list), and the whole resume state: `TrainState`, optimizer,
+scheduler, scaler, every rank's RNG state and the wandb run id. It is written atomically with the umask's
+mode and loaded with `weights_only=True` (a file may come from anyone: nothing in it is executed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from delving.errors import UserError
+from delving.io import atomic_write
+from delving.models import SPPNet, build_model
+
+FORMAT_VERSION = 2
+# Model options whose change makes a checkpoint another model (dropout or init do not).
+MODEL_IDENTITY_KEYS = ("name", "act", "width", "num_classes", "input_size", "spp_levels")
+# Config keys a resumed run may change: where and how it runs and logs, never what it computes.
+RESUMABLE_CHANGES = (
+    "resume",
+    "run_name",
+    "start_over",
+    "experiment_name",
+    "paper_reference",
+    "logger.",
+    "launcher.",
+    "eval.",
+    "data.root",
+    "data.num_workers",
+    "data.prefetch_factor",
+    "train.device",
+    "train.dist_timeout_s",
+    "train.final_eval",
+    "train.checkpoint_every_steps",
+    "train.keep_best",
+    "train.requeue_on_usr1",
+    "train.compile",
+    "train.cudnn_benchmark",
+)
+
+
+class CheckpointError(UserError):
+    """A checkpoint that is missing, unreadable, or does not fit this model or run; the message says what to do."""
+
+
+@dataclass
+class TrainState:
+    """Where training stands: the loop's counters and the best-k list (top-1 error, epoch, file)."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    best: list[dict[str, Any]] = field(default_factory=list)
+    # last.pt is saved at the end of an epoch before its validation; a resume runs the validation first.
+    val_pending: bool = False
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
+        self.global_step, self.best = int(state["global_step"]), list(state["best"])
+        self.val_pending = bool(state.get("val_pending", False))
+
+
+@dataclass
+class Checkpoint:
+    model: dict[str, torch.Tensor]
+    config: dict[str, Any]
+    classes: list[str] | None = None
+    train_state: dict[str, Any] = field(default_factory=dict)
+    optimizer: dict[str, Any] = field(default_factory=dict)
+    scheduler: dict[str, Any] = field(default_factory=dict)
+    scaler: dict[str, Any] = field(default_factory=dict)
+    rng: list[dict[str, Any]] = field(default_factory=list)
+    wandb_run_id: str | None = None
+
+    def save(self, path: str | os.PathLike) -> Path:
+        state = {"format_version": FORMAT_VERSION, **self.__dict__}
+        return atomic_write(path, lambda handle: torch.save(state, handle))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Checkpoint:
+        path = Path(path)
+        if path.is_dir():
+            raise CheckpointError(f"checkpoint {path} is a folder; pass the file, e.g. {path / 'last.pt'}")
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {path} does not exist")
+        try:
+            state = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as error:  # torch raises many types for truncated, foreign or unsafe files
+            raise CheckpointError(
+                f"checkpoint {path} is unreadable: corrupt or not a torch checkpoint ({_describe(error)}). "
+                "Pass another checkpoint, or delete it to start over."
+            ) from None
+        if not isinstance(state, dict) or not {"model", "config"} <= state.keys():
+            keys = sorted(map(str, state)) if isinstance(state, dict) else type(state).__name__
+            raise CheckpointError(f"checkpoint {path} needs 'model' and 'config' entries, has {keys}")
+        if not isinstance(state["config"], dict) or not isinstance(state["config"].get("model"), dict):
+            raise CheckpointError(f"checkpoint {path}: its config has no 'model' section")
+        version = state.pop("format_version", None)
+        if version == 1:  # the first trainer format: counters at the top level, no class list
+            state["train_state"] = {k: state.pop(k) for k in ("epoch", "step_in_epoch", "global_step", "best")}
+            state.pop("world_size", None)
+        elif version not in (None, FORMAT_VERSION):
+            raise CheckpointError(f"checkpoint {path} has format {version}; this delving reads 1 and 2")
+        known = {name for name in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in state.items() if k in known})
+
+    def build_model(self, where: str | os.PathLike = "checkpoint") -> SPPNet:
+        """The net its config describes, with its weights; refuses weights of another shape."""
+        try:
+            model = build_model(self.config["model"])
+        except (ValueError, TypeError) as error:
+            raise CheckpointError(f"{where}: its model config {self.config['model']} is invalid: {error}") from None
+        load_weights(model, self.model, where, f"the model its config describes ({self.config['model']})")
+        return model
+
+
+def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], where: Any, what: str) -> None:
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:
+        raise CheckpointError(f"{where}: its weights do not match {what}: {_describe(error)}") from None
+
+
+def load_model(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> tuple[SPPNet, Checkpoint, str]:
+    """(model in eval mode, the checkpoint without its weights, the file's sha256) for evaluation."""
+    checkpoint = Checkpoint.load(path, map_location)
+    model = checkpoint.build_model(path)
+    checkpoint.model = {}  # the model holds the weights now; do not keep a second copy
+    return model.eval(), checkpoint, file_sha256(path)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_resumable(checkpoint: Checkpoint, config: dict[str, Any], path: str | os.PathLike) -> None:
+    """Refuse a checkpoint of another model, or any change of what the run computes, naming the keys."""
+    saved, current = checkpoint.config, config
+    model_diff = [
+        f"model.{key}: checkpoint {saved['model'].get(key)!r} vs run {current['model'].get(key)!r}"
+        for key in MODEL_IDENTITY_KEYS
+        if saved["model"].get(key) != current["model"].get(key)
+    ]
+    if model_diff:
+        raise CheckpointError(
+            f"{path} holds another model ({', '.join(model_diff)}). Resume with the same model options, "
+            "or start a new run (another run_name=)."
+        )
+    old, new = _flatten(saved), _flatten(current)
+    changed = [
+        f"{key}: {old.get(key, '<unset>')!r} -> {new.get(key, '<unset>')!r}"
+        for key in sorted(old.keys() | new.keys())
+        if old.get(key) != new.get(key) and not key.startswith(RESUMABLE_CHANGES)
+    ]
+    if changed:
+        raise CheckpointError(
+            f"{path} was trained with another schedule or recipe ({'; '.join(changed)}); resuming would not "
+            "reproduce an uninterrupted run. Use the original values, or start a new run (another run_name=)."
+        )
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _describe(error: BaseException) -> str:
+    """A library error's first line, without advice to load the file unsafely (it may come from anyone)."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if "weights_only" in str(error) or "allow_pickle" in str(error):
+        return "it holds Python objects other than tensors and plain data, which delving never unpickles"
+    return text
+
+
+def capture_rng_state() -> dict[str, Any]:
+    numpy_state = np.random.get_state(legacy=False)
+    return {
+        "python": random.getstate(),
+        # weights_only loading takes no NumPy arrays: keep the generator's key as a list of ints.
+        "numpy": {
+            **numpy_state,
+            "state": {**numpy_state["state"], "key": numpy_state["state"]["key"].tolist()},
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy_state = state["numpy"]
+    key = np.asarray(numpy_state["state"]["key"], dtype=np.uint32)
+    np.random.set_state({**numpy_state, "state": {**numpy_state["state"], "key": key}})
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,147 @@
+"""What delving-train does, behind its thin Hydra entry point: a run's whole life on one machine or many.
+
+launch -> check every value -> lock the run directory -> resume or start -> train (a signal saves and
+exits with EXIT_STOPPED, under SLURM requeueing the job) -> final evaluation once -> finished.json, so
+a rerun of a finished run only says so.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from delving.data.config import DataConfig
+from delving.dist import DistributedContext, agree, init_distributed, shutdown_distributed
+from delving.engine.logging import log, setup_console_logging
+try:  # TEMP until preflight lands
+    from delving.engine.preflight import preflight
+except ImportError:
+    def preflight(cfg, world_size): return None
+from delving.engine.run_dir import RunDirectory
+from delving.engine.signals import EXIT_STOPPED, StopRequested, StopSignals, requeue_slurm_job
+from delving.engine.trainer import Trainer
+from delving.errors import UserError
+try:  # TEMP
+    from delving.evaluation.app import final_evaluation
+except ImportError:
+    final_evaluation = None
+from delving.evaluation.config import EvalConfig
+
+
+class RunStopped(SystemExit):
+    """Raised after a stop signal was handled: the process exits with EXIT_STOPPED."""
+
+    def __init__(self) -> None:
+        super().__init__(EXIT_STOPPED)
+
+
+def check_launcher(cfg: DictConfig) -> None:
+    if cfg.launcher.name == "slurm" and HydraConfig.get().mode != RunMode.MULTIRUN:
+        raise UserError(
+            "launcher=slurm submits jobs through Hydra's submitit launcher, which needs multirun: add -m "
+            "(delving-train -m launcher=slurm ...); without it the run would train here, on this machine"
+        )
+
+
+def run_train(cfg: DictConfig, run_dir: str | Path) -> float | None:
+    """Trains (or continues) the run in `run_dir`; returns the last val top-1 error for a sweeper."""
+    check_launcher(cfg)
+    ctx = init_distributed(cfg.train.device, cfg.train.dist_timeout_s)
+    run = RunDirectory(run_dir)
+    setup_console_logging(run.path, ctx.is_main)
+    try:
+        preflight(cfg, ctx.world_size)
+        _together(ctx, lambda: _claim(run, cfg) if ctx.is_main else None)
+        with StopSignals() as stop:
+            return _train_and_evaluate(cfg, run, ctx, stop)
+    finally:
+        run.unlock()
+        shutdown_distributed()
+
+
+def _together(ctx: DistributedContext, step: Any) -> None:
+    """Run `step` (rank 0's file work); if it raised, every rank stops with it, not just rank 0."""
+    error = None
+    try:
+        step()
+    except UserError as exc:
+        error = exc
+    if agree(ctx, [int(error is not None)])[0]:
+        raise error or UserError("rank 0 could not set up the run directory; its message is above")
+
+
+def _claim(run: RunDirectory, cfg: DictConfig) -> None:
+    """Rank 0: lock the run directory; refuse to mix a new run with an old one unless told to start over."""
+    run.lock()
+    fresh = cfg.resume in (None, "", "null")
+    if fresh and run.has_outputs():
+        if not cfg.start_over:
+            raise UserError(
+                f"resume=null but {run.path} already holds a run (last.pt, metrics). Relaunch with resume=auto to "
+                "continue it, add start_over=true to move its files to previous/ and start again, or choose "
+                "another run_name="
+            )
+        run.move_outputs_aside()
+
+
+def _train_and_evaluate(cfg: DictConfig, run: RunDirectory, ctx: DistributedContext, stop: StopSignals) -> float | None:
+    finished = run.finished()
+    if finished is not None and cfg.resume == "auto":
+        log.info(
+            "%s finished on %s (val top-1 error %s, final evaluation %s); nothing to do. start_over=true with "
+            "resume=null trains it again.",
+            run.path, finished.get("finished"), finished.get("val_top1_error"), finished.get("final_eval"),
+        )  # fmt: skip
+        return finished.get("val_top1_error")
+    trainer = Trainer(cfg, run.path, ctx, stop)
+    try:
+        val = trainer.fit()
+        trainer.release_loaders()
+        if stop.requested:  # arrived during the last validation or save: last.pt is complete, stop here
+            raise StopRequested(stop.received or signal.SIGTERM)
+        stop.raise_now = True  # no step boundaries from here: a signal ends the evaluation at once
+        summary = _final_eval(cfg, trainer) if cfg.train.final_eval else None
+        stop.raise_now = False
+        if ctx.is_main:
+            top1 = val.get("val_top1_error")
+            run.mark_finished({"val_top1_error": top1, "global_step": trainer.state.global_step, "final_eval": summary})
+        return val.get("val_top1_error")
+    except StopRequested as request:
+        _after_stop(cfg, ctx, request)
+        raise RunStopped() from None
+    finally:
+        trainer.close()
+
+
+def _final_eval(cfg: DictConfig, trainer: Trainer) -> dict[str, Any]:
+    if final_evaluation is None:  # TEMP
+        from delving.engine.final_eval import run_final_eval
+        return run_final_eval(trainer)
+    data_cfg: DataConfig = OmegaConf.to_object(cfg.data)  # type: ignore[assignment]
+    eval_cfg: EvalConfig = OmegaConf.to_object(cfg.eval)  # type: ignore[assignment]
+    summary = final_evaluation(
+        trainer.model, trainer.config, data_cfg, eval_cfg, trainer.run_dir, trainer.ctx,
+        trainer.run_dir / "last.pt", trainer.classes,
+    )  # fmt: skip
+    if trainer.metrics is not None:
+        trainer.metrics.write({"type": "final_eval", "step": trainer.state.global_step, **summary})
+    return summary
+
+
+def _after_stop(cfg: DictConfig, ctx: DistributedContext, request: StopRequested) -> None:
+    """last.pt is saved (or the run had finished training): requeue under SLURM on SIGUSR1, then exit."""
+    name = signal.Signals(request.signum).name
+    requeued = False
+    if ctx.is_main and request.signum == signal.SIGUSR1 and cfg.train.requeue_on_usr1:
+        requeued = requeue_slurm_job()
+    if ctx.is_main:
+        log.warning(
+            "stopped on %s; last.pt holds the state. %s", name,
+            "The job is requeued and continues when it starts again." if requeued
+            else "Relaunch the same command (resume=auto) to continue.",
+        )  # fmt: skip

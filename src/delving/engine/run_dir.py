@@ -1,0 +1,148 @@
+"""A run's home on a shared disk: one live run at a time, old runs moved aside, a "finished" record.
+
+The lock is a POSIX record lock (`lockf`) on `<run dir>/.lock`: the kernel (or the NFS lock manager)
+drops it when its process dies however it dies, so a killed run's lock is stale by construction and
+the next launch takes it over. The host, pid and SLURM job inside only make the refusal message useful.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import socket
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from delving.errors import UserError
+from delving.io import atomic_write_text, remove_stale_temps
+
+log = logging.getLogger("delving")
+
+LOCK_FILE = ".lock"
+FINISHED_FILE = "finished.json"
+PREVIOUS_FOLDER = "previous"
+# What a run writes; start_over moves these aside (the Hydra config and train.log of this launch stay).
+RUN_OUTPUTS = ("last.pt", "best-*.pt", "metrics.jsonl", "predictions-*.npz", FINISHED_FILE, "wandb")
+
+
+class RunDirectoryBusy(UserError):
+    pass
+
+
+class RunDirectory:
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._lock_handle: TextIO | None = None
+
+    @property
+    def last(self) -> Path:
+        return self.path / "last.pt"
+
+    def lock(self) -> None:
+        """Take the run's lock or refuse, naming the holder; a lock left by a dead run is taken over."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path / LOCK_FILE, "a+")  # noqa: SIM115 - held open for the whole run
+        try:
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            if error.errno not in (errno.EAGAIN, errno.EACCES):  # held; anything else: this disk has no locks
+                log.warning("cannot lock %s (%s); two runs here would not be stopped", self.path, error)
+                return
+            raise RunDirectoryBusy(
+                f"run directory {self.path} is in use by a live run ({holder}); wait for it to end, stop it, "
+                "or launch with another run_name="
+            ) from None
+        handle.seek(0)
+        previous = handle.read().strip()
+        if previous:
+            log.info("took over the lock of a run that is no longer alive (%s)", previous)
+        handle.seek(0)
+        handle.truncate()
+        job = os.environ.get("SLURM_JOB_ID")
+        handle.write(
+            f"host {socket.gethostname()} pid {os.getpid()}"
+            + (f" SLURM job {job}" if job else "")
+            + f" since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+        )
+        handle.flush()
+        self._lock_handle = handle
+        remove_stale_temps(self.path)
+
+    def unlock(self) -> None:
+        if self._lock_handle is not None:
+            self._lock_handle.close()  # closing drops the lock; the file stays (its content is history)
+            self._lock_handle = None
+
+    def has_outputs(self) -> bool:
+        return any(any(self.path.glob(pattern)) for pattern in RUN_OUTPUTS)
+
+    def move_outputs_aside(self) -> Path:
+        """start_over=true: the old run's files go to previous/<time>/ instead of being mixed with the new."""
+        target = self.path / PREVIOUS_FOLDER / time.strftime("%Y%m%d-%H%M%S")
+        target.mkdir(parents=True, exist_ok=False)
+        for pattern in RUN_OUTPUTS:
+            for item in self.path.glob(pattern):
+                item.rename(target / item.name)
+        log.info("start_over=true: moved the previous run's files to %s", target)
+        return target
+
+    def finished(self) -> dict[str, Any] | None:
+        path = self.path / FINISHED_FILE
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):  # written atomically, so only a hand edit gets here
+            return None
+
+    def mark_finished(self, record: dict[str, Any]) -> Path:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        return atomic_write_text(self.path / FINISHED_FILE, json.dumps({"finished": stamp, **record}, indent=2))
+
+
+# Overrides that change where or how a run is launched, resumed or logged, not which run it is.
+NOT_IDENTITY = (
+    "experiment",  # already the parent folder
+    "run_name",
+    "resume",
+    "start_over",
+    "launcher",
+    "logger",
+    "hydra",
+    "train.device",
+    "train.dist_timeout_s",
+    "train.requeue_on_usr1",
+    "train.final_eval",
+    "data.num_workers",
+    "data.prefetch_factor",
+)
+
+
+def run_name_from_overrides(overrides: list[str]) -> str:
+    """The run directory's name when no run_name= is given: the same command always gives the same name.
+
+    The overrides that define the run, sorted, readable when short and safe, else shortened with a hash of
+    all of them; "default" when there are none. Launch-only keys (launcher, resume, logger...) are left out,
+    so a relaunch with resume=auto, another launcher or under torchrun meets the same run directory.
+    """
+    defining = sorted(o for o in overrides if not _is_launch_key(o.lstrip("+~").split("=", 1)[0]))
+    if not defining:
+        return "default"
+    joined = ",".join(defining)
+    safe = re.sub(r"[^A-Za-z0-9._,=+-]", "_", joined)
+    if safe == joined and len(joined) <= 80:
+        return joined
+    return f"{safe[:60]}-{hashlib.sha1(joined.encode()).hexdigest()[:8]}"
+
+
+def _is_launch_key(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in NOT_IDENTITY)

@@ -1,0 +1,92 @@
+"""Files a shared disk can trust: written whole or not at all, with the umask's mode, and durable once renamed."""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+log = logging.getLogger("delving")
+
+TEMP_SUFFIX = ".tmp"
+
+
+def temp_path(path: Path) -> Path:
+    """A hidden sibling of `path` (same file system, so the rename is atomic), unique per process and call."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}")
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make a rename in `folder` durable: without it a crash can forget the new name on some file systems."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some network file systems refuse fsync on a folder; the rename still happened
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """`write(handle)` into a temp file, fsync, rename over `path`, fsync the folder.
+
+    The temp file is created with mode 0666 minus the umask (as `open` does), unlike `mkstemp`'s 0600, so
+    colleagues on a shared disk can read checkpoints and predictions as the umask allows. A failure or a
+    signal during the write removes the temp file; a SIGKILL leaves it, and `remove_stale_temps` clears it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "xb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_folder(path.parent)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def atomic_write_texts(files: dict[Path, str]) -> None:
+    """Several text files, each atomic; none is renamed into place unless every one was written."""
+    temps: list[tuple[Path, Path]] = []
+    try:
+        for path, text in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = temp_path(path)
+            temps.append((tmp, path))
+            with open(tmp, "xb") as handle:
+                handle.write(text.encode("utf-8"))
+                handle.flush()
+                os.fsync(handle.fileno())
+        for tmp, path in temps:
+            os.replace(tmp, path)
+            fsync_folder(path.parent)
+    finally:
+        for tmp, _ in temps:
+            tmp.unlink(missing_ok=True)
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Delete the temp files that killed writers left in `folder` (call it while holding the folder's lock)."""
+    removed = []
+    for stale in folder.glob(f".*{TEMP_SUFFIX}"):
+        if stale.is_file():
+            size = stale.stat().st_size
+            stale.unlink(missing_ok=True)
+            removed.append(stale)
+            log.warning("removed %s (%.1f MB), left by a write that was killed", stale, size / 1e6)
+    return removed
