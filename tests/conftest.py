@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -83,3 +84,33 @@ def run_train(
             f"training failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
         )
     return result
+
+
+# Uninterrupted, killed-and-resumed and DDP reference runs, shared by the trainer and lifecycle tests.
+EQUAL_RUN = ["model.dropout=0.0", "train.checkpoint_every_steps=2"]
+KILL_STEP = 5  # steps per epoch: 48 images / batch 8 = 6; killed mid-epoch 0 after the step-4 checkpoint
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("runs")
+    out: dict[str, Path] = {}
+    # One process, dropout on: uninterrupted, and killed (SIGKILL) mid-epoch then resumed.
+    out["single"] = root / "single"
+    run_train(out["single"], ["train.checkpoint_every_steps=2", "logger.wandb.mode=offline"])
+    out["single_killed"] = root / "single_killed"
+    killed = run_train(out["single_killed"], ["train.checkpoint_every_steps=2"], check=False,
+                       env=cli_env(DELVING_KILL_AT_STEP=str(KILL_STEP)))  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    run_train(out["single_killed"], ["train.checkpoint_every_steps=2", "resume=auto"])
+    # No dropout: one process vs two (gloo), and two processes killed and resumed.
+    out["one_proc"] = root / "one_proc"
+    run_train(out["one_proc"], EQUAL_RUN)
+    out["two_proc"] = root / "two_proc"
+    run_train(out["two_proc"], EQUAL_RUN, nproc=2)
+    out["two_killed"] = root / "two_killed"
+    killed = run_train(out["two_killed"], EQUAL_RUN, nproc=2, check=False,
+                       env=cli_env(DELVING_KILL_AT_STEP=str(KILL_STEP)))  # fmt: skip
+    assert killed.returncode != 0
+    run_train(out["two_killed"], [*EQUAL_RUN, "resume=auto"], nproc=2)
+    return out

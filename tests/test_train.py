@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import cli_env, run_train
+from conftest import run_train
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
+from delving.checkpoint import Checkpoint, CheckpointError, check_resumable
 from delving.cli.common import CONFIG_DIR, register_resolvers
 from delving.data.config import validate as validate_data
-from delving.engine.checkpoint import CheckpointError, check_resumable, load_checkpoint
-from delving.engine.config import OptimConfig, register_configs
 from delving.dist import environment_ranks
+from delving.engine.config import OptimConfig, register_configs
 from delving.engine.optim import CaffeSGD, build_optimizer
 from delving.models import build_model
 
@@ -121,41 +120,12 @@ def test_slurm_variables_give_rank_world_size_and_master() -> None:
     assert environment_ranks({}) == (0, 1, 0)
 
 
-# ---------------------------------------------------------------- runs (subprocesses, shared)
-EQUAL_RUN = ["model.dropout=0.0", "train.checkpoint_every_steps=2"]
-KILL_STEP = 5  # steps per epoch: 48 images / batch 8 = 6; killed mid-epoch 0 after the step-4 checkpoint
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("runs")
-    out: dict[str, Path] = {}
-    # One process, dropout on: uninterrupted, and killed (SIGKILL) mid-epoch then resumed.
-    out["single"] = root / "single"
-    run_train(out["single"], ["train.checkpoint_every_steps=2", "logger.wandb.mode=offline"])
-    out["single_killed"] = root / "single_killed"
-    killed = run_train(out["single_killed"], ["train.checkpoint_every_steps=2"], check=False,
-                       env=cli_env(DELVING_KILL_AT_STEP=str(KILL_STEP)))  # fmt: skip
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    run_train(out["single_killed"], ["train.checkpoint_every_steps=2", "resume=auto"])
-    # No dropout: one process vs two (gloo), and two processes killed and resumed.
-    out["one_proc"] = root / "one_proc"
-    run_train(out["one_proc"], EQUAL_RUN)
-    out["two_proc"] = root / "two_proc"
-    run_train(out["two_proc"], EQUAL_RUN, nproc=2)
-    out["two_killed"] = root / "two_killed"
-    killed = run_train(out["two_killed"], EQUAL_RUN, nproc=2, check=False,
-                       env=cli_env(DELVING_KILL_AT_STEP=str(KILL_STEP)))  # fmt: skip
-    assert killed.returncode != 0
-    run_train(out["two_killed"], [*EQUAL_RUN, "resume=auto"], nproc=2)
-    return out
-
-
+# ---------------------------------------------------------------- runs (the session's `runs` fixture)
 @pytest.mark.ddp
 def test_resumed_run_equals_uninterrupted_run_bitwise_one_process(runs: dict[str, Path]) -> None:
     a, b = _weights(runs["single"] / "last.pt"), _weights(runs["single_killed"] / "last.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert torch.load(runs["single_killed"] / "last.pt", weights_only=True)["global_step"] == 12
+    assert Checkpoint.load(runs["single_killed"] / "last.pt").train_state["global_step"] == 12
 
 
 @pytest.mark.ddp
@@ -189,7 +159,7 @@ def test_metrics_wandb_and_run_directory(runs: dict[str, Path]) -> None:
     assert list((run / "wandb").glob("offline-run-*"))
     assert (run / ".hydra" / "config.yaml").exists() and (run / "train.log").exists()
     best_files = sorted(p.name for p in run.glob("best-*.pt"))
-    assert best_files == sorted(e["file"] for e in torch.load(run / "last.pt", weights_only=True)["best"])
+    assert best_files == sorted(e["file"] for e in Checkpoint.load(run / "last.pt").train_state["best"])
     assert len(best_files) == 2  # both epochs, and last.pt lists the newest entry too
     # The killed run's log has no step twice: records past the checkpoint were dropped on resume.
     steps = [json.loads(line)["step"] for line in (runs["single_killed"] / "metrics.jsonl").read_text().splitlines()
@@ -203,21 +173,21 @@ def test_metrics_wandb_and_run_directory(runs: dict[str, Path]) -> None:
 def test_resume_refuses_another_model_or_schedule_and_corrupt_files(
     runs: dict[str, Path], tmp_path: Path
 ) -> None:
-    state = load_checkpoint(runs["one_proc"] / "last.pt")
-    other = json.loads(json.dumps(state["config"]))
+    state = Checkpoint.load(runs["one_proc"] / "last.pt")
+    other = json.loads(json.dumps(state.config))
     other["model"]["name"] = "net30"
     with pytest.raises(
         CheckpointError, match=r"another model.*model.name: checkpoint 'net14' vs run 'net30'"
     ):
         check_resumable(state, other, "last.pt")
-    longer = json.loads(json.dumps(state["config"]))
+    longer = json.loads(json.dumps(state.config))
     longer["train"]["epochs"] = 5
     with pytest.raises(CheckpointError, match=r"another schedule.*train.epochs: 2 -> 5"):
         check_resumable(state, longer, "last.pt")
     corrupt = tmp_path / "last.pt"
     corrupt.write_bytes((runs["one_proc"] / "last.pt").read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="unreadable"):
-        load_checkpoint(corrupt)
+        Checkpoint.load(corrupt)
     result = run_train(tmp_path, ["resume=auto"], check=False)
     assert result.returncode != 0 and "unreadable" in result.stderr
     assert corrupt.stat().st_size == 1000  # nothing overwritten

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import re
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,7 +86,9 @@ def init_distributed(requested_device: str = "auto", timeout_s: int = 1800) -> D
     timeout = datetime.timedelta(seconds=timeout_s)
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world_size, timeout=timeout)
+        dist.init_process_group(
+            backend, init_method="env://", rank=rank, world_size=world_size, timeout=timeout
+        )
     control = dist.new_group(backend="gloo", timeout=timeout) if dist.get_backend() != "gloo" else None
     return DistributedContext(rank, world_size, local_rank, device, control)
 
@@ -96,6 +100,38 @@ def agree(ctx: DistributedContext, flags: list[int]) -> list[int]:
     values = torch.tensor(flags, dtype=torch.int64)
     dist.all_reduce(values, op=dist.ReduceOp.MAX, group=ctx.control)
     return values.tolist()
+
+
+class RankFailed(RuntimeError):
+    """Another rank raised; the message is the first failing rank's."""
+
+
+def fail_together(ctx: DistributedContext, error: BaseException | None) -> None:
+    """A collective every rank reaches: if any rank has an error, every rank raises (the failing ranks their
+    own error, the others RankFailed with the first failing rank's message) instead of leaving the others
+    blocked in the next collective until the timeout."""
+    if not ctx.is_distributed:
+        if error is not None:
+            raise error
+        return
+    if not agree(ctx, [int(error is not None)])[0]:
+        return
+    messages = gather_objects(ctx, None if error is None else f"{type(error).__name__}: {error}")
+    if error is not None:
+        raise error
+    rank, message = next((r, m) for r, m in enumerate(messages) if m is not None)
+    raise RankFailed(f"rank {rank} failed, so every rank stopped: {message}")
+
+
+@contextlib.contextmanager
+def failing_together(ctx: DistributedContext) -> Iterator[None]:
+    """Wrap rank-local work that may raise before the next collective: then every rank raises together."""
+    error = None
+    try:
+        yield
+    except Exception as exc:
+        error = exc
+    fail_together(ctx, error)
 
 
 def gather_objects(ctx: DistributedContext, obj: Any) -> list[Any]:
@@ -137,3 +173,46 @@ def gather_to_main(obj: Any, ctx: DistributedContext) -> list[Any] | None:
 def barrier(ctx: DistributedContext) -> None:
     if ctx.is_distributed:
         dist.barrier()
+
+
+# ---------------------------------------------------------------- results of several ranks (evaluation)
+# These run over `ctx.control` (the gloo group beside nccl; the default group under gloo), so their tensors
+# stay on the CPU whatever the backend: no device juggling in the callers. `ctx` comes from init_distributed.
+
+
+def gather_rows_to_main(
+    ctx: DistributedContext, indices: torch.Tensor, rows: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Every rank's (indices, rows) concatenated on rank 0 in rank order (None elsewhere), exactly.
+
+    Ranks may hold different numbers of rows: the counts travel first and the transport padding is cut off,
+    so nothing is duplicated or dropped (torchvision's reference pads with repeated samples instead).
+    """
+    if not ctx.is_distributed:
+        return indices, rows
+    sizes = [int(n) for n in gather_objects(ctx, len(indices))]
+    most = max(sizes)
+    padded_indices = torch.full((most,), -1, dtype=torch.int64)
+    padded_indices[: len(indices)] = indices
+    padded_rows = torch.zeros((most, *rows.shape[1:]), dtype=rows.dtype)
+    padded_rows[: len(rows)] = rows
+    main = ctx.is_main
+    index_list = [torch.empty_like(padded_indices) for _ in sizes] if main else None
+    row_list = [torch.empty_like(padded_rows) for _ in sizes] if main else None
+    dist.gather(padded_indices, index_list, dst=0, group=ctx.control)
+    dist.gather(padded_rows, row_list, dst=0, group=ctx.control)
+    if index_list is None or row_list is None:
+        return None
+    return (
+        torch.cat([t[:n] for t, n in zip(index_list, sizes, strict=True)]),
+        torch.cat([t[:n] for t, n in zip(row_list, sizes, strict=True)]),
+    )
+
+
+def broadcast_from_main(ctx: DistributedContext, values: list[float]) -> list[float]:
+    """Rank 0's numbers on every rank (the others pass placeholders of the same length)."""
+    if not ctx.is_distributed:
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64)
+    dist.broadcast(tensor, src=0, group=ctx.control)
+    return tensor.tolist()

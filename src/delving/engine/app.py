@@ -16,16 +16,22 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from delving.data.config import DataConfig
-from delving.dist import DistributedContext, agree, init_distributed, shutdown_distributed
+from delving.dist import DistributedContext, failing_together, init_distributed, shutdown_distributed
 from delving.engine.logging import log, setup_console_logging
+
 try:  # TEMP until preflight lands
     from delving.engine.preflight import preflight
 except ImportError:
-    def preflight(cfg, world_size): return None
+
+    def preflight(cfg, world_size):
+        return None
+
+
 from delving.engine.run_dir import RunDirectory
 from delving.engine.signals import EXIT_STOPPED, StopRequested, StopSignals, requeue_slurm_job
 from delving.engine.trainer import Trainer
 from delving.errors import UserError
+
 try:  # TEMP
     from delving.evaluation.app import final_evaluation
 except ImportError:
@@ -55,24 +61,16 @@ def run_train(cfg: DictConfig, run_dir: str | Path) -> float | None:
     run = RunDirectory(run_dir)
     setup_console_logging(run.path, ctx.is_main)
     try:
-        preflight(cfg, ctx.world_size)
-        _together(ctx, lambda: _claim(run, cfg) if ctx.is_main else None)
+        with failing_together(ctx):
+            preflight(cfg, ctx.world_size)
+        with failing_together(ctx):
+            if ctx.is_main:
+                _claim(run, cfg)
         with StopSignals() as stop:
             return _train_and_evaluate(cfg, run, ctx, stop)
     finally:
         run.unlock()
         shutdown_distributed()
-
-
-def _together(ctx: DistributedContext, step: Any) -> None:
-    """Run `step` (rank 0's file work); if it raised, every rank stops with it, not just rank 0."""
-    error = None
-    try:
-        step()
-    except UserError as exc:
-        error = exc
-    if agree(ctx, [int(error is not None)])[0]:
-        raise error or UserError("rank 0 could not set up the run directory; its message is above")
 
 
 def _claim(run: RunDirectory, cfg: DictConfig) -> None:
@@ -89,7 +87,9 @@ def _claim(run: RunDirectory, cfg: DictConfig) -> None:
         run.move_outputs_aside()
 
 
-def _train_and_evaluate(cfg: DictConfig, run: RunDirectory, ctx: DistributedContext, stop: StopSignals) -> float | None:
+def _train_and_evaluate(
+    cfg: DictConfig, run: RunDirectory, ctx: DistributedContext, stop: StopSignals
+) -> float | None:
     finished = run.finished()
     if finished is not None and cfg.resume == "auto":
         log.info(
@@ -109,7 +109,9 @@ def _train_and_evaluate(cfg: DictConfig, run: RunDirectory, ctx: DistributedCont
         stop.raise_now = False
         if ctx.is_main:
             top1 = val.get("val_top1_error")
-            run.mark_finished({"val_top1_error": top1, "global_step": trainer.state.global_step, "final_eval": summary})
+            run.mark_finished(
+                {"val_top1_error": top1, "global_step": trainer.state.global_step, "final_eval": summary}
+            )
         return val.get("val_top1_error")
     except StopRequested as request:
         _after_stop(cfg, ctx, request)
@@ -121,6 +123,7 @@ def _train_and_evaluate(cfg: DictConfig, run: RunDirectory, ctx: DistributedCont
 def _final_eval(cfg: DictConfig, trainer: Trainer) -> dict[str, Any]:
     if final_evaluation is None:  # TEMP
         from delving.engine.final_eval import run_final_eval
+
         return run_final_eval(trainer)
     data_cfg: DataConfig = OmegaConf.to_object(cfg.data)  # type: ignore[assignment]
     eval_cfg: EvalConfig = OmegaConf.to_object(cfg.eval)  # type: ignore[assignment]

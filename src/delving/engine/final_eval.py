@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from delving.checkpoint import file_sha256
 from delving.engine.logging import log
 from delving.engine.trainer import Trainer
-from delving.checkpoint import file_sha256
 from delving.evaluation.evaluator import evaluate
 from delving.evaluation.predictions import save_predictions
 

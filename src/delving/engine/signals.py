@@ -20,7 +20,7 @@ EXIT_STOPPED = 75
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 
 
-class StopRequested(Exception):  # noqa: N818 - a request, not an error
+class StopRequested(Exception):
     def __init__(self, signum: int) -> None:
         super().__init__(f"stopped on {signal.Signals(signum).name}")
         self.signum = signum
@@ -47,7 +47,9 @@ class StopSignals:
         first = self.received is None
         self.received = signum
         if first:
-            log.warning("received %s: saving at the next step boundary, then exiting", signal.Signals(signum).name)
+            log.warning(
+                "received %s: saving at the next step boundary, then exiting", signal.Signals(signum).name
+            )
         if self.raise_now:
             raise StopRequested(signum)
 
@@ -67,10 +69,14 @@ def requeue_slurm_job() -> bool:
     if not job_id:
         return False
     try:
-        subprocess.run(["scontrol", "requeue", job_id], check=True, capture_output=True, text=True, timeout=60)
+        subprocess.run(
+            ["scontrol", "requeue", job_id], check=True, capture_output=True, text=True, timeout=60
+        )
     except (OSError, subprocess.SubprocessError) as error:
         detail = getattr(error, "stderr", "") or error
-        log.warning("could not requeue SLURM job %s (%s); resubmit the same command to continue", job_id, detail)
+        log.warning(
+            "could not requeue SLURM job %s (%s); resubmit the same command to continue", job_id, detail
+        )
         return False
     log.info("requeued SLURM job %s: it continues from last.pt when it starts again", job_id)
     return True

@@ -33,7 +33,15 @@ from delving.checkpoint import (
     restore_rng_state,
 )
 from delving.data.loaders import EvalLoader, TrainLoader
-from delving.dist import DistributedContext, agree, all_reduce, barrier, gather_objects, gather_to_main
+from delving.dist import (
+    DistributedContext,
+    agree,
+    all_reduce,
+    barrier,
+    fail_together,
+    failing_together,
+    gather_to_main,
+)
 from delving.engine.config import Precision
 from delving.engine.logging import MetricsLog, ProgressLine, log, progress_bar
 from delving.engine.optim import EpochScheduler, build_optimizer
@@ -48,10 +56,6 @@ STEP_SLEEP_ENV = "DELVING_STEP_SLEEP_S"
 
 class NonFiniteLossError(UserError):
     pass
-
-
-class RankFailed(RuntimeError):
-    """Another rank raised; its message is in this one (the first failing rank's)."""
 
 
 def config_to_dict(cfg: DictConfig) -> dict[str, Any]:
@@ -72,18 +76,20 @@ class Trainer:
         self.device = ctx.device
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
-        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-        self.model = build_model(cfg.model).to(self.device)
-        if cfg.train.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.optimizer = build_optimizer(self.model, cfg.optim)
-        self.scheduler = EpochScheduler(self.optimizer, cfg.sched)
-        self.precision = Precision(cfg.train.precision)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision is Precision.fp16)
-        self._build_loaders()
+        with failing_together(ctx):  # a rank that cannot build its part must not leave the others in DDP
+            torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+            self.model = build_model(cfg.model).to(self.device)
+            if cfg.train.channels_last:
+                self.model = self.model.to(memory_format=torch.channels_last)
+            self.optimizer = build_optimizer(self.model, cfg.optim)
+            self.scheduler = EpochScheduler(self.optimizer, cfg.sched)
+            self.precision = Precision(cfg.train.precision)
+            self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision is Precision.fp16)
+            self._build_loaders()
         self.net = self._wrap_model()
         self.state = TrainState()
-        wandb_run_id = self._restore_or_seed()
+        with failing_together(ctx):
+            wandb_run_id = self._restore_or_seed()
         self.metrics = (
             MetricsLog(self.run_dir, cfg.logger, self.config, wandb_run_id) if self.ctx.is_main else None
         )
@@ -130,7 +136,9 @@ class Trainer:
     def _wrap_model(self) -> nn.Module:
         net: nn.Module = torch.compile(self.model) if self.cfg.train.compile else self.model
         if self.ctx.is_distributed:
-            net = DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            net = DistributedDataParallel(
+                net, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         return net
 
     def release_loaders(self) -> None:
@@ -288,13 +296,11 @@ class Trainer:
 
     def _agree(self, error: BaseException | None, log_due: bool) -> tuple[bool, bool]:
         """The once-a-step collective: (stop for a signal, print a log line); re-raises any rank's error."""
-        stop, failed, log_now = agree(self.ctx, [int(self.stop.requested), int(error is not None), int(log_due)])
+        stop, failed, log_now = agree(
+            self.ctx, [int(self.stop.requested), int(error is not None), int(log_due)]
+        )
         if failed:
-            messages = gather_objects(self.ctx, None if error is None else f"{type(error).__name__}: {error}")
-            if error is not None:
-                raise error
-            rank, message = next((r, m) for r, m in enumerate(messages) if m is not None)
-            raise RankFailed(f"rank {rank} failed, so every rank stopped: {message}")
+            fail_together(self.ctx, error)
         return bool(stop), bool(log_now)
 
     # ---------------------------------------------------------------- loops
@@ -332,7 +338,9 @@ class Trainer:
         kill_at = int(os.environ.get(KILL_AT_STEP_ENV, "0"))
         step_sleep = float(os.environ.get(STEP_SLEEP_ENV, "0"))
         log_every, ckpt_every = cfg.logger.log_every_steps, cfg.train.checkpoint_every_steps
-        bar = progress_bar(steps, state.step_in_epoch, cfg.logger.progress_bar and self.ctx.is_main, f"epoch {state.epoch}")
+        bar = progress_bar(
+            steps, state.step_in_epoch, cfg.logger.progress_bar and self.ctx.is_main, f"epoch {state.epoch}"
+        )
         line = ProgressLine(self, steps, plain=self.ctx.is_main and bar.disable)
         pending: list[torch.Tensor] = []
         batches = iter(self.train_loader.epoch(state.epoch, state.step_in_epoch))
@@ -355,7 +363,9 @@ class Trainer:
             state.global_step += 1
             state.step_in_epoch += 1
             bar.update(1)
-            checkpoint_now = ckpt_every > 0 and state.global_step % ckpt_every == 0 and state.step_in_epoch < steps
+            checkpoint_now = (
+                ckpt_every > 0 and state.global_step % ckpt_every == 0 and state.step_in_epoch < steps
+            )
             if want_grad_norms or checkpoint_now or log_now:
                 mean_loss = self._check_losses(pending, state.global_step - len(pending) + 1)
                 pending = []
@@ -381,7 +391,9 @@ class Trainer:
         """last.pt first (a failure in validation loses nothing of the epoch), then the validation if due."""
         state = self.state
         state.epoch, state.step_in_epoch = state.epoch + 1, 0
-        state.val_pending = state.epoch % self.cfg.train.val_every_epochs == 0 or state.epoch == self.cfg.train.epochs
+        state.val_pending = (
+            state.epoch % self.cfg.train.val_every_epochs == 0 or state.epoch == self.cfg.train.epochs
+        )
         if not state.val_pending:
             self.scheduler.end_of_epoch(None)
         self._save("last.pt")

@@ -1,0 +1,1 @@
+"""Builders and launchers shared by the test modules (no tests here)."""
