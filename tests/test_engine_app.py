@@ -9,12 +9,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from conftest import EQUAL_RUN, TINY_DATA, TINY_MODEL, TINY_TRAIN, cli_env, run_train
+from helpers.images import write_folder_data
 from helpers.launch import start_train, wait_for_step
-from PIL import Image
 
 from delving.checkpoint import Checkpoint
 from delving.engine.run_dir import run_name_from_overrides
@@ -150,14 +149,7 @@ def test_sigterm_to_torchrun_stops_both_ranks_exactly(runs: dict[str, Path], tmp
 
 
 def _folder_data_with_one_corrupt_image(root: Path) -> Path:
-    rng = np.random.default_rng(0)
-    for split, per_class in (("train", 12), ("val", 2)):
-        for label in range(4):
-            folder = root / split / f"class_{label}"
-            folder.mkdir(parents=True)
-            for i in range(per_class):
-                pixels = rng.integers(0, 256, (36, 40, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(folder / f"img_{i}.JPEG", quality=90)
+    write_folder_data(root, classes=4, train_per_class=12, val_per_class=2)
     (root / "train" / "class_2" / "img_5.JPEG").write_bytes(b"not a JPEG")
     return root
 

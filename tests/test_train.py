@@ -198,9 +198,10 @@ def test_nan_loss_stops_the_run_naming_the_step(tmp_path: Path) -> None:
         tmp_path, ["optim.lr=1e12", "train.checkpoint_every_steps=2", "model.dropout=0.0"], check=False
     )
     assert result.returncode != 0
-    assert "NaN or Inf at global step" in result.stderr and "resume=auto" in result.stderr
-    if (tmp_path / "last.pt").exists():  # the last checkpoint written holds finite weights
-        assert all(torch.isfinite(v).all() for v in _weights(tmp_path / "last.pt").values())
+    # Step 1's loss is finite; its update blows the weights up, so step 2's loss is not. The check at step 2
+    # comes before step 2's checkpoint: no non-finite state is ever saved.
+    assert "NaN or Inf at global step 2 " in result.stderr and "resume=auto" in result.stderr
+    assert not (tmp_path / "last.pt").exists()
 
 
 def test_batch_that_does_not_split_over_ranks_is_refused(tmp_path: Path) -> None:
@@ -223,3 +224,35 @@ def test_validation_subset_is_fixed_and_split_over_ranks_without_repeats() -> No
     assert chosen == sorted(EvalLoader(cfg, "val", batch_size=3, max_samples=7).indices)
     assert chosen != list(range(7))  # a random subset, not the first classes only
     assert sum(len(labels) for r in ranks for _, labels in r) == 7
+
+
+@pytest.mark.ddp
+def test_resume_refuses_a_changed_recipe_naming_every_key(runs: dict[str, Path]) -> None:
+    state = Checkpoint.load(runs["one_proc"] / "last.pt")
+    changed = json.loads(json.dumps(state.config))
+    changed["optim"]["lr"], changed["seed"], changed["data"]["crop_size"] = 0.1, 7, 20
+    changed["logger"]["log_every_steps"], changed["data"]["root"] = 99, "/elsewhere"  # may change
+    with pytest.raises(CheckpointError) as error:
+        check_resumable(state, changed, "last.pt")
+    message = str(error.value)
+    assert (
+        "data.crop_size: 24 -> 20" in message
+        and "optim.lr: 0.01 -> 0.1" in message
+        and "seed: 0 -> 7" in message
+    )
+    assert "logger" not in message and "data.root" not in message
+
+
+def test_last_pt_is_saved_before_a_validation_that_fails(tmp_path: Path) -> None:
+    """A validation that raises (here: every val image unreadable) loses nothing of the epoch's training."""
+    from helpers.images import write_folder_data
+
+    root = write_folder_data(tmp_path / "data", classes=4, train_per_class=12, val_per_class=2)
+    for image in (root / "val").rglob("*.JPEG"):
+        image.write_bytes(b"not a JPEG")
+    result = run_train(
+        tmp_path / "run", ["data=folder", f"data.root={root}", "data.max_bad_fraction=0"], check=False
+    )
+    assert result.returncode != 0 and "unreadable" in result.stderr
+    state = Checkpoint.load(tmp_path / "run" / "last.pt").train_state
+    assert state["epoch"] == 1 and state["global_step"] == 6 and state["val_pending"]
