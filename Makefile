@@ -1,4 +1,4 @@
-# Two commands do all the set-up on a fresh machine: `make train` and `make test`.
+# Two commands do all the set-up on a fresh machine: `make train` and `make test` (lint, then pytest).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -19,9 +19,16 @@ install: $(VENV)/.installed
 train: install
 	$(VENV)/bin/delving-train experiment=demo $(ARGS)
 
-test: install
+# Shell scripts (shebang files in .ci/ included) go through shellcheck, the Dockerfile through hadolint.
+SHELL_SCRIPTS := $(wildcard scripts/*.sh scripts/*.sbatch .ci/*)
+
+lint: install
 	$(VENV)/bin/ruff check src tests scripts
 	$(VENV)/bin/ruff format --check src tests scripts
+	$(VENV)/bin/shellcheck $(SHELL_SCRIPTS)
+	$(VENV)/bin/hadolint Dockerfile
+
+test: lint
 	$(PY) -m pytest -q $(ARGS)
 
 format: install
