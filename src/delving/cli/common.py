@@ -1,37 +1,69 @@
-"""What every Hydra entry point shares: where the configs live, and the run-directory resolvers."""
+"""What every Hydra entry point shares: where the configs are, and how a user's mistake ends a job."""
 
 from __future__ import annotations
 
+import logging
 import os
-from pathlib import Path
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from omegaconf import OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException, ValidationError
 
-from delving.engine.run_dir import run_name_from_overrides
+from delving.config import config_dir, config_path, global_rank, register_all, register_resolvers
+from delving.errors import UserError, safe_message
 
-# The repository's configs/ (an editable install or a checkout); DELVING_CONFIG_DIR points elsewhere.
-CONFIG_DIR = str(Path(os.environ.get("DELVING_CONFIG_DIR", Path(__file__).resolve().parents[3] / "configs")))
+__all__ = [
+    "CONFIG_DIR",
+    "CONFIG_PATH",
+    "EXIT_USER_ERROR",
+    "register_all",
+    "register_resolvers",
+    "user_errors",
+]
+
+# @hydra.main(config_path=CONFIG_PATH): pkg://delving.configs, or $DELVING_CONFIG_DIR.
+CONFIG_PATH = config_path()
+# The same configs as a folder on disk (compose in tests and scripts, listing experiments).
+CONFIG_DIR = str(config_dir())
+EXIT_USER_ERROR = 2
 
 
-def run_name(given: str | None) -> str:
-    """The run directory's name: run_name= when given, else named from the overrides that define the run.
+def describe(error: BaseException) -> str:
+    """One line for a user's mistake: the message without unsafe loading advice, or the config key at fault."""
+    if isinstance(error, MissingMandatoryValue):
+        key = error.full_key or "a required value"
+        return f"{key} is not set: add {key}=<value> to the command"
+    if isinstance(error, OmegaConfBaseException):
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return safe_message(f"{error.full_key}: {first}" if error.full_key else first)
+    return safe_message(error)
 
-    Every rank of a launch, a relaunch, a requeued or a resubmitted job computes the same name, so the same
-    command always finds its run (see engine/run_dir.py).
+
+def report_user_error(error: BaseException) -> None:
+    """`error: <message>` on stderr and in the run's log files, on global rank 0 only (once per job)."""
+    if global_rank() != 0:
+        return
+    message = describe(error)
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    logger = logging.getLogger("delving")
+    record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, "%s", (message,), None)
+    for handler in logger.handlers:  # the log files (train.log): the terminal already has the line above
+        if isinstance(handler, logging.FileHandler) and record.levelno >= handler.level:
+            handler.handle(record)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Wrap an entry point's task (`@user_errors()` under `@hydra.main`): a UserError, or a config value
+    OmegaConf refuses while the task reads it, ends the job with one line and exit code 2.
+
+    HYDRA_FULL_ERROR=1 re-raises instead, with the traceback. Other exceptions are bugs and keep theirs.
     """
-    if given:
-        return str(given)
-    from hydra.core.hydra_config import HydraConfig
-
-    return run_name_from_overrides(list(HydraConfig.get().overrides.task))
-
-
-def main_rank_only(value: str) -> str | None:
-    """`value` on global rank 0, None elsewhere: Hydra's .hydra/ folder is then written once."""
-    rank = os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))
-    return value if rank == "0" else None
-
-
-def register_resolvers() -> None:
-    OmegaConf.register_new_resolver("delving_run_name", run_name, replace=True)
-    OmegaConf.register_new_resolver("delving_main_rank_only", main_rank_only, replace=True)
+    try:
+        yield
+    except (UserError, MissingMandatoryValue, ValidationError) as error:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        report_user_error(error)
+        raise SystemExit(EXIT_USER_ERROR) from None

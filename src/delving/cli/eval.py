@@ -5,18 +5,19 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from delving.cli.common import CONFIG_DIR
-from delving.evaluation.app import run_eval
-from delving.evaluation.config import register_configs
+from delving.cli.common import CONFIG_PATH, register_all, user_errors
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="evaluate")
+@user_errors()
 def _app(cfg: DictConfig) -> None:
+    from delving.evaluation.app import run_eval
+
     run_eval(cfg)
 
 
 def main() -> None:
-    register_configs()
+    register_all()
     _app()
 
 

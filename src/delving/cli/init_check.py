@@ -8,13 +8,14 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from delving.cli.common import CONFIG_DIR
-from delving.report.config import register_configs
-from delving.report.init_check import OWN_INIT, init_check, render_markdown, write_outputs
+from delving.cli.common import CONFIG_PATH, register_all, user_errors
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="init_check")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="init_check")
+@user_errors()
 def _app(cfg: DictConfig) -> None:
+    from delving.report.init_check import OWN_INIT, init_check, render_markdown, write_outputs
+
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True, enum_to_str=True)
     inits = list(cfg.inits) if cfg.inits else [OWN_INIT if cfg.timm_model else model_cfg["init"]]
     reports = init_check(
@@ -27,7 +28,7 @@ def _app(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    register_configs()
+    register_all()
     _app()
 
 

@@ -8,15 +8,19 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from delving.cli.common import CONFIG_DIR
-from delving.report.app import run_report
-from delving.report.config import register_configs
+from delving.cli.common import CONFIG_PATH, register_all, user_errors
+from delving.errors import ConfigError
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="report")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="report")
+@user_errors()
 def _app(cfg: DictConfig) -> None:
+    from delving.report.app import run_report
+
     if not cfg.runs:
-        raise ValueError("runs=[...] lists no run directory")
+        raise ConfigError(
+            "runs=[] lists no run directory: give runs=[DIR,...] (delving-train run directories)"
+        )
     command = cfg.command or shlex.join(["delving-report", *sys.argv[1:]])
     path = run_report(
         list(cfg.runs),
@@ -31,7 +35,7 @@ def _app(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    register_configs()
+    register_all()
     _app()
 
 

@@ -6,17 +6,20 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from delving.cli.common import CONFIG_DIR, register_resolvers
-from delving.engine.app import run_train
-from delving.engine.config import register_configs
-
-register_configs()
-register_resolvers()
+from delving.cli.common import CONFIG_PATH, register_all, user_errors
 
 
-@hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> float | None:
+@hydra.main(config_path=CONFIG_PATH, config_name="train", version_base="1.3")
+@user_errors()
+def _app(cfg: DictConfig) -> float | None:
+    from delving.engine.app import run_train  # imported when a job runs: --help and --cfg stay quick
+
     return run_train(cfg, HydraConfig.get().runtime.output_dir)  # the val error a Hydra sweeper minimises
+
+
+def main() -> None:
+    register_all()
+    _app()
 
 
 if __name__ == "__main__":

@@ -5,17 +5,22 @@ from __future__ import annotations
 import sys
 
 import hydra
-from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from delving.data.config import DataConfig
-from delving.data.verify import scan_split
+from delving.cli.common import CONFIG_PATH, register_all, user_errors
+from delving.errors import ConfigError
 
 
-@hydra.main(version_base="1.3", config_path="../../../configs", config_name="verify_data")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="verify_data")
+@user_errors()
 def _app(cfg: DictConfig) -> None:
-    data: DataConfig = OmegaConf.to_object(cfg.data)
+    from delving.data.config import DataConfig
+    from delving.data.verify import scan_split
+
+    data: DataConfig = OmegaConf.to_object(cfg.data)  # type: ignore[assignment]
     splits = list(cfg.splits) if cfg.splits is not None else [data.train_split, data.val_split]
+    if cfg.processes is not None and cfg.processes < 1:
+        raise ConfigError(f"processes={cfg.processes}: give processes=1 or more (or leave it out)")
     processes = cfg.processes if cfg.processes is not None else max(1, data.num_workers)
     bad = 0
     for split in splits:
@@ -28,7 +33,7 @@ def _app(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    ConfigStore.instance().store(group="data", name="base_data", node=DataConfig)
+    register_all()
     _app()
 
 

@@ -7,8 +7,6 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from hydra.core.config_store import ConfigStore
-
 from delving.data.config import DataConfig
 from delving.evaluation.config import EvalConfig
 from delving.models.config import ModelConfig
@@ -118,16 +116,7 @@ class AppConfig:
 
 
 def register_configs() -> None:
-    """Put the schemas in Hydra's ConfigStore (idempotent)."""
-    store = ConfigStore.instance()
-    store.store(name="base_train", node=AppConfig)
-    for group, node in (
-        ("model", ModelConfig),
-        ("data", DataConfig),
-        ("optim", OptimConfig),
-        ("sched", SchedConfig),
-        ("eval", EvalConfig),
-        ("logger", LoggerConfig),
-        ("launcher", LauncherConfig),
-    ):
-        store.store(group=group, name=f"base_{group}", node=node)
+    """The same as delving.config.register_all (every schema is stored in one place)."""
+    from delving.config import register_all
+
+    register_all()

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from delving.data.config import DataConfig
@@ -83,9 +82,7 @@ class EnsembleAppConfig:
 
 
 def register_configs() -> None:
-    """The schemas of delving-eval and delving-ensemble in Hydra's ConfigStore (idempotent)."""
-    store = ConfigStore.instance()
-    store.store(group="eval", name="base_eval", node=EvalConfig)
-    store.store(group="data", name="base_data", node=DataConfig)
-    store.store(name="base_evaluate", node=EvaluateAppConfig)
-    store.store(name="base_ensemble", node=EnsembleAppConfig)
+    """The same as delving.config.register_all (every schema is stored in one place)."""
+    from delving.config import register_all
+
+    register_all()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hydra.core.config_store import ConfigStore
-
 from delving.models.config import ModelConfig
 
 
@@ -43,7 +41,7 @@ class ReportAppConfig:
 
 
 def register_configs() -> None:
-    store = ConfigStore.instance()
-    store.store(group="model", name="base_model", node=ModelConfig)
-    store.store(name="base_init_check", node=InitCheckAppConfig)
-    store.store(name="base_report", node=ReportAppConfig)
+    """The same as delving.config.register_all (every schema is stored in one place)."""
+    from delving.config import register_all
+
+    register_all()

@@ -1,0 +1,106 @@
+"""Where the config files are, and the one `register_all()` that every entry point calls before composing.
+
+The YAML files live in the repository's top-level configs/ folder, which the package ships as
+`delving.configs`: Hydra reads them as pkg://delving.configs from an editable install and from a wheel
+alike. DELVING_CONFIG_DIR=/some/folder replaces them with a folder of one's own (same layout).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+from delving.data.config import DataConfig
+from delving.engine.config import AppConfig, LauncherConfig, LoggerConfig, OptimConfig, SchedConfig
+from delving.evaluation.config import EnsembleAppConfig, EvalConfig, EvaluateAppConfig
+from delving.models.config import ModelConfig
+from delving.report.config import InitCheckAppConfig, ReportAppConfig
+
+CONFIG_PACKAGE = "delving.configs"
+CONFIG_DIR_ENV = "DELVING_CONFIG_DIR"
+
+
+@dataclass
+class VerifyDataAppConfig:
+    """delving-verify-data (configs/verify_data.yaml)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    splits: list[str] | None = None  # None: data.train_split and data.val_split
+    processes: int | None = None  # decoding processes; None: data.num_workers (at least 1)
+
+
+def config_path() -> str:
+    """What @hydra.main reads: $DELVING_CONFIG_DIR as an absolute folder, else the package's configs."""
+    override = os.environ.get(CONFIG_DIR_ENV)
+    return str(Path(override).expanduser().resolve()) if override else f"pkg://{CONFIG_PACKAGE}"
+
+
+def config_dir() -> Path:
+    """The config files' folder on disk (for compose in tests and scripts, and for listing experiments)."""
+    override = os.environ.get(CONFIG_DIR_ENV)
+    if override:
+        return Path(override).expanduser().resolve()
+    import delving.configs
+
+    return Path(delving.configs.__file__).resolve().parent
+
+
+def run_name(given: str | None) -> str:
+    """The run directory's name: run_name= when given, else named from the overrides that define the run.
+
+    Every rank of a launch, a relaunch, a requeued or a resubmitted job computes the same name, so the same
+    command always finds its run (see engine/run_dir.py).
+    """
+    if given:
+        return str(given)
+    from hydra.core.hydra_config import HydraConfig
+
+    from delving.engine.run_dir import run_name_from_overrides
+
+    return run_name_from_overrides(list(HydraConfig.get().overrides.task))
+
+
+def global_rank() -> int:
+    """This process's global rank from the launcher's variables (torchrun's RANK, srun's SLURM_PROCID), else 0."""
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+
+
+def main_rank_only(value: str) -> str | None:
+    """`value` on global rank 0, None elsewhere: Hydra's .hydra/ folder is then written once."""
+    return value if global_rank() == 0 else None
+
+
+def register_resolvers() -> None:
+    """The interpolations the configs use: ${delving_run_name:...} and ${delving_main_rank_only:...}."""
+    OmegaConf.register_new_resolver("delving_run_name", run_name, replace=True)
+    OmegaConf.register_new_resolver("delving_main_rank_only", main_rank_only, replace=True)
+
+
+def register_all() -> None:
+    """Every schema in Hydra's ConfigStore (each app's base config and each group's base node), and the
+    resolvers. Idempotent; every entry point calls it in main(), tests and scripts before composing."""
+    store = ConfigStore.instance()
+    for name, node in (
+        ("base_train", AppConfig),
+        ("base_evaluate", EvaluateAppConfig),
+        ("base_ensemble", EnsembleAppConfig),
+        ("base_report", ReportAppConfig),
+        ("base_init_check", InitCheckAppConfig),
+        ("base_verify_data", VerifyDataAppConfig),
+    ):
+        store.store(name=name, node=node)
+    for group, node in (
+        ("model", ModelConfig),
+        ("data", DataConfig),
+        ("optim", OptimConfig),
+        ("sched", SchedConfig),
+        ("eval", EvalConfig),
+        ("logger", LoggerConfig),
+        ("launcher", LauncherConfig),
+    ):
+        store.store(group=group, name=f"base_{group}", node=node)
+    register_resolvers()

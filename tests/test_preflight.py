@@ -1,0 +1,197 @@
+"""preflight: every training value is checked before the net is built, each refusal one line naming the key,
+the value and what to do; model.num_classes comes from the data set unless it is set."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import TINY_DATA, TINY_MODEL, TINY_TRAIN, cli_env
+from hydra import compose, initialize_config_dir
+
+from delving.config import config_dir, register_all
+from delving.engine.preflight import preflight
+from delving.errors import UserError
+
+register_all()
+TINY = [*TINY_DATA, *TINY_MODEL, *TINY_TRAIN]  # 4 synthetic classes, 12 training images each, 24-px crops
+EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
+
+
+def compose_train(*overrides: str):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+def refusal(*overrides: str, world_size: int = 1) -> str:
+    cfg = compose_train(*overrides)
+    with pytest.raises(UserError) as error:
+        preflight(cfg, world_size)
+    message = str(error.value)
+    assert "\n" not in message
+    return message
+
+
+def on_folder(root: Path, *overrides: str) -> list[str]:
+    """The tiny settings on an image-folder data set at `root`."""
+    return [*(o for o in TINY if o != "data=synthetic"), "data=folder", f"data.root={root}", *overrides]
+
+
+def class_folders(root: Path, split: str, classes: list[str]) -> None:
+    for name in classes:
+        (root / split / name).mkdir(parents=True)
+
+
+def test_tiny_config_passes_and_takes_the_class_count_from_the_data_set() -> None:
+    cfg = compose_train(*TINY, "model.num_classes=null")
+    preflight(cfg, world_size=1)
+    assert cfg.model.num_classes == 4
+
+
+def test_folder_class_count_fills_model_num_classes(tmp_path: Path) -> None:
+    for split in ("train", "val"):
+        class_folders(tmp_path, split, ["cat", "dog", "owl"])
+    cfg = compose_train(*on_folder(tmp_path, "model.num_classes=null"))
+    preflight(cfg, world_size=1)
+    assert cfg.model.num_classes == 3
+
+
+def test_a_set_class_count_that_differs_from_the_data_set_is_refused() -> None:
+    message = refusal(*TINY, "model.num_classes=7")
+    assert message.startswith("model.num_classes=7 but data=synthetic has 4 classes")
+    assert "model.num_classes=4" in message
+
+
+def test_bare_train_config_names_data_root_and_the_demo() -> None:
+    message = refusal()
+    assert message.startswith("data.root is not set: data=imagenet")
+    assert "data.root=/" in message and "delving-train experiment=demo" in message
+
+
+@pytest.mark.parametrize(
+    ("override", "start"),
+    [
+        ("train.batch_size=0", "train.batch_size=0: give the global batch size"),
+        ("train.grad_accum_steps=0", "train.grad_accum_steps=0: "),
+        ("train.epochs=0", "train.epochs=0: train for at least one epoch"),
+        ("train.val_every_epochs=0", "train.val_every_epochs=0: "),
+        ("logger.log_every_steps=0", "logger.log_every_steps=0: "),
+        ("train.val_max_images=0", "train.val_max_images=0: "),
+        ("train.keep_best=-1", "train.keep_best=-1: "),
+        ("optim.lr=0", "optim.lr=0.0: "),
+        ("sched.milestones=[5,3]", "sched.milestones=[5, 3]: "),
+        ("model.spp_levels=[5,1]", "model=net14 model.input_size=24: SPP levels [5]"),
+        ("eval.scales=[100]", "eval.scales=[100] with model.input_size=24: eval.scales [100] are smaller"),
+        ("eval.scales=[]", "eval.scales=[] with model.input_size=24: eval.scales is empty"),
+        ("data.crop_size=20", "data.crop_size=20 and model.input_size=24 differ"),
+        ("data.scale_min=20", "data: need 0 < crop_size <= scale_min"),
+        ("train.batch_size=64", "train.batch_size=64 is more than the 48 training images of data=synthetic"),
+        ("resume=/no/such/last.pt", "resume=/no/such/last.pt: no such checkpoint"),
+    ],
+)
+def test_each_bad_value_is_refused_naming_the_key(override: str, start: str) -> None:
+    assert refusal(*TINY, override).startswith(start)
+
+
+def test_batch_that_does_not_split_over_ranks_names_the_nearest_sizes() -> None:
+    message = refusal(*TINY, "train.batch_size=10", world_size=4)
+    assert message.startswith("train.batch_size=10 (global) does not split evenly: give a multiple of 4")
+    assert message.endswith("e.g. 8 or 12")
+    assert "multiple of 1" not in refusal(*TINY, "train.batch_size=0")
+
+
+def test_data_root_missing_a_file_or_without_a_split(tmp_path: Path) -> None:
+    assert refusal(*on_folder(tmp_path / "nope")).startswith(f"data.root={tmp_path / 'nope'}: no such folder")
+    (tmp_path / "file").write_text("x")
+    message = refusal(*on_folder(tmp_path / "file"))
+    assert "is a file, not a folder" in message and "not found" not in message
+    class_folders(tmp_path / "set", "train", ["a", "b"])
+    assert "has no val/ folder (data.val_split=val)" in refusal(*on_folder(tmp_path / "set"))
+
+
+def test_train_and_val_classes_that_differ_are_refused(tmp_path: Path) -> None:
+    class_folders(tmp_path, "train", ["a", "b"])
+    class_folders(tmp_path, "val", ["a", "c"])
+    assert "differ" in refusal(*on_folder(tmp_path))
+
+
+def _shard_index(root: Path, split: str, classes: list[str], keys: int) -> None:
+    shard = {
+        "file": f"{split}-000000.tar",
+        "keys": [f"k{i}" for i in range(keys)],
+        "offsets": [],
+        "sizes": [],
+    }
+    (root / f"{split}.json").write_text(json.dumps({"classes": classes, "shards": [shard]}))
+
+
+def test_shards_need_both_indexes_with_the_same_classes(tmp_path: Path) -> None:
+    shards = [
+        *(o for o in TINY if o != "data=synthetic"),
+        "data=shards",
+        f"data.root={tmp_path}",
+        "model.num_classes=null",
+    ]
+    _shard_index(tmp_path, "train", ["a", "b"], keys=20)
+    assert "has no shard index val.json (data.val_split=val)" in refusal(*shards)
+    _shard_index(tmp_path, "val", ["a", "c"], keys=4)
+    assert "list different classes" in refusal(*shards)
+    _shard_index(tmp_path, "val", ["a", "b"], keys=4)
+    assert refusal(*shards, "train.batch_size=32").startswith(
+        "train.batch_size=32 is more than the 20 training"
+    )
+    cfg = compose_train(*shards)
+    preflight(cfg, world_size=1)
+    assert cfg.model.num_classes == 2
+
+
+@pytest.fixture(scope="module")
+def imagenet_like(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """1,000 empty class folders per split: enough for preflight, which reads folder names only."""
+    root = tmp_path_factory.mktemp("imagenet")
+    for split in ("train", "val"):
+        class_folders(root, split, [f"n{i:08d}" for i in range(1000)])
+    return root
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_passes_preflight(experiment: str, imagenet_like: Path) -> None:
+    cfg = compose_train(f"experiment={experiment}")
+    if cfg.data.name.value != "synthetic":
+        cfg = compose_train(f"experiment={experiment}", f"data.root={imagenet_like}")
+    preflight(cfg, world_size=1)
+    assert cfg.model.num_classes >= 1
+
+
+def test_bare_delving_train_fails_at_once_with_one_line(tmp_path: Path) -> None:
+    """The console script, from an empty folder: one line naming data.root= and experiment=demo, in seconds
+    (it built model A for 12 s before failing with a traceback)."""
+    command = [str(Path(sys.executable).parent / "delving-train")]
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=cli_env(), timeout=120)
+    elapsed = time.perf_counter() - start
+    print(f"bare delving-train: {elapsed:.2f} s")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert "data.root=" in line and "experiment=demo" in line
+    assert elapsed < 10.0  # a loose bound for a shared machine; the next test checks the cause
+
+
+def test_bare_delving_train_refuses_before_importing_the_model_code(tmp_path: Path) -> None:
+    """What a bare command may cost: Python, Hydra and torch (~2 s), not torchvision or timm (+2-3 s on two
+    cores), which only the model, the loaders and the evaluation need. Counted by module, not by the clock."""
+    code = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('HEAVY', sorted({'timm', 'torchvision'} & set(sys.modules))))\n"
+        "from delving.cli.train import main\n"
+        "main()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=cli_env(), timeout=120
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "HEAVY []" in result.stdout, result.stdout[-2000:]
