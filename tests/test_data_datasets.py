@@ -5,6 +5,7 @@ from test_data_helpers import make_folder_dataset, tiny_config, write_jpeg
 from torchvision.datasets import ImageFolder
 
 from delving.data.datasets import check_same_classes, class_names, list_samples
+from delving.errors import UserError
 
 
 def test_samples_and_class_indices_match_torchvision(tmp_path):
@@ -24,6 +25,9 @@ def test_samples_and_class_indices_match_torchvision(tmp_path):
 def test_clear_errors_name_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match=re.escape(f"data root not found: {tmp_path / 'nope'}")):
         list_samples(tmp_path / "nope", "train")
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(UserError, match=r"a_file is a file, not a folder: point data.root= at the folder"):
+        list_samples(tmp_path / "a_file", "train")
     root = make_folder_dataset(tmp_path / "ds", classes=2, train_per_class=2, val_per_class=1)
     with pytest.raises(FileNotFoundError, match=r"split folder not found: .*ds/test"):
         list_samples(root, "test")

@@ -10,8 +10,9 @@ from test_data_helpers import make_folder_dataset, tiny_config
 from webdataset import WebDataset
 
 from delving.data.config import DatasetKind
+from delving.data.datasets import ClassListError
 from delving.data.loaders import EvalLoader, TrainLoader
-from delving.data.shards import ShardReader
+from delving.data.shards import ShardReader, write_shards
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "make_shards.py"
 
@@ -91,3 +92,18 @@ def test_shard_eval_covers_val_once(shards):
         torch.cat([lab for _, lab in EvalLoader(cfg, "val", 2, rank=r, world_size=2)]) for r in range(2)
     ]
     assert sorted(torch.cat(labels).tolist()) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+
+
+def test_train_and_val_shards_with_different_classes_are_refused(tmp_path):
+    source = make_folder_dataset(tmp_path / "folder", classes=3, train_per_class=2, val_per_class=1)
+    (source / "val" / "c2").rename(source / "val" / "c3")  # the same count, one name differs
+    for split in ("train", "val"):
+        write_shards(source, split, tmp_path / "shards", max_samples=10)
+    cfg = tiny_config(tmp_path / "shards", name=DatasetKind.shards)
+    message = (
+        r"classes of split 'train' and split 'val' differ .*first difference at position 2: 'c2' vs 'c3'"
+    )
+    with pytest.raises(ClassListError, match=message):
+        TrainLoader(cfg, batch_size=2)
+    with pytest.raises(ClassListError, match=message):
+        EvalLoader(cfg, "val", batch_size=2)

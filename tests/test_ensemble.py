@@ -15,14 +15,16 @@ from delving.evaluation.app import run_ensemble
 from delving.evaluation.config import register_configs
 from delving.evaluation.ensemble import (
     EnsembleMismatchError,
+    EnsembleOptionError,
     check_compatible,
     class_summary,
     combine,
     greedy_select,
+    member_names,
     per_class_changes,
     split_rows,
 )
-from delving.evaluation.ensemble_report import build_report
+from delving.evaluation.ensemble_report import EnsembleOptions, build_ensemble_report
 from delving.evaluation.metrics import topk_errors
 from delving.evaluation.predictions import PredictionsFileError, save_predictions
 
@@ -187,10 +189,58 @@ def test_selection_report_scores_only_held_out_images(tmp_path: Path) -> None:
         make_predictions(_one_hot_model(labels, rng.random(60) < p, 10, rng), labels, model=f"m{i}")
         for i, p in enumerate((0.8, 0.6, 0.05))
     ]
-    report, probs, rows = build_report(preds, ["m0", "m1", "m2"], select=True, select_fraction=0.5, seed=0)
+    options = EnsembleOptions(select=True, select_fraction=0.5, seed=0)
+    built = build_ensemble_report(preds, ["m0", "m1", "m2"], options)
+    report, probs, rows = built.to_json(), built.probs, built.rows
     assert len(rows) == 30 and report["data"]["scored_images"] == 30
     chosen = [["m0", "m1", "m2"].index(n) for n in report["selection"]["chosen"]]
     expected = topk_errors(combine([preds[m].probs[rows] for m in chosen]), labels[rows])
     assert report["selection"]["top5"] == pytest.approx(expected[5], abs=1e-4)
     assert "m2" not in report["selection"]["chosen"]
     np.testing.assert_allclose(probs, combine([preds[m].probs[rows] for m in chosen]))
+
+
+def _structured_cfg(files: list[Path], out: Path, **options):
+    from omegaconf import OmegaConf
+
+    from delving.evaluation.config import EnsembleAppConfig
+
+    return OmegaConf.structured(
+        EnsembleAppConfig(files=[str(f) for f in files], output_dir=str(out), **options)
+    )
+
+
+@pytest.mark.parametrize("weights", [[float("nan"), 1.0], [float("inf"), 1.0], [-1.0, 2.0], [0.0, 0.0]])
+def test_weights_that_are_not_finite_and_non_negative_are_refused(
+    tmp_path: Path, weights: list[float]
+) -> None:
+    files = _files(tmp_path)
+    with pytest.raises(EnsembleOptionError, match="weights must be finite and non-negative"):
+        run_ensemble(_structured_cfg(files, tmp_path / "out", weights=weights))
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_trainers_own_files_are_named_after_their_run_directories(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    files = []
+    for run, probs in (("model_a_run", PROBS_A), ("model_b_run", PROBS_B)):
+        files.append(
+            save_predictions(tmp_path / run / "predictions-multiscale.npz", make_predictions(probs, LABELS))
+        )
+    out = run_ensemble(_structured_cfg(files, tmp_path / "out"))
+    report = json.loads((out / "ensemble.json").read_text())
+    assert [m["name"] for m in report["models"]] == ["model_a_run", "model_b_run"]
+    assert report["files"]["model_a_run"] == str(files[0])
+    assert "total time: " in capsys.readouterr().out
+
+
+def test_member_names_stay_short_and_unique(tmp_path: Path) -> None:
+    assert member_names(["x/a.npz", "y/b.npz"]) == ["a", "b"]
+    assert member_names(["r1/predictions-dense.npz", "r2/predictions-dense.npz"]) == ["r1", "r2"]
+    mixed = ["r1/predictions-dense.npz", "r1/predictions-ten_view.npz", "r2/predictions-dense.npz"]
+    assert member_names(mixed) == ["r1/predictions-dense", "r1/predictions-ten_view", "r2/predictions-dense"]
+    deep = ["a/run/predictions-dense.npz", "b/run/predictions-dense.npz"]
+    assert member_names(deep) == ["a/run/predictions-dense", "b/run/predictions-dense"]
+    with pytest.raises(EnsembleOptionError, match="twice"):
+        member_names(["x/a.npz", "x/./a.npz"])

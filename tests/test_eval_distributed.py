@@ -12,6 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from test_eval_support import folder_data_config, tiny_model, write_image_folder
 
+from delving.dist import DistributedContext
 from delving.evaluation import EvalConfig, evaluate
 
 # 7 images: rank 0 takes 4 and rank 1 takes 3, so an unequal split is exercised (no duplicate padding).
@@ -19,13 +20,15 @@ SIZES = [(80, 64), (64, 90), (100, 70), (64, 64), (70, 110), (96, 64), (64, 72)]
 EVAL = {"protocol": "multiscale", "scales": [256, 384], "flips": True, "batch_size": 2}
 
 
+def _ctx(rank: int, world_size: int) -> DistributedContext:
+    return DistributedContext(rank, world_size, rank, torch.device("cpu"))
+
+
 def _failing_worker(rank: int, world_size: int, root: str, init_file: str, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
-        evaluate(
-            tiny_model(), folder_data_config(Path(root)), EvalConfig(**EVAL), rank=rank, world_size=world_size
-        )
+        evaluate(tiny_model(), folder_data_config(Path(root)), EvalConfig(**EVAL), ctx=_ctx(rank, world_size))
     except Exception as exc:  # the test reads what each rank raised
         Path(out, f"error{rank}.txt").write_text(f"{type(exc).__name__}: {exc}")
     finally:
@@ -42,7 +45,7 @@ def _worker(rank: int, world_size: int, root: str, init_file: str, out: str) -> 
         model.features = torch.nn.Sequential()  # replaced by a counter of the images this rank runs
         model.forward_features = lambda x: (seen.append(x.shape[0]), features(x))[1]  # type: ignore[method-assign]
         result = evaluate(
-            model, folder_data_config(Path(root)), EvalConfig(**EVAL), rank=rank, world_size=world_size
+            model, folder_data_config(Path(root)), EvalConfig(**EVAL), ctx=_ctx(rank, world_size)
         )
         record = {"rank": rank, "runs": sum(seen), "top1": result.top1_error, "top5": result.top5_error}
         Path(out, f"rank{rank}.json").write_text(json.dumps(record))
@@ -85,4 +88,7 @@ def test_a_bad_image_on_one_rank_stops_every_rank(tmp_path: Path) -> None:
         start_method="fork",
     )
     assert "zz_empty.JPEG: zero-byte file" in (tmp_path / "error0.txt").read_text()
-    assert "failed on another rank" in (tmp_path / "error1.txt").read_text()
+    other = (
+        tmp_path / "error1.txt"
+    ).read_text()  # the rank that had no bad image stops with rank 0's message
+    assert other.startswith("RankFailed: rank 0 failed") and "zz_empty.JPEG: zero-byte file" in other

@@ -88,3 +88,44 @@ def test_truncated_corrupt_missing_and_partial_files(tmp_path: Path) -> None:
     )
     with pytest.raises(PredictionsFileError, match="partial file: 3 images, metadata says 5"):
         load_predictions(tmp_path / "partial.npz")
+
+
+def test_negative_probabilities_are_refused(tmp_path: Path) -> None:
+    probs = np.array([[1.2, -0.2, 0.0], [0.1, 0.1, 0.8], [0.3, 0.4, 0.3]], dtype=np.float32)  # rows sum to 1
+    with pytest.raises(PredictionsFileError, match=r"bad\.npz: probs contain negative values"):
+        save_predictions(tmp_path / "bad.npz", make_predictions(probs, [0, 2, 0]))
+
+
+def _rewrite_metadata(path: Path, out: Path, change) -> Path:
+    with np.load(path) as raw:
+        arrays = {key: raw[key] for key in raw.files}
+    meta = json.loads(str(arrays["metadata"]))
+    arrays["metadata"] = np.array(json.dumps(change(meta)))
+    np.savez(out, **arrays)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda m: [m], r"metadata is a list, expected a JSON object"),
+        (lambda m: {**m, "classes": "n0 n1 n2"}, r"metadata 'classes' is a string, expected a list"),
+        (lambda m: {**m, "dataset": ["folder", "val"]}, r"metadata 'dataset' is a list, expected an object"),
+        (lambda m: {**m, "model": "model_a"}, r"metadata 'model' is a string, expected an object"),
+        (lambda m: {**m, "top1_error": None}, r"metadata 'top1_error' is null, expected a number"),
+        (lambda m: {**m, "classes": [0, 1, 2]}, r"metadata 'classes' holds entries that are not strings"),
+        (
+            lambda m: {**m, "dataset": {"name": 3, "split": "val"}},
+            r"metadata 'dataset' needs a string 'name'",
+        ),
+    ],
+)
+def test_metadata_of_the_wrong_json_type_names_the_file_and_key(tmp_path: Path, change, message: str) -> None:
+    probs, labels = _sample()
+    meta = {"top1_error": 1.0, "top5_error": 0.0, "model": {"name": "model_a"}}
+    good = make_predictions(probs, labels)
+    good.metadata.update(meta)
+    path = save_predictions(tmp_path / "a.npz", good)
+    bad = _rewrite_metadata(path, tmp_path / "typed.npz", change)
+    with pytest.raises(PredictionsFileError, match=r"typed\.npz: " + message):
+        load_predictions(bad)

@@ -22,10 +22,10 @@ from test_eval_support import (
     write_image_folder,
 )
 
+from delving.checkpoint import file_sha256
 from delving.data.transforms import resize_shorter, to_model_input
 from delving.evaluation import CheckpointError, EvalConfig, Protocol, evaluate, load_model
 from delving.evaluation.app import run_eval
-from delving.checkpoint import file_sha256
 from delving.evaluation.config import effective_scales, register_configs
 from delving.evaluation.evaluator import job_probabilities
 from delving.evaluation.views import crop_corners

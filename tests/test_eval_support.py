@@ -60,9 +60,13 @@ def folder_data_config(root: Path) -> DataConfig:
 
 
 def save_checkpoint(
-    path: Path, model: torch.nn.Module, model_cfg: dict[str, Any], data_cfg: dict[str, Any]
+    path: Path,
+    model: torch.nn.Module,
+    model_cfg: dict[str, Any],
+    data_cfg: dict[str, Any],
+    classes: list[str] | None = None,
 ) -> Path:
-    return Checkpoint(model.state_dict(), {"model": model_cfg, "data": data_cfg}).save(path)
+    return Checkpoint(model.state_dict(), {"model": model_cfg, "data": data_cfg}, classes).save(path)
 
 
 def make_predictions(

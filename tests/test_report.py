@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,9 +10,10 @@ from pathlib import Path
 import pytest
 from conftest import REPO, cli_env
 
-from delving.report.app import run_report
+from delving.checkpoint import CheckpointError
+from delving.report.app import ReportInputError, run_report
 from delving.report.report import build_report, write_report
-from delving.report.runs import load_run
+from delving.report.runs import Run, RunDirectoryError, label_runs, load_run, read_metrics
 
 # Tiny data and few steps: the mini configs compose with these and train end to end in seconds.
 TINY = (
@@ -120,3 +122,85 @@ def test_report_app_reads_predictions_made_elsewhere(tiny_mini_runs: dict[str, P
     assert "table2_net14_prelu_mini" in path.read_text()
     with pytest.raises(ValueError, match="not in any of the runs"):
         run_report([str(tiny_mini_runs["fig3_deep30_mini"])], [str(outside)], [], [], str(tmp_path), "t", "c")
+
+
+def _run(tmp_path: Path, folder: str, overrides: list[str], experiment: str = "default", **config) -> Run:
+    return Run(tmp_path / folder, {"experiment_name": experiment, **config}, overrides=overrides)
+
+
+def test_runs_of_one_experiment_are_labelled_by_the_overrides_that_differ(tmp_path: Path) -> None:
+    # Two ad-hoc runs and a multirun sweep: once "default", "default", "0", "1" apart from the folders.
+    runs = [
+        _run(tmp_path, "a", ["model=net14", "optim.lr=0.1", "logger.wandb.mode=disabled"]),
+        _run(tmp_path, "b", ["model=net14", "optim.lr=0.01", "resume=null"]),
+        _run(tmp_path, "0", ["experiment=x", "model.act=relu"], "x", model={"act": "relu", "init": "he"}),
+        _run(
+            tmp_path,
+            "1",
+            ["experiment=x", "model.init=xavier"],
+            "x",
+            model={"act": "prelu", "init": "xavier"},
+        ),
+        _run(tmp_path, "solo", ["model=net14"], "table2"),
+        _run(tmp_path, "again", ["model=net14"], "twice"),
+        _run(tmp_path, "again2", ["model=net14"], "twice"),
+    ]
+    label_runs(runs)
+    assert [run.title for run in runs] == [
+        "default [optim.lr=0.1]",
+        "default [optim.lr=0.01]",
+        "x [model.act=relu model.init=he]",
+        "x [model.act=prelu model.init=xavier]",
+        "table2",
+        "twice [again]",
+        "twice [again2]",
+    ]
+    md = build_report(runs[:2], title="t").markdown
+    assert "| default [optim.lr=0.1] | `a` |" in md and "| default [optim.lr=0.01] | `b` |" in md
+
+
+def test_every_ensemble_given_appears_in_the_report(tmp_path: Path) -> None:
+    ensemble = {
+        "paper_table": None,
+        "data": {"name": "folder", "split": "val", "scored_images": 40},
+        "ensemble": {"members": ["run_a", "run_b"], "weights": None, "top1": 30.0, "top5": 10.0},
+        "selection": {"chosen": ["run_b"], "top1": 27.5, "top5": 7.5},
+    }
+    path = tmp_path / "ens" / "ensemble.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(ensemble))
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text("experiment_name: demo\nmodel: {name: model_a}\n")
+    (run_dir / "metrics.jsonl").write_text(
+        '{"type": "val", "epoch": 0, "step": 2, "val_top1_error": 50.0}\n{"ty'
+    )
+    report = run_report([str(run_dir)], [], [str(path)], [], str(tmp_path / "out"), "t", "cmd").read_text()
+    assert "## Ensembles (delving-ensemble)" in report
+    assert (
+        f"| {path} | run_a, run_b | equal | folder / val | 40 | 30.00 | 10.00 | run_b: 27.50 / 7.50 |"
+        in report
+    )
+    with pytest.raises(ReportInputError, match=r"ensembles= .*missing\.json does not exist"):
+        run_report([str(run_dir)], [], [str(tmp_path / "missing.json")], [], str(tmp_path / "o"), "t", "c")
+
+
+def test_a_truncated_checkpoint_is_one_error_naming_it(tmp_path: Path) -> None:
+    from test_eval_support import TINY_MODEL, save_checkpoint, tiny_model
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    last = save_checkpoint(run_dir / "last.pt", tiny_model(), dict(TINY_MODEL), {"name": "synthetic"})
+    last.write_bytes(last.read_bytes()[:2000])
+    with pytest.raises(CheckpointError, match=rf"checkpoint {last} is unreadable"):
+        load_run(run_dir)
+
+
+def test_a_torn_last_metrics_line_is_dropped_with_a_warning(tmp_path: Path, caplog) -> None:
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text('{"type": "val", "step": 1}\n{"type": "val", "st')
+    assert read_metrics(metrics) == [{"type": "val", "step": 1}]
+    assert "dropped its torn last line" in caplog.text
+    metrics.write_text('{"type": "val", "st\n{"type": "val", "step": 1}\n')
+    with pytest.raises(RunDirectoryError, match="line 1 is not JSON"):
+        read_metrics(metrics)

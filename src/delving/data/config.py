@@ -8,6 +8,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from delving.errors import UserError
+
 # The usual ImageNet RGB mean and std on the 0-255 scale (torchvision's 0.485/0.456/0.406 and 0.229/0.224/0.225 x 255).
 IMAGENET_MEAN_RGB = [123.675, 116.28, 103.53]
 IMAGENET_STD_RGB = [58.395, 57.12, 57.375]
@@ -21,10 +23,13 @@ class DatasetKind(str, Enum):
 
 
 class Normalize(str, Enum):
-    mean = (
-        "mean"  # subtract the mean RGB on the 0-255 scale, no std division (the paper's input, ~[-128, 128])
-    )
+    # Subtract the mean RGB on the 0-255 scale, no std division (the paper's input, ~[-128, 128]).
+    mean = "mean"
     mean_std = "mean_std"  # also divide by the std (unit variance input)
+
+
+class DataConfigError(UserError, ValueError):
+    """A data.* value that cannot work; the message names the key."""
 
 
 @dataclass
@@ -33,9 +38,8 @@ class DataConfig:
     root: str | None = None  # synthetic: None = a cache folder keyed by the generation parameters
     train_split: str = "train"
     val_split: str = "val"
-    class_names_file: str | None = (
-        None  # optional "<wnid> <name>" lines; None: look in the root (reports only)
-    )
+    # Optional "<wnid> <name>" lines; None: look in the root (reports only).
+    class_names_file: str | None = None
 
     # The paper's training input: shorter side s ~ U[scale_min, scale_max] (integers), a random crop, a flip.
     crop_size: int = 224
@@ -68,21 +72,24 @@ class DataConfig:
 def validate(cfg: DataConfig) -> None:
     """Checks what the types cannot: consistent sizes (a wrong crop would fail deep inside a worker)."""
     if not 0 < cfg.crop_size <= cfg.scale_min <= cfg.scale_max:
-        raise ValueError(
+        raise DataConfigError(
             f"data: need 0 < crop_size <= scale_min <= scale_max, got "
             f"crop_size={cfg.crop_size}, scale_min={cfg.scale_min}, scale_max={cfg.scale_max}"
         )
     if cfg.test_scale < cfg.crop_size:
-        raise ValueError(f"data: test_scale={cfg.test_scale} is smaller than crop_size={cfg.crop_size}")
+        raise DataConfigError(f"data: test_scale={cfg.test_scale} is smaller than crop_size={cfg.crop_size}")
     if len(cfg.mean) != 3 or len(cfg.std) != 3:
-        raise ValueError(f"data: mean and std need 3 values (RGB), got {list(cfg.mean)} and {list(cfg.std)}")
+        raise DataConfigError(
+            f"data: mean and std need 3 values (RGB), got {list(cfg.mean)} and {list(cfg.std)}"
+        )
     if not 0.0 <= cfg.max_bad_fraction < 1.0:
-        raise ValueError(f"data: max_bad_fraction must be in [0, 1), got {cfg.max_bad_fraction}")
+        raise DataConfigError(f"data: max_bad_fraction must be in [0, 1), got {cfg.max_bad_fraction}")
 
 
 def as_data_config(cfg: DataConfig | DictConfig | dict[str, Any]) -> DataConfig:
     """The dataclass from Hydra's DictConfig (typed or not): checked types, and plain attribute access in the
-    per-sample code (a DictConfig lookup costs microseconds)."""
+    per-sample code (a DictConfig lookup costs microseconds). Call it once, where a config enters the data
+    room (the loaders' constructors); everything below them takes a DataConfig."""
     if isinstance(cfg, DataConfig):
         return cfg
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), cfg))

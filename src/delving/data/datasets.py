@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from delving.data.config import DataConfig, DatasetKind
+from delving.data.config import DataConfig, DataConfigError, DatasetKind
 from delving.data.imagenet import read_devkit_meta
+from delving.errors import UserError
 
 # torchvision's IMG_EXTENSIONS: the same files are listed as by ImageFolder, so class indices and order agree.
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -14,15 +15,50 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tif
 CLASS_NAME_FILES = ("classes.txt", "LOC_synset_mapping.txt")
 
 
+class DataSetNotFoundError(UserError, FileNotFoundError):
+    """A data root, split folder or class folder that is missing, empty or not a folder."""
+
+
+class ClassListError(UserError, ValueError):
+    """Two class lists that must be equal (train vs val, checkpoint vs data set) are not: labels would shift."""
+
+
+def first_difference(a: list[str], b: list[str]) -> str:
+    """Where two lists first differ, for messages: 'first difference at position 3: 'x' vs 'y''."""
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return f"first difference at position {i}: {x!r} vs {y!r}"
+    return f"one list is a prefix of the other ({len(a)} vs {len(b)} entries)"
+
+
+def check_class_lists(
+    first: list[str], second: list[str], first_name: str, second_name: str, where: str | os.PathLike = ""
+) -> None:
+    """Refuse two different class lists (a class index would mean another class), naming what differs."""
+    if first == second:
+        return
+    only_first, only_second = sorted(set(first) - set(second)), sorted(set(second) - set(first))
+    how = (
+        "the same classes in another order"
+        if not only_first and not only_second
+        else f"{len(only_first)} only in {first_name} {only_first[:5]}, "
+        f"{len(only_second)} only in {second_name} {only_second[:5]}"
+    )
+    raise ClassListError(
+        f"{f'{where}: ' if where else ''}the classes of {first_name} and {second_name} differ ({len(first)} vs {len(second)} classes, "
+        f"{first_difference(first, second)}; {how}): every label would point at another class"
+    )
+
+
 def list_classes(split_dir: Path) -> list[str]:
     """Sorted sub-folder names (torchvision's order): the class index of a folder is its position here."""
     if not split_dir.is_dir():
-        raise FileNotFoundError(f"data split folder not found: {split_dir}")
+        raise DataSetNotFoundError(f"data split folder not found: {split_dir}")
     classes = sorted(
         entry.name for entry in os.scandir(split_dir) if entry.is_dir() and not entry.name.startswith(".")
     )
     if not classes:
-        raise FileNotFoundError(
+        raise DataSetNotFoundError(
             f"no class folders in {split_dir} (expected {split_dir}/<class>/<image files>)"
         )
     return classes
@@ -30,8 +66,12 @@ def list_classes(split_dir: Path) -> list[str]:
 
 def _existing_root(root: str | os.PathLike) -> Path:
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise DataSetNotFoundError(
+            f"data root {root} is a file, not a folder: point data.root= at the folder that holds the splits"
+        )
     if not root.is_dir():
-        raise FileNotFoundError(f"data root not found: {root}")
+        raise DataSetNotFoundError(f"data root not found: {root}")
     return root
 
 
@@ -50,7 +90,9 @@ def list_samples(root: str | os.PathLike, split: str) -> tuple[list[tuple[str, i
             if fname.lower().endswith(IMG_EXTENSIONS) and not fname.startswith(".")
         ]
         if not found:
-            raise FileNotFoundError(f"empty class folder (no {'/'.join(IMG_EXTENSIONS)} files): {class_dir}")
+            raise DataSetNotFoundError(
+                f"empty class folder (no {'/'.join(IMG_EXTENSIONS)} files): {class_dir}"
+            )
         samples.extend((path, index) for path in found)
     return samples, classes
 
@@ -59,12 +101,7 @@ def check_same_classes(root: str | os.PathLike, train_split: str, val_split: str
     """Train and val must index classes identically; a mismatch would silently shift every val label."""
     root = _existing_root(root)
     train, val = list_classes(root / train_split), list_classes(root / val_split)
-    if train != val:
-        only_train, only_val = sorted(set(train) - set(val)), sorted(set(val) - set(train))
-        raise ValueError(
-            f"class folders differ between {root / train_split} and {root / val_split}: "
-            f"{len(only_train)} only in {train_split} {only_train[:5]}, {len(only_val)} only in {val_split} {only_val[:5]}"
-        )
+    check_class_lists(train, val, train_split, val_split, root)
     return train
 
 
@@ -75,7 +112,7 @@ def resolve_root(cfg: DataConfig) -> Path:
 
         return ensure_synthetic(cfg)
     if cfg.root is None:
-        raise ValueError(f"data={cfg.name.value} needs data.root=/path/to/the/data/set")
+        raise DataConfigError(f"data={cfg.name.value} needs data.root=/path/to/the/data/set")
     return Path(cfg.root).expanduser()
 
 

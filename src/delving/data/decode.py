@@ -10,6 +10,8 @@ from typing import IO
 
 from PIL import Image
 
+from delving.errors import UserError
+
 
 class BadImageError(Exception):
     """A file that cannot be decoded into an RGB image (truncated, empty, not an image...)."""
@@ -20,7 +22,7 @@ class BadImageError(Exception):
         self.reason = reason
 
 
-class TooManyBadImagesError(RuntimeError):
+class TooManyBadImagesError(UserError, RuntimeError):
     """More unreadable files than `data.max_bad_fraction` allows: the data set is probably broken."""
 
 

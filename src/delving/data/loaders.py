@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -23,9 +24,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from delving.data.config import DataConfig, DatasetKind, as_data_config, validate
-from delving.data.datasets import check_same_classes, list_samples, resolve_root
+from delving.data.datasets import check_class_lists, list_classes, list_samples, resolve_root
 from delving.data.decode import BadImageError, ImageSource, TooManyBadImagesError
-from delving.data.shards import ShardReader
+from delving.data.shards import ShardReader, index_path, read_index
 from delving.data.transforms import EvalTransform, TrainTransform, sample_rng
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ class SampleReader(Protocol):
 
     def label(self, i: int) -> int: ...
 
+    def sample_id(self, i: int) -> str: ...
+
     def source(self, i: int) -> ImageSource: ...
 
     def epoch_order(self, seed: int, epoch: int) -> np.ndarray: ...
@@ -48,9 +51,16 @@ class SampleReader(Protocol):
 class FolderReader:
     """Samples of a folder data set, in list_samples order."""
 
-    def __init__(self, samples: list[tuple[str, int]]) -> None:
+    def __init__(self, samples: list[tuple[str, int]], split_dir: str | Path | None = None) -> None:
         self.paths = [p for p, _ in samples]
         self.labels = np.asarray([c for _, c in samples], dtype=np.int64)
+        self.split_dir = None if split_dir is None else Path(split_dir)
+
+    def sample_id(self, i: int) -> str:
+        """The file's path relative to the split folder (`<class>/<file>`), as ImageNet's lists name images."""
+        if self.split_dir is None:
+            return self.paths[i]
+        return Path(self.paths[i]).relative_to(self.split_dir).as_posix()
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -66,16 +76,33 @@ class FolderReader:
 
 
 def open_split(cfg: DataConfig, split: str) -> tuple[SampleReader, list[str]]:
-    """The reader and class list of one split of the configured data set (checking train/val classes agree)."""
-    cfg = as_data_config(cfg)
+    """The reader and class list of one split of the configured data set (folders or shards).
+
+    When `split` is the train or the val split and the other one exists, their class lists must be equal:
+    otherwise every val label would index another class (a ClassListError names the first difference).
+    """
     validate(cfg)
     root = resolve_root(cfg)
     if cfg.name == DatasetKind.shards:
-        reader = ShardReader.open(root, split)
-        return reader, reader.classes
-    check_same_classes(root, cfg.train_split, cfg.val_split)
-    samples, classes = list_samples(root, split)
-    return FolderReader(samples), classes
+        reader: SampleReader = ShardReader.open(root, split)
+        classes = reader.classes  # type: ignore[attr-defined]
+    else:
+        samples, classes = list_samples(root, split)
+        reader = FolderReader(samples, root / split)
+    other = {cfg.train_split: cfg.val_split, cfg.val_split: cfg.train_split}.get(split)
+    other_classes = None if other is None else _split_classes(cfg, root, other)
+    if other_classes is not None:
+        train_first = split == cfg.train_split
+        train, val = (classes, other_classes) if train_first else (other_classes, classes)
+        check_class_lists(train, val, f"split {cfg.train_split!r}", f"split {cfg.val_split!r}", root)
+    return reader, classes
+
+
+def _split_classes(cfg: DataConfig, root: Path, split: str) -> list[str] | None:
+    """The class list of another split, or None where that split is not there (e.g. a val-only copy)."""
+    if cfg.name == DatasetKind.shards:
+        return list(read_index(root, split)["classes"]) if index_path(root, split).is_file() else None
+    return list_classes(root / split) if (root / split).is_dir() else None
 
 
 class BadFileCounter:
@@ -108,7 +135,7 @@ class BadFileCounter:
             raise TooManyBadImagesError(
                 f"{self.skipped} unreadable images skipped out of {self.reads} read, more than "
                 f"data.max_bad_fraction={self.max_fraction}; check the data set with delving-verify-data "
-                f"(last: {failures[-1][0] if failures else '?'})"
+                f"(last: {': '.join(failures[-1]) if failures else '?'})"
             )
 
 
@@ -235,7 +262,7 @@ class TrainLoader:
             raise ValueError(
                 f"need batch_size >= 1 and 0 <= rank < world_size, got {batch_size}, {rank}, {world_size}"
             )
-        cfg = as_data_config(cfg)
+        cfg = as_data_config(cfg)  # the data room's entry: typed once here, a DataConfig below
         reader, self.classes = open_split(cfg, cfg.train_split)
         self.num_classes = len(self.classes)
         self.num_samples = len(reader)
@@ -305,7 +332,7 @@ class EvalLoader:
         pin_memory: bool = False,
         max_samples: int | None = None,
     ) -> None:
-        cfg = as_data_config(cfg)
+        cfg = as_data_config(cfg)  # the data room's entry: typed once here, a DataConfig below
         reader, self.classes = open_split(cfg, split)
         self.num_classes = len(self.classes)
         subset = np.arange(len(reader))

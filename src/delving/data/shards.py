@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import webdataset as wds
 
-from delving.data.datasets import list_samples
+from delving.data.datasets import DataSetNotFoundError, list_samples
 
 INDEX_VERSION = 1
 
@@ -79,6 +79,16 @@ def _member_table(tar_path: Path) -> dict[str, list]:
     }
 
 
+def read_index(root: str | os.PathLike, split: str) -> dict:
+    """The parsed `<split>.json` of a shard folder (classes, and per shard its members' offsets and labels)."""
+    index = index_path(root, split)
+    if not index.is_file():
+        raise DataSetNotFoundError(
+            f"shard index not found: {index} (write shards with scripts/make_shards.py)"
+        )
+    return json.loads(index.read_text(encoding="utf-8"))
+
+
 @dataclass
 class ShardReader:
     """Random access to the samples of one split's shards (picklable: file handles are opened per process)."""
@@ -94,12 +104,7 @@ class ShardReader:
 
     @classmethod
     def open(cls, root: str | os.PathLike, split: str) -> ShardReader:
-        index = index_path(root, split)
-        if not index.is_file():
-            raise FileNotFoundError(
-                f"shard index not found: {index} (write shards with scripts/make_shards.py)"
-            )
-        meta = json.loads(index.read_text(encoding="utf-8"))
+        meta = read_index(root, split)
         shards = meta["shards"]
         return cls(
             root=Path(root),
@@ -119,6 +124,10 @@ class ShardReader:
 
     def label(self, i: int) -> int:
         return int(self.labels[i])
+
+    def sample_id(self, i: int) -> str:
+        """The member's key (its position in the listing the shards were written from), unique in the split."""
+        return self.keys[i]
 
     def source(self, i: int) -> io.BytesIO:
         name = self.files[self.shard_of[i]]

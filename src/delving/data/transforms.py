@@ -14,7 +14,7 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from delving.data.config import DataConfig, Normalize, as_data_config
+from delving.data.config import DataConfig, Normalize
 from delving.data.decode import ImageSource, decode_image_with_size
 
 # AlexNet's colour noise [16] adds sum_i alpha_i * lambda_i * p_i, alpha_i ~ N(0, 0.1), with the eigenvalues
@@ -157,7 +157,7 @@ class TrainTransform:
     """The paper's training transform for one file: picklable, holds no random state of its own."""
 
     def __init__(self, cfg: DataConfig) -> None:
-        self.cfg = as_data_config(cfg)
+        self.cfg = cfg
         self.mean, self.std = _mean_std(self.cfg)
 
     def draws(self, rng: np.random.Generator) -> TrainDraws:
@@ -172,7 +172,7 @@ class EvalTransform:
     """Center-crop validation view of one file (resize shorter side to test_scale, crop crop_size)."""
 
     def __init__(self, cfg: DataConfig) -> None:
-        self.cfg = as_data_config(cfg)
+        self.cfg = cfg
         self.mean, self.std = _mean_std(self.cfg)
 
     def __call__(self, path: ImageSource) -> torch.Tensor:

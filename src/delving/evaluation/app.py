@@ -1,29 +1,47 @@
-"""What delving-eval and delving-ensemble do, behind their thin Hydra entry points in delving.cli."""
+"""What delving-eval and delving-ensemble do, behind their thin Hydra entry points in delving.cli, and the
+final evaluation that delving-train runs after its last epoch.
+
+Both evaluations write predictions files with the same metadata keys: `checkpoint` {path, sha256},
+`model_config`, `eval_config` and `data_config` (the typed configs as plain JSON), besides what `evaluate`
+records; the train app's file also holds the whole run config under `train_config`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
-from datetime import datetime
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
+from delving.checkpoint import CheckpointError, file_sha256, load_model
 from delving.data.config import DataConfig
-from delving.checkpoint import CheckpointError, load_model
-from delving.evaluation.config import EvalConfig
-from delving.evaluation.ensemble_report import build_report, render_markdown
+from delving.dist import DistributedContext, fail_together, init_distributed, shutdown_distributed
+from delving.errors import UserError
+from delving.evaluation.config import EvalConfig, Protocol
+from delving.evaluation.ensemble import check_weights, member_names
+from delving.evaluation.ensemble_report import EnsembleOptions, EnsembleReport, build_ensemble_report
 from delving.evaluation.evaluator import EvalResult, evaluate
 from delving.evaluation.predictions import Predictions, load_predictions, save_predictions
 from delving.io import atomic_write_texts
+from delving.progress import Progress, format_duration
+
+log = logging.getLogger("delving")
 
 # The input normalisation belongs to the trained model, whichever data set it is now evaluated on.
 MODEL_INPUT_FIELDS = ("normalize", "mean", "std")
+
+
+class EvalOutputError(UserError):
+    """An output= that cannot be written: a folder, or a place without write permission."""
 
 
 def data_config_from_dict(values: dict[str, Any]) -> DataConfig:
@@ -33,34 +51,57 @@ def data_config_from_dict(values: dict[str, Any]) -> DataConfig:
     return OmegaConf.to_object(node)  # type: ignore[return-value]
 
 
-def resolve_data_config(chosen: DictConfig | None, saved: dict[str, Any] | None) -> DataConfig:
-    """The chosen data config (data=...) with the checkpoint's input normalisation, or the saved one."""
+def resolve_data_config(
+    chosen: DictConfig | DataConfig | None, saved: dict[str, Any] | None
+) -> tuple[DataConfig, list[str]]:
+    """(the chosen data config (data=...) with the checkpoint's input normalisation, or the saved one; notes
+    for the user about what was taken from the checkpoint)."""
     if chosen is None and saved is None:
         raise CheckpointError(
             "the checkpoint has no data config: choose the data set with data=... data.root=..."
         )
     if chosen is None:
-        return data_config_from_dict(saved)  # type: ignore[arg-type]
-    data_cfg: DataConfig = OmegaConf.to_object(chosen)  # type: ignore[assignment]
+        return data_config_from_dict(saved), []  # type: ignore[arg-type]
+    data_cfg = chosen if isinstance(chosen, DataConfig) else OmegaConf.to_object(chosen)
+    notes = []
     if saved is not None:
         trained = data_config_from_dict(saved)
         for name in MODEL_INPUT_FIELDS:
             if getattr(data_cfg, name) != getattr(trained, name):
-                print(
+                notes.append(
                     f"note: data.{name} taken from the checkpoint ({getattr(trained, name)}), as the model was trained"
                 )
                 setattr(data_cfg, name, getattr(trained, name))
-    return data_cfg
+    return data_cfg, notes  # type: ignore[return-value]
 
 
-def _device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    return torch.device(name)
+def config_dict(config: Any) -> dict[str, Any]:
+    """A typed config (dataclass or DictConfig) as plain JSON values, enums as their names."""
+    node = config if isinstance(config, DictConfig) else OmegaConf.structured(config)
+    return OmegaConf.to_container(node, resolve=True, enum_to_str=True)  # type: ignore[return-value]
+
+
+def provenance(
+    checkpoint: Path,
+    sha256: str | None,
+    model_config: dict[str, Any],
+    eval_cfg: EvalConfig,
+    data_cfg: DataConfig,
+) -> dict[str, Any]:
+    """The metadata keys that say where a predictions file came from (the same for delving-eval and train)."""
+    return {
+        "checkpoint": {"path": os.path.abspath(checkpoint), "sha256": sha256},
+        "model_config": model_config,
+        "eval_config": config_dict(eval_cfg),
+        "data_config": config_dict(data_cfg),
+    }
 
 
 def results_table(result: EvalResult, title: str) -> str:
     meta = result.metadata
+    images = f"{result.num_images}"
+    if result.skipped_images:
+        images += f" (+{result.skipped_images} unreadable, skipped)"
     return "\n".join(
         [
             title,
@@ -68,96 +109,208 @@ def results_table(result: EvalResult, title: str) -> str:
             "| model | protocol | scales (paper px -> px) | flips | images | top-1 err (%) | top-5 err (%) |",
             "|---|---|---|---|---|---|---|",
             f"| {meta['model']['name']} | {meta['protocol']} | {meta['scales']} -> {meta['scales_px']} | "
-            f"{meta['flips']} | {result.num_images} | {result.top1_error:.2f} | {result.top5_error:.2f} |",
+            f"{meta['flips']} | {images} | {result.top1_error:.2f} | {result.top5_error:.2f} |",
         ]
     )
 
 
+# ---------------------------------------------------------------- delving-eval
+
+
+def resolve_checkpoint(value: str | os.PathLike) -> Path:
+    """checkpoint= as a file: a checkpoint file, or a run directory's last.pt."""
+    path = Path(value).expanduser()
+    if path.is_dir():
+        if not (path / "last.pt").is_file():
+            raise CheckpointError(
+                f"checkpoint={path} is a folder without a last.pt: pass a run directory or a file"
+            )
+        return path / "last.pt"
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    return path
+
+
+def default_output(
+    checkpoint: Path, eval_cfg: EvalConfig, split: str, data_chosen: DictConfig | None
+) -> Path:
+    """Next to the checkpoint: predictions-<protocol>-s<scales>[-noflip][-<split>][-first<N>][-<data>][-<ckpt>].npz.
+
+    The scales are always in the name, so it never is the trainer's own `predictions-<protocol>.npz`, and
+    delving-report, which reads every predictions*.npz of a run directory, finds it.
+    """
+    parts = [
+        f"predictions-{Protocol(eval_cfg.protocol).value}",
+        "s" + "_".join(str(s) for s in eval_cfg.scales),
+    ]
+    if not eval_cfg.flips:
+        parts.append("noflip")
+    if split != "val":
+        parts.append(split)
+    if eval_cfg.limit is not None:
+        parts.append(f"first{eval_cfg.limit}")
+    if data_chosen is not None:
+        parts.append(str(OmegaConf.select(data_chosen, "name", default="data")))
+    if checkpoint.stem != "last":
+        parts.append(checkpoint.stem)
+    return checkpoint.parent / ("-".join(parts) + ".npz")
+
+
+def check_output(path: Path) -> Path:
+    """Refuses, before any work, an output that is a folder or that this user cannot create."""
+    if path.is_dir():
+        raise EvalOutputError(
+            f"output={path} is a folder: give a file name, e.g. output={path / 'predictions.npz'}"
+        )
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise EvalOutputError(f"output={path}: {existing} is a file, so no folder can be made there")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise EvalOutputError(f"output={path}: no permission to write in {existing}; choose another output=")
+    return path
+
+
 def run_eval(cfg: DictConfig) -> Path | None:
-    """Evaluates cfg.checkpoint on every rank (torchrun sets WORLD_SIZE); rank 0 writes and prints."""
-    world_size, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
-    device = _device(cfg.device, int(os.environ.get("LOCAL_RANK", 0)))
-    started_group = world_size > 1 and not dist.is_initialized()
-    if started_group:
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world_size)
+    """Evaluates cfg.checkpoint on every rank (torchrun or srun); rank 0 writes the file and prints."""
+    started = time.monotonic()
+    checkpoint = resolve_checkpoint(cfg.checkpoint)
+    eval_cfg: EvalConfig = OmegaConf.to_object(cfg.eval)  # type: ignore[assignment]
+    output = check_output(
+        Path(cfg.output) if cfg.output else default_output(checkpoint, eval_cfg, cfg.split, cfg.data)
+    )
+    group_was_up = dist.is_available() and dist.is_initialized()
+    ctx = init_distributed(cfg.device, cfg.dist_timeout_s)
     try:
-        model, checkpoint, sha256 = load_model(cfg.checkpoint)
-        saved = checkpoint.config
-        model.to(device)
-        data_cfg = resolve_data_config(cfg.data, saved.get("data"))
-        eval_cfg: EvalConfig = OmegaConf.to_object(cfg.eval)  # type: ignore[assignment]
-        extra = {
-            "checkpoint": {"path": os.path.abspath(cfg.checkpoint), "sha256": sha256},
-            "model_config": saved["model"],
-            "eval_config": OmegaConf.to_container(cfg.eval, resolve=True, enum_to_str=True),
-            "data_config": OmegaConf.to_container(
-                OmegaConf.structured(data_cfg), resolve=True, enum_to_str=True
-            ),
-        }
-        result = evaluate(
-            model, data_cfg, eval_cfg, cfg.split, rank, world_size, device, extra_metadata=extra
-        )
-        if rank != 0:
-            return None
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        output = (
-            cfg.output
-            or f"outputs/eval/{result.metadata['model']['name']}_{eval_cfg.protocol.value}_{stamp}.npz"
-        )
-        path = save_predictions(output, result.predictions())
-        print(results_table(result, f"checkpoint {cfg.checkpoint} (sha256 {sha256[:12]}), split {cfg.split}"))
-        print(f"\npredictions: {path}")
+        path = _eval_checkpoint(cfg, checkpoint, eval_cfg, output, ctx)
+        if ctx.is_main:
+            print(f"\npredictions: {path}\ntotal time: {format_duration(time.monotonic() - started)}")
         return path
     finally:
-        if started_group:
-            dist.destroy_process_group()
+        if not group_was_up:
+            shutdown_distributed()
+
+
+def _eval_checkpoint(
+    cfg: DictConfig, checkpoint: Path, eval_cfg: EvalConfig, output: Path, ctx: DistributedContext
+) -> Path | None:
+    model, saved, sha256 = load_model(checkpoint)
+    model.to(ctx.device)
+    data_cfg, notes = resolve_data_config(cfg.data, saved.config.get("data"))
+    if ctx.is_main:
+        for note in notes:
+            print(note)
+        if saved.classes is None:
+            print(
+                f"warning: {checkpoint} records no class list (saved by an older delving): the data set's class "
+                "folders are taken to be the ones the model was trained on",
+                file=sys.stderr,
+            )
+    extra = provenance(checkpoint, sha256, saved.config["model"], eval_cfg, data_cfg)
+    result = evaluate(model, data_cfg, eval_cfg, cfg.split, ctx, classes=saved.classes, extra_metadata=extra)
+    if not ctx.is_main:
+        return None
+    if output.exists():
+        print(f"note: replacing {output}", file=sys.stderr)
+    path = save_predictions(output, result.predictions())
+    print(results_table(result, f"checkpoint {checkpoint} (sha256 {sha256[:12]}), split {cfg.split}"))
+    return path
+
+
+# ---------------------------------------------------------------- delving-train's final evaluation
+
+
+def final_evaluation(
+    model: nn.Module,
+    config: dict[str, Any],
+    data_cfg: DataConfig,
+    eval_cfg: EvalConfig,
+    run_dir: Path,
+    ctx: DistributedContext,
+    checkpoint: Path,
+    classes: list[str] | None,
+) -> dict[str, Any]:
+    """The run's `eval` protocol on the val split, after training; every rank calls it.
+
+    Rank 0 hashes `checkpoint`, writes run_dir/predictions-<protocol>.npz (delving-eval's metadata keys,
+    plus the run config as `train_config`) and logs the results table. Its loader workers (eval.num_workers)
+    are ended before it returns, also on an error. Returns the same summary on every rank.
+    """
+    sha256 = file_sha256(checkpoint) if ctx.is_main and Path(checkpoint).is_file() else None
+    extra = {
+        **provenance(Path(checkpoint), sha256, config["model"], eval_cfg, data_cfg),
+        "train_config": config,
+    }
+    result = evaluate(model, data_cfg, eval_cfg, "val", ctx, classes=classes, extra_metadata=extra)
+    protocol = Protocol(eval_cfg.protocol).value
+    path, error = None, None
+    if ctx.is_main:
+        try:
+            path = save_predictions(Path(run_dir) / f"predictions-{protocol}.npz", result.predictions())
+            log.info("%s\npredictions: %s", results_table(result, f"final evaluation of {checkpoint}"), path)
+        except Exception as exc:  # e.g. a full disk: every rank stops with it
+            error = exc
+    fail_together(ctx, error)
+    return {
+        "top1_error": result.top1_error,
+        "top5_error": result.top5_error,
+        "num_images": result.num_images,
+        "skipped_images": result.skipped_images,
+        "protocol": protocol,
+        "predictions": None if path is None else str(path),
+    }
+
+
+# ---------------------------------------------------------------- delving-ensemble
 
 
 def run_ensemble(cfg: DictConfig) -> Path:
-    """Loads and checks every file, builds the whole report, and only then writes it."""
+    """Checks the options, loads and checks every file, builds the whole report, and only then writes it."""
+    started = time.monotonic()
     files = [Path(f) for f in cfg.files]
     if not files:
-        raise ValueError("files=[...] lists no predictions files")
-    names = list(cfg.names) if cfg.names is not None else [f.name.removesuffix(".npz") for f in files]
+        raise UserError("files=[...] lists no predictions files")
+    names = list(cfg.names) if cfg.names is not None else member_names(files)
     if len(names) != len(files):
-        raise ValueError(f"{len(names)} names for {len(files)} files")
-    preds = [load_predictions(f) for f in files]
-    baseline = load_predictions(cfg.baseline) if cfg.baseline else None
-    report, probs, rows = build_report(
-        preds,
-        names,
-        weights=list(cfg.weights) if cfg.weights is not None else None,
-        select=cfg.select,
-        select_fraction=cfg.select_fraction,
-        seed=cfg.seed,
-        table=cfg.paper_table,
-        baseline=baseline,
-        baseline_name=Path(cfg.baseline).name if cfg.baseline else "baseline",
-        worst_classes=cfg.worst_classes,
+        raise UserError(f"{len(names)} names for {len(files)} files")
+    weights = list(cfg.weights) if cfg.weights is not None else None
+    check_weights(weights, len(files))  # before reading any file
+    with Progress(len(files) + bool(cfg.baseline), "ensemble: reading predictions", unit="files") as progress:
+        preds = []
+        for file in files:
+            preds.append(load_predictions(file))
+            progress.update()
+        baseline = load_predictions(cfg.baseline) if cfg.baseline else None
+        progress.update(bool(cfg.baseline))
+    options = EnsembleOptions(
+        weights, cfg.select, cfg.select_fraction, cfg.seed, cfg.paper_table, cfg.worst_classes
     )
-    report["files"] = {name: os.path.abspath(f) for name, f in zip(names, files, strict=True)}
-    markdown = render_markdown(report)
-    out = Path(cfg.output_dir)
-    if cfg.save_predictions:
-        first = preds[0].metadata
+    baseline_name = Path(cfg.baseline).name if cfg.baseline else "baseline"
+    report = build_ensemble_report(preds, names, options, baseline, baseline_name)
+    report.files = {name: os.path.abspath(f) for name, f in zip(names, files, strict=True)}
+    _write_ensemble(report, preds[0], Path(cfg.output_dir), cfg.save_predictions)
+    print(f"total time: {format_duration(time.monotonic() - started)}")
+    return Path(cfg.output_dir)
+
+
+def _write_ensemble(report: EnsembleReport, first: Predictions, out: Path, with_predictions: bool) -> None:
+    markdown = report.to_markdown()
+    if with_predictions:
         meta = {
-            **{key: first.get(key) for key in ("classes", "class_names", "dataset")},
+            **{key: first.metadata.get(key) for key in ("classes", "class_names", "dataset")},
             "protocol": "ensemble",
-            "members": report["files"],
-            "weights": report["ensemble"]["weights"],
-            "selection": report["selection"],
-            "top1_error": (report["selection"] or report["ensemble"])["top1"],
-            "top5_error": (report["selection"] or report["ensemble"])["top5"],
+            "members": report.files,
+            "weights": report.ensemble["weights"],
+            "selection": report.selection,
+            "top1_error": report.best["top1"],
+            "top5_error": report.best["top5"],
         }
-        save_predictions(
-            out / "ensemble.npz",
-            Predictions(preds[0].ids[rows], preds[0].labels[rows], probs.astype(np.float32), meta),
-        )
+        rows = report.rows
+        probs = report.probs.astype(np.float32)
+        save_predictions(out / "ensemble.npz", Predictions(first.ids[rows], first.labels[rows], probs, meta))
     atomic_write_texts(
-        {out / "ensemble.md": markdown, out / "ensemble.json": json.dumps(report, indent=2) + "\n"}
+        {out / "ensemble.md": markdown, out / "ensemble.json": json.dumps(report.to_json(), indent=2) + "\n"}
     )
     print(markdown)
     print(f"written: {out / 'ensemble.md'}, {out / 'ensemble.json'}")
-    return out

@@ -56,20 +56,24 @@ def effective_scales(scales: list[int], input_size: int) -> list[int]:
 class EvaluateAppConfig:
     """delving-eval (configs/evaluate.yaml). Without `data=`, the data config saved in the checkpoint is used."""
 
-    checkpoint: str = MISSING
+    checkpoint: str = MISSING  # a checkpoint file, or a run directory (its last.pt)
     data: DataConfig | None = None
     eval: EvalConfig = field(default_factory=EvalConfig)
     split: str = "val"  # val | train (the data config's folders) or any split folder name
-    output: str | None = None  # predictions file; None: outputs/eval/<model>_<protocol>_<time>.npz
+    # The predictions file; None: next to the checkpoint, predictions-<protocol>-s<scales>[...].npz
+    # (see delving.evaluation.app.default_output).
+    output: str | None = None
     device: str = "auto"  # auto: cuda:<local rank> when CUDA is available, else cpu
+    dist_timeout_s: int = 1800  # how long a rank waits for the others in a collective
 
 
 @dataclass
 class EnsembleAppConfig:
     """delving-ensemble (configs/ensemble.yaml)."""
 
-    files: list[str] = MISSING  # predictions files of delving-eval
-    names: list[str] | None = None  # a label per file; None: the file names without .npz
+    files: list[str] = MISSING  # predictions files of delving-eval or delving-train
+    # A label per file; None: the file names without .npz, or their run folders' names where those repeat.
+    names: list[str] | None = None
     weights: list[float] | None = None  # None: the plain mean of the probabilities
     select: bool = False  # greedy forward selection on a held-out part of the images
     select_fraction: float = 0.5  # the part used to select; every reported error is on the rest

@@ -2,24 +2,62 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from delving.data.datasets import first_difference
+from delving.errors import UserError
 from delving.evaluation.metrics import per_class_error, topk_errors
 from delving.evaluation.predictions import Predictions
 
 
-class EnsembleMismatchError(ValueError):
+class EnsembleMismatchError(UserError, ValueError):
     """Predictions files that cannot be combined: different data sets, classes, images or labels."""
 
 
-def _first_difference(a: Sequence[str], b: Sequence[str]) -> str:
-    for i, (x, y) in enumerate(zip(a, b, strict=False)):
-        if x != y:
-            return f"first difference at position {i}: {x!r} vs {y!r}"
-    return f"one list is a prefix of the other ({len(a)} vs {len(b)} entries)"
+class EnsembleOptionError(UserError, ValueError):
+    """An ensemble option that cannot work (weights, names, selection fraction); the message names it."""
+
+
+def check_weights(weights: Sequence[float] | None, count: int) -> np.ndarray:
+    """The weights as float64 (ones when None): finite, non-negative, one per file, with a positive sum."""
+    w = np.ones(count) if weights is None else np.asarray(list(weights), dtype=np.float64)
+    if w.shape != (count,):
+        raise EnsembleOptionError(f"{len(w)} weights for {count} predictions files")
+    if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise EnsembleOptionError(
+            f"weights must be finite and non-negative with a positive sum, got {w.tolist()}"
+        )
+    return w
+
+
+def member_names(files: Sequence[str | os.PathLike]) -> list[str]:
+    """A short unique name per file: its name without .npz; where those repeat (every run writes
+    predictions-<protocol>.npz), the run folder's name when all the file names are the same, else
+    `<folder>/<name>` with as many parent folders as it takes."""
+    paths = [Path(os.path.abspath(f)) for f in files]
+    seen: dict[Path, int] = {}
+    for i, path in enumerate(paths):
+        if path in seen:
+            raise EnsembleOptionError(f"files lists {path} twice (entries {seen[path]} and {i})")
+        seen[path] = i
+    stems = [p.name.removesuffix(".npz") for p in paths]
+    candidates = [stems]
+    if len(set(stems)) == 1:
+        candidates.append([p.parent.name for p in paths])
+    depth = max(len(p.parts) for p in paths)
+    candidates += [
+        ["/".join([*p.parent.parts[-up:], s]) for p, s in zip(paths, stems, strict=True)]
+        for up in range(1, depth)
+    ]
+    return next(
+        (names for names in candidates if len(set(names)) == len(names) and all(names)),
+        [str(p) for p in paths],
+    )
 
 
 def check_compatible(preds: Sequence[Predictions], names: Sequence[str]) -> None:
@@ -38,7 +76,7 @@ def check_compatible(preds: Sequence[Predictions], names: Sequence[str]) -> None
                 "the same classes in a different order (class indices would not match)"
                 if sorted(pred.classes) == sorted(ref.classes)
                 else f"different class lists ({len(ref.classes)} vs {len(pred.classes)} classes, "
-                f"{_first_difference(ref.classes, pred.classes)})"
+                f"{first_difference(ref.classes, pred.classes)})"
             )
             raise EnsembleMismatchError(f"{pair} have {how}")
         ref_ids, ids = ref.ids.tolist(), pred.ids.tolist()
@@ -46,7 +84,7 @@ def check_compatible(preds: Sequence[Predictions], names: Sequence[str]) -> None
             only_ref, only_new = sorted(set(ref_ids) - set(ids)), sorted(set(ids) - set(ref_ids))
             if not only_ref and not only_new:
                 raise EnsembleMismatchError(
-                    f"{pair} hold the same images in a different order ({_first_difference(ref_ids, ids)})"
+                    f"{pair} hold the same images in a different order ({first_difference(ref_ids, ids)})"
                 )
             raise EnsembleMismatchError(
                 f"{pair} are over different images: {len(only_ref)} only in {ref_name} (e.g. {only_ref[:3]}), "
@@ -63,11 +101,7 @@ def check_compatible(preds: Sequence[Predictions], names: Sequence[str]) -> None
 
 def combine(probs: Sequence[np.ndarray], weights: Sequence[float] | None = None) -> np.ndarray:
     """The (weighted) mean of the models' probabilities, float64; weights are normalised to sum to 1."""
-    w = np.ones(len(probs)) if weights is None else np.asarray(weights, dtype=np.float64)
-    if w.shape != (len(probs),):
-        raise ValueError(f"{len(w)} weights for {len(probs)} predictions files")
-    if (w < 0).any() or w.sum() <= 0:
-        raise ValueError(f"weights must be non-negative with a positive sum, got {w.tolist()}")
+    w = check_weights(weights, len(probs))
     w = w / w.sum()
     total = np.zeros(probs[0].shape, dtype=np.float64)
     for p, weight in zip(probs, w, strict=True):
@@ -112,10 +146,10 @@ def greedy_select(probs: Sequence[np.ndarray], labels: np.ndarray, rows: np.ndar
 def split_rows(num_images: int, select_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(selection rows, report rows): a seeded random split, each sorted, neither empty."""
     if not 0.0 < select_fraction < 1.0:
-        raise ValueError(f"select_fraction must be in (0, 1), got {select_fraction}")
+        raise EnsembleOptionError(f"select_fraction must be in (0, 1), got {select_fraction}")
     num_select = round(num_images * select_fraction)
     if not 0 < num_select < num_images:
-        raise ValueError(f"{num_images} images cannot be split {select_fraction:.0%} / rest")
+        raise EnsembleOptionError(f"{num_images} images cannot be split {select_fraction:.0%} / rest")
     order = np.random.default_rng(seed).permutation(num_images)
     return np.sort(order[:num_select]), np.sort(order[num_select:])
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from delving.evaluation.ensemble import (
+    EnsembleOptionError,
     check_compatible,
+    check_weights,
     class_summary,
     combine,
     greedy_select,
@@ -29,113 +32,185 @@ def _paper_entry(row: Any) -> dict[str, Any] | None:
     return None if row is None else {"label": row.label, "top1": row.top1, "top5": row.top5}
 
 
-def build_report(
+@dataclass
+class EnsembleOptions:
+    """How to combine: delving-ensemble's options other than the files."""
+
+    weights: list[float] | None = None  # None: the plain mean
+    select: bool = False  # greedy forward selection on a held-out part of the images
+    select_fraction: float = 0.5
+    seed: int = 0
+    table: str | None = None  # a paper table key: the paper's numbers beside ours
+    worst_classes: int = 10
+
+
+@dataclass
+class EnsembleReport:
+    """Per-model and ensemble errors beside the paper's, and the per-class analysis (the JSON's sections).
+
+    `probs` are the (selected) ensemble's probabilities for `rows`: every image, or with selection the
+    images not used to select.
+    """
+
+    data: dict[str, Any]
+    paper_table: dict[str, Any] | None
+    models: list[dict[str, Any]]
+    ensemble: dict[str, Any]
+    selection: dict[str, Any] | None
+    per_class: dict[str, Any]
+    probs: np.ndarray
+    rows: np.ndarray
+    files: dict[str, str] = field(default_factory=dict)  # member name -> absolute path
+
+    def to_json(self) -> dict[str, Any]:
+        """What ensemble.json holds (and delving-report reads)."""
+        fields = ("data", "paper_table", "models", "ensemble", "selection", "per_class", "files")
+        return {name: getattr(self, name) for name in fields}
+
+    def to_markdown(self) -> str:
+        return render_markdown(self.to_json())
+
+    @property
+    def best(self) -> dict[str, Any]:
+        """The errors of the ensemble the report ends with: the selected one when there is a selection."""
+        return self.selection or self.ensemble
+
+
+def build_ensemble_report(
     preds: Sequence[Predictions],
     names: Sequence[str],
-    weights: Sequence[float] | None = None,
-    select: bool = False,
-    select_fraction: float = 0.5,
-    seed: int = 0,
-    table: str | None = None,
+    options: EnsembleOptions | None = None,
     baseline: Predictions | None = None,
     baseline_name: str = "baseline",
-    worst_classes: int = 10,
-) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """(JSON-ready report, the ensemble's probabilities, the rows they are for: every image, or with
-    selection the images not used to select). Raises before computing anything when the files do not match."""
+) -> EnsembleReport:
+    """Checks that the files describe the same images (before computing anything), then the report."""
+    options = options or EnsembleOptions()
     if not preds:
-        raise ValueError("no predictions files to ensemble")
+        raise EnsembleOptionError("no predictions files to ensemble")
     if len(set(names)) != len(names):
-        raise ValueError(f"two predictions files share a name: {list(names)}")
-    if baseline is None:
-        check_compatible(preds, names)
-    else:
-        check_compatible([*preds, baseline], [*names, baseline_name])
-    if table is not None:
-        paper_table(table)  # an unknown table is an error before any work
+        raise EnsembleOptionError(f"two predictions files share a name: {list(names)}")
+    check_compatible(
+        [*preds, baseline] if baseline else preds, [*names, baseline_name] if baseline else names
+    )
+    check_weights(options.weights, len(preds))
+    if options.table is not None:
+        paper_table(options.table)  # an unknown table is an error before any work
     labels = preds[0].labels
-    probs = [p.probs for p in preds]
-    class_names = preds[0].class_names
-    if select:
-        select_rows, rows = split_rows(len(labels), select_fraction, seed)
+    if options.select:
+        select_rows, rows = split_rows(len(labels), options.select_fraction, options.seed)
     else:
         select_rows, rows = np.array([], dtype=np.int64), np.arange(len(labels))
-
-    models = []
-    for pred, name in zip(preds, names, strict=True):
-        meta = pred.metadata
-        model_name = meta.get("model", {}).get("name")
-        act = meta.get("model_config", {}).get("act")
-        row = (
-            None
-            if table is None
-            else find_paper_row(table, model_name, act, meta["protocol"], meta.get("scales"))
-        )
-        models.append(
-            {
-                "name": name,
-                "model": model_name,
-                "act": act,
-                "protocol": meta["protocol"],
-                "scales": meta.get("scales"),
-                "checkpoint_sha256": meta.get("checkpoint", {}).get("sha256"),
-                **_errors(pred.probs[rows], labels[rows]),
-                "paper": _paper_entry(row),
-            }
-        )
-
-    ensemble_probs = combine([p[rows] for p in probs], weights)
-    ensemble_row = None
-    if table is not None:
-        ensemble_row = next((r for r in paper_table(table).rows if r.protocol == "ensemble"), None)
-    report: dict[str, Any] = {
-        "data": {**preds[0].metadata["dataset"], "num_images": len(labels), "scored_images": len(rows)},
-        "paper_table": None
-        if table is None
-        else {"key": table, "title": paper_table(table).title, "split": paper_table(table).split},
-        "models": models,
-        "ensemble": {
+    probs = combine([p.probs[rows] for p in preds], options.weights)
+    report = EnsembleReport(
+        data={**preds[0].metadata["dataset"], "num_images": len(labels), "scored_images": len(rows)},
+        paper_table=_paper_table_entry(options.table),
+        models=[
+            _model_entry(pred, name, rows, options.table) for pred, name in zip(preds, names, strict=True)
+        ],
+        ensemble={
             "members": list(names),
-            "weights": None if weights is None else [float(w) for w in weights],
-            **_errors(ensemble_probs, labels[rows]),
-            "paper": _paper_entry(ensemble_row),
+            "weights": None if options.weights is None else [float(w) for w in options.weights],
+            **_errors(probs, labels[rows]),
+            "paper": _paper_entry(_ensemble_row(options.table)),
         },
-        "selection": None,
+        selection=None,
+        per_class={},
+        probs=probs,
+        rows=rows,
+    )
+    if options.select:
+        _add_selection(report, preds, names, select_rows, options)
+    report.per_class = _per_class(report, preds[0], options, baseline, baseline_name)
+    return report
+
+
+def _paper_table_entry(table: str | None) -> dict[str, Any] | None:
+    if table is None:
+        return None
+    found = paper_table(table)
+    return {"key": table, "title": found.title, "split": found.split}
+
+
+def _ensemble_row(table: str | None) -> Any:
+    if table is None:
+        return None
+    return next((r for r in paper_table(table).rows if r.protocol == "ensemble"), None)
+
+
+def _model_entry(pred: Predictions, name: str, rows: np.ndarray, table: str | None) -> dict[str, Any]:
+    meta = pred.metadata
+    model_name = meta.get("model", {}).get("name")
+    act = meta.get("model_config", {}).get("act")
+    row = (
+        None
+        if table is None
+        else find_paper_row(table, model_name, act, meta["protocol"], meta.get("scales"))
+    )
+    checkpoint = meta.get("checkpoint")
+    return {
+        "name": name,
+        "model": model_name,
+        "act": act,
+        "protocol": meta["protocol"],
+        "scales": meta.get("scales"),
+        "checkpoint_sha256": checkpoint.get("sha256") if isinstance(checkpoint, dict) else None,
+        **_errors(pred.probs[rows], pred.labels[rows]),
+        "paper": _paper_entry(row),
     }
-    if select:
-        selection = greedy_select(probs, labels, select_rows)
-        ensemble_probs = combine([probs[m][rows] for m in selection.chosen])
-        report["selection"] = {
-            "select_fraction": select_fraction,
-            "seed": seed,
-            "selection_images": len(select_rows),
-            "chosen": [names[m] for m in selection.chosen],
-            "trace": [{"added": names[m], "top5": t5, "top1": t1} for m, t5, t1 in selection.trace],
-            **_errors(ensemble_probs, labels[rows]),
-        }
-    summary = class_summary(ensemble_probs, labels[rows], class_names, worst_classes)
-    report["per_class"] = {
+
+
+def _add_selection(
+    report: EnsembleReport,
+    preds: Sequence[Predictions],
+    names: Sequence[str],
+    select_rows: np.ndarray,
+    options: EnsembleOptions,
+) -> None:
+    """Greedy selection on `select_rows`; the report's probabilities become the selected ensemble's."""
+    labels, probs = preds[0].labels, [p.probs for p in preds]
+    selection = greedy_select(probs, labels, select_rows)
+    report.probs = combine([probs[m][report.rows] for m in selection.chosen])
+    report.selection = {
+        "select_fraction": options.select_fraction,
+        "seed": options.seed,
+        "selection_images": len(select_rows),
+        "chosen": [names[m] for m in selection.chosen],
+        "trace": [{"added": names[m], "top5": t5, "top1": t1} for m, t5, t1 in selection.trace],
+        **_errors(report.probs, labels[report.rows]),
+    }
+
+
+def _per_class(
+    report: EnsembleReport,
+    first: Predictions,
+    options: EnsembleOptions,
+    baseline: Predictions | None,
+    baseline_name: str,
+) -> dict[str, Any]:
+    rows, labels, class_names = report.rows, first.labels[report.rows], first.class_names
+    summary = class_summary(report.probs, labels, class_names, options.worst_classes)
+    per_class: dict[str, Any] = {
         "k": 5,
-        "of": "selected ensemble" if select else "ensemble",
+        "of": "selected ensemble" if options.select else "ensemble",
         "zero_error_classes": summary.zero_error_classes,
         "classes_scored": summary.classes_scored,
         "worst": [{"class": c, "top5": round(e, 4)} for c, e in summary.worst],
         "paper": PAPER_PER_CLASS,
     }
     if baseline is not None:
-        changes = per_class_changes(baseline.probs[rows], ensemble_probs, labels[rows], class_names)
-        report["per_class"]["vs_baseline"] = {
+        changes = per_class_changes(baseline.probs[rows], report.probs, labels, class_names)
+        per_class["vs_baseline"] = {
             "baseline": baseline_name,
-            **_errors(baseline.probs[rows], labels[rows]),
+            **_errors(baseline.probs[rows], labels),
             "fell": changes.fell,
             "same": changes.same,
             "rose": changes.rose,
             "largest_changes": [
                 {"class": c, "baseline_top5": round(b, 4), "top5": round(a, 4)}
-                for c, b, a in changes.changes[:worst_classes]
+                for c, b, a in changes.changes[: options.worst_classes]
             ],
         }
-    return report, ensemble_probs, rows
+    return per_class
 
 
 def _cell(value: float | None) -> str:
@@ -143,6 +218,7 @@ def _cell(value: float | None) -> str:
 
 
 def render_markdown(report: dict[str, Any]) -> str:
+    """ensemble.md from ensemble.json's contents."""
     data = report["data"]
     lines = [
         "# Ensemble report",
@@ -153,7 +229,15 @@ def render_markdown(report: dict[str, Any]) -> str:
     table = report["paper_table"]
     if table:
         lines.append(f"Paper: {table['title']} (scored on ImageNet-2012 {table['split']}).")
-    lines += [
+    lines += _md_models(report)
+    if report["selection"]:
+        lines += _md_selection(report["selection"], data["scored_images"])
+    lines += _md_per_class(report["per_class"])
+    return "\n".join(lines) + "\n"
+
+
+def _md_models(report: dict[str, Any]) -> list[str]:
+    lines = [
         "",
         "| predictions | model | protocol | top-1 | top-5 | paper row | paper top-1 | paper top-5 |",
         "|---|---|---|---|---|---|---|---|",
@@ -177,21 +261,27 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"| **selected ensemble** ({', '.join(selection['chosen'])}) | | | {selection['top1']:.2f} | "
             f"{selection['top5']:.2f} | | | |"
         )
-        lines += [
-            "",
-            f"Greedy forward selection on {selection['selection_images']} held-out images "
-            f"({selection['select_fraction']:.0%}, seed {selection['seed']}); every error above is on the other "
-            f"{data['scored_images']} images.",
-            "",
-            "| step | added | top-5 (selection images) | top-1 |",
-            "|---|---|---|---|",
-            *(
-                f"| {i + 1} | {s['added']} | {s['top5']:.2f} | {s['top1']:.2f} |"
-                for i, s in enumerate(selection["trace"])
-            ),
-        ]
-    per_class = report["per_class"]
-    lines += [
+    return lines
+
+
+def _md_selection(selection: dict[str, Any], scored_images: int) -> list[str]:
+    return [
+        "",
+        f"Greedy forward selection on {selection['selection_images']} held-out images "
+        f"({selection['select_fraction']:.0%}, seed {selection['seed']}); every error above is on the other "
+        f"{scored_images} images.",
+        "",
+        "| step | added | top-5 (selection images) | top-1 |",
+        "|---|---|---|---|",
+        *(
+            f"| {i + 1} | {s['added']} | {s['top5']:.2f} | {s['top1']:.2f} |"
+            for i, s in enumerate(selection["trace"])
+        ),
+    ]
+
+
+def _md_per_class(per_class: dict[str, Any]) -> list[str]:
+    lines = [
         "",
         f"## Per class (top-5 error of the {per_class['of']})",
         "",
@@ -218,4 +308,4 @@ def render_markdown(report: dict[str, Any]) -> str:
                 for c in vs["largest_changes"]
             ),
         ]
-    return "\n".join(lines) + "\n"
+    return lines

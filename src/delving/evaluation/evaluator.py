@@ -1,17 +1,22 @@
-"""Evaluate a model on a folder data set with one of the paper's test protocols, on one rank or many.
+"""Evaluate a model on one split of any data set (folders or shards) with one of the paper's test protocols.
 
 Every image becomes one job per (scale, view); a job's probability is the softmax averaged over the
 windows of its last feature map (one window for a crop) and over its flip. An image's probability is
 the mean over its jobs, so each scale (and each of the ten views) weighs the same whatever its window
 count. Jobs of equal shape share a batch (shape buckets), so images of different sizes never need
 padding and are not run one by one. Ranks take images rank, rank + world_size, ...: each image once.
+
+`evaluate` is five steps: `_open_split` (the data room's reader, so `data=shards` works like folders),
+`_predict_local` (this rank's images; an unreadable one is dropped, logged and counted by the data room's
+`BadFileCounter`, and too many stop the run), `_gather_exact` (rank 0 gets every scored image once),
+`_score` (errors over the images scored) and `_metadata` (what the predictions file records).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,30 +24,49 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from delving.data.datasets import class_names, list_samples, resolve_root
-from delving.data.decode import decode_image
+from delving.data.config import DataConfig, DatasetKind
+from delving.data.datasets import ClassListError, check_class_lists, class_names, resolve_root
+from delving.data.decode import BadImageError, decode_image
+from delving.data.loaders import BadFileCounter, Failure, SampleReader, open_split
 from delving.data.transforms import resize_shorter, to_model_input
-from delving.evaluation.config import EvalConfig, Protocol, effective_scales
+from delving.dist import (
+    DistributedContext,
+    broadcast_from_main,
+    fail_together,
+    failing_together,
+    gather_objects,
+    gather_rows_to_main,
+)
+from delving.errors import UserError
+from delving.evaluation.config import EvalConfig, ProbsDtype, Protocol, effective_scales
 from delving.evaluation.metrics import topk_errors
 from delving.evaluation.predictions import Predictions
 from delving.evaluation.views import CROPS_PER_SCALE, image_views
 from delving.models import SPPNet
+from delving.progress import Progress
 
-_CPU = torch.device("cpu")
+SINGLE_PROCESS = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+
+
+class EvalInputError(UserError, ValueError):
+    """A split that cannot be evaluated: empty, or every image unreadable."""
 
 
 @dataclass
 class EvalResult:
-    """Errors in percent. ids, labels and probs (float32, in data set order) are set on rank 0 only."""
+    """Errors in percent over the `num_images` images scored (`skipped_images` unreadable ones were dropped).
+
+    ids, labels and probs (float32, in data set order, scored images only) are set on rank 0 only.
+    """
 
     top1_error: float
     top5_error: float
     num_images: int
+    skipped_images: int = 0
     metadata: dict[str, Any] = field(default_factory=dict)
     ids: list[str] | None = None
     labels: np.ndarray | None = None
@@ -55,30 +79,55 @@ class EvalResult:
         return Predictions(np.asarray(self.ids), self.labels, self.probs.astype(dtype), dict(self.metadata))
 
 
-def _split_folder(data_cfg: Any, split: str) -> str:
-    return {"val": data_cfg.val_split, "train": data_cfg.train_split}.get(split, split)
+@dataclass
+class _Split:
+    """The images one evaluation scores: the first `size` samples of a split, and where they come from."""
+
+    reader: SampleReader
+    classes: list[str]
+    root: Path
+    name: str  # the split's folder (or shard index) name
+    size: int
+
+
+@dataclass
+class _Scored:
+    """Images by their position in the split: those scored with their probabilities, and those dropped."""
+
+    indices: np.ndarray
+    probs: np.ndarray
+    skipped: np.ndarray
 
 
 class _EvalImages(Dataset):
     """Decodes, resizes and cuts the views of this rank's images; runs in the loader's workers."""
 
     def __init__(
-        self, paths: Sequence[str], data_cfg: Any, protocol: Protocol, scales: Sequence[int], size: int
+        self,
+        reader: SampleReader,
+        positions: np.ndarray,
+        data_cfg: DataConfig,
+        protocol: Protocol,
+        scales: Sequence[int],
+        size: int,
     ) -> None:
-        self.paths, self.data_cfg, self.protocol = paths, data_cfg, protocol
-        self.scales, self.size = scales, size
-        self.draft_size = max(scales) if getattr(data_cfg, "use_draft", False) else None
+        self.reader, self.positions, self.data_cfg = reader, positions, data_cfg
+        self.protocol, self.scales, self.size = protocol, scales, size
+        self.draft_size = max(scales) if data_cfg.use_draft else None
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.positions)
 
-    def __getitem__(self, index: int) -> tuple[int, list[torch.Tensor]]:
-        image = decode_image(self.paths[index], draft_size=self.draft_size)
+    def __getitem__(self, k: int) -> tuple[int, list[torch.Tensor] | None, Failure | None]:
+        try:
+            image = decode_image(self.reader.source(int(self.positions[k])), draft_size=self.draft_size)
+        except BadImageError as err:  # dropped and counted in the main process, like validation's
+            return k, None, (err.path, err.reason)
         views = []
         for scale in self.scales:
             resized = to_model_input(resize_shorter(image, scale), self.data_cfg)
             views.extend(view.contiguous() for view in image_views(resized, self.protocol, self.size))
-        return index, views
+        return k, views, None
 
 
 def _one_thread_per_worker(_: int) -> None:
@@ -86,16 +135,29 @@ def _one_thread_per_worker(_: int) -> None:
 
 
 class _BucketedRunner:
-    """Accumulates per-image probability sums from jobs batched by input shape."""
+    """Accumulates per-image probability sums from jobs batched by input shape.
 
-    def __init__(self, model: SPPNet, num_images: int, cfg: EvalConfig, device: torch.device) -> None:
-        self.model, self.cfg, self.device = model, cfg, device
+    `on_done(n)` is told when n more images have had every one of their jobs run (for progress: an image
+    whose views wait in half-full buckets is not done yet).
+    """
+
+    def __init__(
+        self,
+        model: SPPNet,
+        num_images: int,
+        cfg: EvalConfig,
+        device: torch.device,
+        on_done: Callable[[int], None] = lambda n: None,
+    ) -> None:
+        self.model, self.cfg, self.device, self.on_done = model, cfg, device, on_done
         self.sums = np.zeros((num_images, model.num_classes), dtype=np.float64)
         self.jobs = np.zeros(num_images, dtype=np.int64)
+        self.waiting = np.zeros(num_images, dtype=np.int64)  # views of each image not run yet
         self.buckets: dict[tuple[int, ...], list[tuple[int, torch.Tensor]]] = {}
         self.pending = 0
 
     def add(self, index: int, views: list[torch.Tensor]) -> None:
+        self.waiting[index] += len(views)
         for view in views:
             bucket = self.buckets.setdefault(tuple(view.shape), [])
             bucket.append((index, view))
@@ -105,12 +167,15 @@ class _BucketedRunner:
         if self.pending > self.cfg.max_pending_views:  # bound memory when many shapes are half full
             self._flush(max(self.buckets, key=lambda shape: len(self.buckets[shape])))
 
-    def finish(self) -> np.ndarray:
+    def finish(self, skipped: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(rows that got a prediction, their mean probabilities); the others must be exactly `skipped`."""
         for shape in list(self.buckets):
             self._flush(shape)
-        if (self.jobs == 0).any():
-            raise RuntimeError(f"{int((self.jobs == 0).sum())} images got no prediction")
-        return self.sums / self.jobs[:, None]
+        scored = np.flatnonzero(self.jobs > 0)
+        missing = sorted(set(np.flatnonzero(self.jobs == 0).tolist()) - set(skipped))
+        if missing:
+            raise RuntimeError(f"{len(missing)} images got no prediction")
+        return scored, self.sums[scored] / self.jobs[scored, None]
 
     def _flush(self, shape: tuple[int, ...]) -> None:
         jobs = self.buckets.pop(shape)
@@ -120,6 +185,9 @@ class _BucketedRunner:
         indices = np.array([index for index, _ in jobs])
         np.add.at(self.sums, indices, probs)
         np.add.at(self.jobs, indices, 1)
+        np.subtract.at(self.waiting, indices, 1)
+        touched = np.unique(indices)
+        self.on_done(int((self.waiting[touched] == 0).sum()))
 
 
 @torch.inference_mode()
@@ -139,53 +207,6 @@ def job_probabilities(model: SPPNet, batch: torch.Tensor, flips: bool, amp: bool
     return (probs[:size] + probs[size:]) / 2 if flips else probs
 
 
-def _gather_to_rank0(
-    indices: np.ndarray, probs: np.ndarray, rank: int, world_size: int, device: torch.device
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """Exact gather: per-rank counts travel first and the transport padding is cut off on rank 0."""
-    comm = device if dist.get_backend() == "nccl" else _CPU
-    count = torch.tensor([len(indices)], device=comm)
-    counts = [torch.zeros_like(count) for _ in range(world_size)]
-    dist.all_gather(counts, count)
-    most = int(max(c.item() for c in counts))
-    padded_idx = torch.full((most,), -1, dtype=torch.int64, device=comm)
-    padded_idx[: len(indices)] = torch.from_numpy(indices)
-    padded_probs = torch.zeros((most, probs.shape[1]), dtype=torch.float32, device=comm)
-    padded_probs[: len(indices)] = torch.from_numpy(probs)
-    idx_list = [torch.empty_like(padded_idx) for _ in range(world_size)] if rank == 0 else None
-    prob_list = [torch.empty_like(padded_probs) for _ in range(world_size)] if rank == 0 else None
-    dist.gather(padded_idx, idx_list, dst=0)
-    dist.gather(padded_probs, prob_list, dst=0)
-    if rank != 0:
-        return None
-    sizes = [int(c.item()) for c in counts]
-    all_idx = np.concatenate([t[:n].cpu().numpy() for t, n in zip(idx_list, sizes, strict=True)])
-    all_probs = np.concatenate([t[:n].cpu().numpy() for t, n in zip(prob_list, sizes, strict=True)])
-    return all_idx, all_probs
-
-
-def _raise_together(error: Exception | None, world_size: int, device: torch.device) -> None:
-    """A collective every rank reaches: all raise together instead of leaving the others in a gather."""
-    if world_size == 1:
-        if error is not None:
-            raise error
-        return
-    comm = device if dist.get_backend() == "nccl" else _CPU
-    failed = torch.tensor([0 if error is None else 1], device=comm)
-    dist.all_reduce(failed, op=dist.ReduceOp.MAX)
-    if error is not None:
-        raise error
-    if failed.item():
-        raise RuntimeError("evaluation failed on another rank; its error is in that rank's log")
-
-
-def _broadcast_errors(errors: list[float], device: torch.device) -> list[float]:
-    comm = device if dist.get_backend() == "nccl" else _CPU
-    values = torch.tensor(errors, dtype=torch.float64, device=comm)
-    dist.broadcast(values, src=0)
-    return values.cpu().tolist()
-
-
 def _bare_model(model: nn.Module) -> SPPNet:
     """The SPPNet inside a DDP or torch.compile wrapper: the dense test needs its forward_dense."""
     for attr in ("module", "_orig_mod"):
@@ -196,89 +217,133 @@ def _bare_model(model: nn.Module) -> SPPNet:
     return model  # type: ignore[return-value]
 
 
-def _batches(dataset: _EvalImages, workers: int) -> Iterator[tuple[int, list[torch.Tensor]]]:
+def _items(
+    dataset: _EvalImages, workers: int
+) -> Iterator[tuple[int, list[torch.Tensor] | None, Failure | None]]:
+    """The dataset's items, decoded in `workers` processes; closing the generator ends them at once."""
     if workers == 0:
         yield from (dataset[i] for i in range(len(dataset)))
         return
-    yield from DataLoader(
+    loader = DataLoader(
         dataset,
         batch_size=None,
         num_workers=workers,
         worker_init_fn=_one_thread_per_worker,
         prefetch_factor=4,
     )
+    iterator = iter(loader)
+    try:
+        yield from iterator
+    finally:
+        # An error may keep the iterator alive in its traceback: end the workers now, not when it is freed.
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
 
 
-def evaluate(
-    model: nn.Module,
-    data_cfg: Any,
+def _open_split(data_cfg: DataConfig, split: str, limit: int | None) -> _Split:
+    """`split` is val, train (the data config's split names) or any split name of the data set."""
+    name = {"val": data_cfg.val_split, "train": data_cfg.train_split}.get(split, split)
+    reader, classes = open_split(data_cfg, name)
+    root = resolve_root(data_cfg)
+    size = len(reader) if limit is None else min(limit, len(reader))
+    if size == 0:
+        raise EvalInputError(f"no images to evaluate in split {name!r} of {root}")
+    return _Split(reader, list(classes), root, name, size)
+
+
+def _check_classes(split: _Split, net: SPPNet, classes: Sequence[str] | None) -> None:
+    """The data set must index the classes the model was trained on, in the same order."""
+    where = f"the data set ({split.root}, split {split.name!r})"
+    if classes is not None:
+        check_class_lists(
+            list(classes), split.classes, "the checkpoint (the classes it was trained on)", where
+        )
+    if len(split.classes) != net.num_classes:
+        raise ClassListError(
+            f"the model predicts {net.num_classes} classes, {where} has {len(split.classes)}"
+        )
+
+
+def _predict_local(
+    net: SPPNet,
+    split: _Split,
+    data_cfg: DataConfig,
     eval_cfg: EvalConfig,
-    split: str = "val",
-    rank: int = 0,
-    world_size: int = 1,
-    device: torch.device = _CPU,
-    extra_metadata: Mapping[str, Any] | None = None,
-) -> EvalResult:
-    """Top-1/top-5 error (percent) of `model` on a split with eval_cfg's protocol; call it on every rank."""
-    net = _bare_model(model)
+    ctx: DistributedContext,
+    show_progress: bool,
+) -> _Scored:
+    """This rank's images (rank, rank + world_size, ...): probabilities of the readable ones, and the rest."""
     protocol = Protocol(eval_cfg.protocol)
     scales = effective_scales(list(eval_cfg.scales), net.input_size)
-    folder = _split_folder(data_cfg, split)
-    if getattr(data_cfg.name, "value", data_cfg.name) == "shards":
-        raise ValueError("evaluation reads the folder layout: point data=folder (or imagenet) at the images")
-    root = resolve_root(data_cfg)
-    samples, classes = list_samples(root, folder)
-    if eval_cfg.limit is not None:
-        samples = samples[: eval_cfg.limit]
-    if not samples:
-        raise ValueError(f"no images in {root / folder}")
-    if len(classes) != net.num_classes:
-        raise ValueError(f"the model predicts {net.num_classes} classes, {root / folder} has {len(classes)}")
-
-    local = np.arange(rank, len(samples), world_size)
-    dataset = _EvalImages([str(samples[i][0]) for i in local], data_cfg, protocol, scales, net.input_size)
+    positions = np.arange(ctx.rank, split.size, ctx.world_size)
+    dataset = _EvalImages(split.reader, positions, data_cfg, protocol, scales, net.input_size)
     workers = eval_cfg.num_workers if eval_cfg.num_workers is not None else data_cfg.num_workers
-    was_training = net.training
-    net.eval()
-    local_error: Exception | None = None
-    local_probs = np.zeros((0, net.num_classes), np.float32)
-    try:
-        if len(local):
-            runner = _BucketedRunner(net, len(local), eval_cfg, device)
-            for index, views in _batches(dataset, workers):
-                runner.add(index, views)
-            local_probs = runner.finish().astype(np.float32)
-    except Exception as exc:  # e.g. an unreadable image: every rank must learn of it, or the others hang
-        local_error = exc
-    finally:
-        net.train(was_training)
-    _raise_together(local_error, world_size, device)
+    bad_files = BadFileCounter(data_cfg.max_bad_fraction, len(positions))
+    skipped: list[int] = []
+    what = f"eval {protocol.value}" + (f" (rank 0's share of {ctx.world_size})" if ctx.is_distributed else "")
+    with (
+        Progress(len(positions), what, enabled=show_progress and ctx.is_main) as progress,
+        contextlib.closing(_items(dataset, workers)) as items,
+    ):
+        runner = _BucketedRunner(net, len(positions), eval_cfg, ctx.device, progress.update)
+        for k, views, failure in items:
+            if failure is None:
+                runner.add(k, views)  # type: ignore[arg-type]
+            else:
+                skipped.append(k)
+                progress.update()
+            bad_files.update(int(failure is None), [] if failure is None else [failure])
+        scored, probs = runner.finish(skipped)
+    return _Scored(positions[scored], probs.astype(np.float32), positions[skipped])
 
-    if world_size > 1:
-        gathered = _gather_to_rank0(local, local_probs, rank, world_size, device)
-    else:
-        gathered = local, local_probs
-    gather_error = None
-    if gathered is not None and not np.array_equal(np.sort(gathered[0]), np.arange(len(samples))):
-        gather_error = RuntimeError(
-            f"gathered {len(gathered[0])} predictions for {len(samples)} images: some were lost or counted twice"
-        )
-    _raise_together(gather_error, world_size, device)
-    errors = [float("nan"), float("nan")]
-    result = EvalResult(float("nan"), float("nan"), len(samples))
+
+def _gather_exact(
+    local: _Scored | None, size: int, ctx: DistributedContext
+) -> tuple[_Scored | None, np.ndarray]:
+    """(every scored image on rank 0 in split order, None elsewhere; the dropped images, on every rank).
+
+    Rank 0 checks that the scored and the dropped images together are the split's, each exactly once.
+    """
+    assert local is not None  # failing_together let every rank past only when all had predictions
+    gathered = gather_rows_to_main(ctx, torch.from_numpy(local.indices), torch.from_numpy(local.probs))
+    skipped = np.sort(
+        np.concatenate([np.asarray(s, dtype=np.int64) for s in gather_objects(ctx, local.skipped)])
+    )
+    error, result = None, None
     if gathered is not None:
-        indices, probs = gathered
+        indices, probs = gathered[0].numpy(), gathered[1].numpy()
+        if not np.array_equal(np.sort(np.concatenate([indices, skipped])), np.arange(size)):
+            error = RuntimeError(
+                f"gathered {len(indices)} predictions and {len(skipped)} dropped images for {size} images: "
+                "some were lost or counted twice"
+            )
         order = np.argsort(indices)
-        probs = probs[order]
-        labels = np.array([samples[i][1] for i in range(len(samples))], dtype=np.int64)
-        by_k = topk_errors(probs, labels)
-        errors = [by_k[1], by_k[5]]
-        result.ids = [Path(samples[i][0]).relative_to(root / folder).as_posix() for i in range(len(samples))]
-        result.labels, result.probs = labels, probs
-    if world_size > 1:
-        errors = _broadcast_errors(errors, device)
-    result.top1_error, result.top5_error = errors
-    result.metadata = {
+        result = _Scored(indices[order], probs[order], skipped)
+    fail_together(ctx, error)
+    return result, skipped
+
+
+def _score(scored: _Scored, split: _Split) -> tuple[np.ndarray, float, float]:
+    """(labels, top-1 error, top-5 error) over the images scored."""
+    if not len(scored.indices):
+        raise EvalInputError(f"no readable image in split {split.name!r} of {split.root}")
+    labels = np.array([split.reader.label(int(i)) for i in scored.indices], dtype=np.int64)
+    errors = topk_errors(scored.probs, labels)
+    return labels, errors[1], errors[5]
+
+
+def _metadata(
+    net: SPPNet,
+    split: _Split,
+    data_cfg: DataConfig,
+    eval_cfg: EvalConfig,
+    result: EvalResult,
+    skipped_ids: list[str],
+) -> dict[str, Any]:
+    protocol = Protocol(eval_cfg.protocol)
+    scales = effective_scales(list(eval_cfg.scales), net.input_size)
+    return {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": {
             "name": getattr(net, "model_name", type(net).__name__),
@@ -291,18 +356,68 @@ def evaluate(
         "scales_px": scales,
         "flips": bool(eval_cfg.flips),
         "views_per_image": len(scales) * CROPS_PER_SCALE[protocol] * (2 if eval_cfg.flips else 1),
-        "probs_dtype": getattr(eval_cfg.probs_dtype, "value", eval_cfg.probs_dtype),
+        "probs_dtype": ProbsDtype(eval_cfg.probs_dtype).value,
         "dataset": {
-            "name": getattr(data_cfg.name, "value", data_cfg.name),
-            "root": os.fspath(root),
-            "split": folder,
+            "name": DatasetKind(data_cfg.name).value,
+            "root": os.fspath(split.root),
+            "split": split.name,
             "limit": eval_cfg.limit,
         },
-        "classes": list(classes),
-        "class_names": class_names(data_cfg, root, list(classes)),
-        "num_images": len(samples),
+        "classes": split.classes,
+        "class_names": class_names(data_cfg, split.root, split.classes),
+        "num_images": result.num_images,
+        "skipped_images": result.skipped_images,
+        "skipped_ids": skipped_ids,
         "top1_error": result.top1_error,
         "top5_error": result.top5_error,
+    }
+
+
+def evaluate(
+    model: nn.Module,
+    data_cfg: DataConfig,
+    eval_cfg: EvalConfig,
+    split: str = "val",
+    ctx: DistributedContext = SINGLE_PROCESS,
+    *,
+    classes: Sequence[str] | None = None,
+    extra_metadata: Mapping[str, Any] | None = None,
+    show_progress: bool = True,
+) -> EvalResult:
+    """Top-1/top-5 error (percent) of `model` on a split with eval_cfg's protocol; every rank calls it.
+
+    `classes`: the class list the model was trained on (a checkpoint's); a data set with another list is
+    refused, naming the first difference. Progress goes to stderr (or the "delving" logger) on rank 0.
+    """
+    net = _bare_model(model)
+    was_training = net.training
+    net.eval()
+    split_, local = None, None
+    try:
+        with failing_together(ctx):  # up to the first collective: a failure on any rank stops them all
+            split_ = _open_split(data_cfg, split, eval_cfg.limit)
+            _check_classes(split_, net, classes)
+            local = _predict_local(net, split_, data_cfg, eval_cfg, ctx, show_progress)
+    finally:
+        net.train(was_training)
+    assert split_ is not None
+    gathered, skipped = _gather_exact(local, split_.size, ctx)
+    result = EvalResult(float("nan"), float("nan"), split_.size - len(skipped), len(skipped))
+    errors = [float("nan"), float("nan")]
+    score_error = None
+    if gathered is not None:
+        try:
+            result.labels, top1, top5 = _score(gathered, split_)
+            errors = [top1, top5]
+        except EvalInputError as exc:
+            score_error = exc
+        result.ids = [split_.reader.sample_id(int(i)) for i in gathered.indices]
+        result.probs = gathered.probs
+    fail_together(ctx, score_error)
+    result.top1_error, result.top5_error = broadcast_from_main(ctx, errors)
+    skipped_ids = [split_.reader.sample_id(int(i)) for i in skipped]
+    result.metadata = {
+        **_metadata(net, split_, data_cfg, eval_cfg, result, skipped_ids),
         **dict(extra_metadata or {}),
     }
     return result

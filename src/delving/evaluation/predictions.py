@@ -17,15 +17,33 @@ from typing import Any
 
 import numpy as np
 
+from delving.errors import UserError
 from delving.io import atomic_write
 
 FORMAT_VERSION = 1
 _ARRAYS = ("ids", "labels", "probs", "metadata")
 _SUM_TOLERANCE = {np.dtype(np.float16): 1e-2, np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-6}
+_REQUIRED = ("classes", "dataset", "protocol")
+# The JSON type of each metadata key the tools read (a file may come from anyone, or an older tool).
+_METADATA_TYPES: dict[str, tuple[type, ...]] = {
+    "classes": (list,),
+    "class_names": (list, type(None)),
+    "dataset": (dict,),
+    "protocol": (str,),
+    "model": (dict,),
+    "model_config": (dict,),
+    "checkpoint": (dict, str, type(None)),
+    "scales": (list, type(None)),
+    "num_images": (int,),
+    "skipped_images": (int,),
+    "top1_error": (int, float),
+    "top5_error": (int, float),
+}
+_JSON_NAMES = {list: "a list", dict: "an object", str: "a string", int: "a number", float: "a number"}
 
 
-class PredictionsFileError(ValueError):
-    """A predictions file that is missing, partial, corrupt or inconsistent."""
+class PredictionsFileError(UserError, ValueError):
+    """A predictions file that is missing, partial, corrupt or inconsistent; the message names the file."""
 
     def __init__(self, path: str | os.PathLike, reason: str) -> None:
         super().__init__(f"{path}: {reason}")
@@ -53,12 +71,39 @@ class Predictions:
         return len(self.ids)
 
 
+def _json_type(value: Any) -> str:
+    return "null" if value is None else _JSON_NAMES.get(type(value), type(value).__name__)
+
+
+def check_metadata(meta: Any, where: str | os.PathLike = "predictions") -> None:
+    """Raises PredictionsFileError naming the key unless the metadata has the JSON types the tools read."""
+    if not isinstance(meta, dict):
+        raise PredictionsFileError(where, f"metadata is {_json_type(meta)}, expected a JSON object")
+    for key in _REQUIRED:
+        if key not in meta:
+            raise PredictionsFileError(where, f"metadata has no {key!r}")
+    for key, types in _METADATA_TYPES.items():
+        if key in meta and (not isinstance(meta[key], types) or isinstance(meta[key], bool)):
+            expected = " or ".join(dict.fromkeys(_json_type(None if t is type(None) else t()) for t in types))
+            raise PredictionsFileError(
+                where, f"metadata {key!r} is {_json_type(meta[key])}, expected {expected}"
+            )
+    for key in ("classes", "class_names"):
+        if isinstance(meta.get(key), list) and not all(isinstance(c, str) for c in meta[key]):
+            raise PredictionsFileError(where, f"metadata {key!r} holds entries that are not strings")
+    if meta.get("class_names") is not None and len(meta["class_names"]) != len(meta["classes"]):
+        raise PredictionsFileError(
+            where, f"metadata has {len(meta['class_names'])} class_names for {len(meta['classes'])} classes"
+        )
+    for key in ("name", "split"):
+        if not isinstance(meta["dataset"].get(key), str):
+            raise PredictionsFileError(where, f"metadata 'dataset' needs a string {key!r}")
+
+
 def check_predictions(pred: Predictions, where: str | os.PathLike = "predictions") -> None:
     """Raises PredictionsFileError unless the arrays and metadata agree with each other."""
     meta = pred.metadata
-    for key in ("classes", "dataset", "protocol"):
-        if key not in meta:
-            raise PredictionsFileError(where, f"metadata has no {key!r}")
+    check_metadata(meta, where)
     num, num_classes = len(pred.ids), len(meta["classes"])
     if pred.probs.ndim != 2 or pred.probs.shape != (num, num_classes):
         raise PredictionsFileError(
@@ -74,6 +119,8 @@ def check_predictions(pred: Predictions, where: str | os.PathLike = "predictions
         raise PredictionsFileError(where, "duplicate image ids")
     if not np.isfinite(pred.probs).all():
         raise PredictionsFileError(where, "probs contain NaN or infinity")
+    if num and pred.probs.min() < 0:
+        raise PredictionsFileError(where, f"probs contain negative values (smallest {pred.probs.min():.4g})")
     tolerance = _SUM_TOLERANCE.get(pred.probs.dtype, 1e-4)
     sums = pred.probs.sum(axis=1, dtype=np.float64)
     if num and np.abs(sums - 1.0).max() > tolerance:
@@ -114,6 +161,7 @@ def load_predictions(path: str | os.PathLike) -> Predictions:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
         raise PredictionsFileError(path, f"unreadable or truncated ({type(exc).__name__}: {exc})") from exc
+    check_metadata(metadata, path)
     if metadata.get("format_version") != FORMAT_VERSION:
         raise PredictionsFileError(
             path, f"format version {metadata.get('format_version')}, expected {FORMAT_VERSION}"

@@ -12,12 +12,10 @@ class InitCheckAppConfig:
     """delving-init-check (configs/init_check.yaml)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
-    timm_model: str | None = (
-        None  # any timm.create_model name (resnet18, vit_small_patch16_224, ...); `model` is then unused
-    )
-    inits: list[str] | None = (
-        None  # several schemes in one table and plot; None: model.init (timm: its own init)
-    )
+    # Any timm.create_model name (resnet18, vit_small_patch16_224, ...); `model` is then unused.
+    timm_model: str | None = None
+    # Several schemes in one table and plot; None: model.init (timm: its own init).
+    inits: list[str] | None = None
     batch_size: int = 2
     input_size: int | None = None  # None: the model's training size
     input_std: float = 1.0
@@ -30,9 +28,8 @@ class ReportAppConfig:
     """delving-report (configs/report.yaml)."""
 
     runs: list[str] = field(default_factory=list)  # run directories (or folders holding run directories)
-    predictions: list[str] = field(
-        default_factory=list
-    )  # extra predictions files (e.g. delving-eval outputs)
+    # Extra predictions files (delving-eval writes next to the checkpoint, where runs= finds them anyway).
+    predictions: list[str] = field(default_factory=list)
     ensembles: list[str] = field(default_factory=list)  # ensemble.json files of delving-ensemble
     init_checks: list[str] = field(default_factory=list)  # init_check.json files of delving-init-check
     output_dir: str = "outputs/report"

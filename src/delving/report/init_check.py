@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from delving.models import InitScheme, build_model, conv_init_std
+from delving.models.config import ModelName
 
 # `inits` entry that keeps a timm net's own initialization.
 OWN_INIT = "own"
@@ -154,7 +155,7 @@ def init_check(
             net = build_net(model_cfg, init, timm_name)
             size = input_size or default_input_size(net)
             x = torch.randn(batch_size, 3, size, size) * input_std
-        name = timm_name or str(getattr(model_cfg["name"], "value", model_cfg["name"]))
+        name = timm_name or ModelName(model_cfg["name"]).value
         reports.append(InitReport(name, str(init), list(x.shape), measure(net, x, grad_seed=seed)))
     return reports
 

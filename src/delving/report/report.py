@@ -18,7 +18,7 @@ from delving.evaluation.paper_results import PAPER_TABLES, PaperRow, find_paper_
 from delving.report.init_check import fmt_stat
 from delving.report.paper_slopes import TABLE1_SLOPES
 from delving.report.plots import new_figure, save_figure
-from delving.report.runs import EvalRecord, Run
+from delving.report.runs import EvalRecord, Run, label_runs
 
 INIT_FIGURES = ("fig2", "fig3")
 
@@ -65,14 +65,14 @@ def _data_line(run: Run) -> str:
 
 def run_table(runs: list[Run]) -> list[str]:
     lines = [
-        "| run | experiment | model | act | init | data | epochs | last val top-1 / top-5 (%) |",
+        "| run | folder | model | act | init | data | epochs | last val top-1 / top-5 (%) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         val = run.final_val or {}
         data = run.config.get("data", {})
         lines.append(
-            f"| `{run.path.name}` | {run.name} | {run.model.get('name')} (width {run.model.get('width')}) | "
+            f"| {run.title} | `{run.path.name}` | {run.model.get('name')} (width {run.model.get('width')}) | "
             f"{_act(run)} | {run.model.get('init')} | {data.get('name')} | "
             f"{run.config.get('train', {}).get('epochs')} | "
             f"{_num(val.get('val_top1_error'))} / {_num(val.get('val_top5_error'))} |"
@@ -125,7 +125,7 @@ def _ours_for_row(
         return "| | | |" if row.model is None else "– | – | not run | | "
     run, record = matched[row.label]
     return (
-        f"{_num(record.top1_error)} | {_num(record.top5_error)} | {run.name} | {_describe_test(record)} | "
+        f"{_num(record.top1_error)} | {_num(record.top5_error)} | {run.title} | {_describe_test(record)} | "
         f"{_data_line(run)}"
     )
 
@@ -245,7 +245,7 @@ def slope_history_figure(run: Run) -> Figure | None:
         ax.plot([r["step"] / per_epoch for r in trains], [r[key] for r in trains], label=key.split("/", 1)[1])
     ax.set_xlabel("epoch")
     ax.set_ylabel("mean slope a of the layer")
-    ax.set_title(f"{run.name}: PReLU slopes during training")
+    ax.set_title(f"{run.title}: PReLU slopes during training")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
@@ -256,7 +256,7 @@ def slopes_table(runs: list[Run]) -> list[str]:
     names = [s.layer for s in runs[0].slopes]
     with_paper = all(layer in TABLE1_SLOPES for layer in names)
     header = "| layer |" + (" paper shared | paper wise |" if with_paper else "")
-    header += "".join(f" {run.name} mean ± std [min, max] |" for run in runs)
+    header += "".join(f" {run.title} mean ± std [min, max] |" for run in runs)
     lines = [header, "|---|" + ("---|---|" if with_paper else "") + "---|" * len(runs)]
     for layer in names:
         cells = [f"| {layer} |"]
@@ -316,20 +316,78 @@ def build_report(
     title: str = "Reproduction report",
     command: str | None = None,
 ) -> Report:
-    """Everything from already loaded runs, ensemble.json contents and init_check.json contents (by path)."""
+    """Everything from already loaded runs, ensemble.json contents and init_check.json contents (by path).
+
+    Runs that share an experiment name are labelled by the overrides that tell them apart (label_runs).
+    """
     ensembles = ensembles or []
     init_checks = init_checks or {}
+    label_runs(runs)
     report = Report("")
     md = [f"# {title}", ""]
     if command:
         md += ["Made with:", "", "```", command, "```", ""]
     md += ["## Runs", "", *run_table(runs), ""]
-
     md += ["## Paper vs ours", ""]
     tables = [line for key in PAPER_TABLES for line in paper_table_section(key, runs, ensembles)]
     md += tables or ["No run reproduces a row of the paper's tables.", ""]
-
+    if ensembles:
+        md += ["## Ensembles (delving-ensemble)", "", *ensembles_table(ensembles), ""]
     groups = _group(runs)
+    md += _init_study_sections(groups, report)
+    md += _slope_sections(groups, report)
+    md += ["## Training curves", ""]
+    for study, members in groups.items():
+        name = f"{study}_curves.png"
+        report.figures[name] = curves_figure(study, members)
+        md += [f"### {study}", "", f"![{study} curves]({name})", ""]
+    if init_checks:
+        md += _init_check_section(init_checks)
+    report.markdown = "\n".join(md)
+    report.summary = {
+        "runs": [
+            {
+                "path": str(run.path),
+                "experiment": run.name,
+                "label": run.title,
+                "overrides": run.overrides,
+                "study": run.study,
+                "model": run.model,
+                "final_val": run.final_val,
+                "evals": [vars(e) for e in run.evals],
+                "slopes": [vars(s) for s in run.slopes],
+            }
+            for run in runs
+        ],
+        "ensembles": ensembles,
+        "init_checks": init_checks,
+    }
+    return report
+
+
+def ensembles_table(ensembles: list[dict[str, Any]]) -> list[str]:
+    """One row per ensemble.json: members, weights, data and errors (and the selected ensemble's)."""
+    lines = [
+        "| ensemble | members | weights | data | images scored | top-1 (%) | top-5 (%) | selected: members, top-1 / top-5 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for number, entry in enumerate(ensembles, 1):
+        ens, data, selection = entry.get("ensemble", {}), entry.get("data", {}), entry.get("selection")
+        chosen = "–"
+        if selection:
+            chosen = (
+                f"{', '.join(selection['chosen'])}: {_num(selection['top1'])} / {_num(selection['top5'])}"
+            )
+        lines.append(
+            f"| {entry.get('source', f'ensemble {number}')} | {', '.join(ens.get('members', []))} | "
+            f"{ens.get('weights') or 'equal'} | {data.get('name')} / {data.get('split')} | "
+            f"{data.get('scored_images')} | {_num(ens.get('top1'))} | {_num(ens.get('top5'))} | {chosen} |"
+        )
+    return lines
+
+
+def _init_study_sections(groups: dict[str, list[Run]], report: Report) -> list[str]:
+    md = []
     for study, members in groups.items():
         if study not in INIT_FIGURES:
             continue
@@ -350,11 +408,13 @@ def build_report(
             f"![{study}]({name})",
             "",
         ]
+    return md
 
+
+def _slope_sections(groups: dict[str, list[Run]], report: Report) -> list[str]:
     prelu_groups = {s: [r for r in m if r.slopes] for s, m in groups.items()}
     prelu_groups = {s: m for s, m in prelu_groups.items() if m}
-    if prelu_groups:
-        md += ["## Learned PReLU slopes (Table 1, Fig. 4 style)", ""]
+    md = ["## Learned PReLU slopes (Table 1, Fig. 4 style)", ""] if prelu_groups else []
     for study, members in prelu_groups.items():
         name = f"{study}_slopes.png"
         report.figures[name] = slopes_figure(f"{study}: learned slopes per layer", members)
@@ -364,51 +424,29 @@ def build_report(
         if history is not None:
             report.figures[f"{study}_slope_history.png"] = history
             md += [f"![{study} slopes during training]({study}_slope_history.png)", ""]
+    return md
 
-    md += ["## Training curves", ""]
-    for study, members in groups.items():
-        name = f"{study}_curves.png"
-        report.figures[name] = curves_figure(study, members)
-        md += [f"### {study}", "", f"![{study} curves]({name})", ""]
 
-    if init_checks:
-        md += [
-            "## Initialization check (Sec. 2.2, delving-init-check)",
-            "",
-            "| source | model | init | forward gain (last / first conv) | backward gain (first / last conv) |",
-            "|---|---|---|---|---|",
-        ]
-        for source, entries in init_checks.items():
-            for entry in entries:
-                md.append(
-                    f"| {source} | {entry['model']} | {entry['init']} | "
-                    f"{fmt_stat(entry['forward_gain_last_over_first'])} | "
-                    f"{fmt_stat(entry['backward_gain_first_over_last'])} |"
-                )
-        md += [
-            "",
-            "– : no gradient reaches the last conv (timm's ResNets zero-initialize the last BN of each block).",
-            "",
-        ]
-
-    report.markdown = "\n".join(md)
-    report.summary = {
-        "runs": [
-            {
-                "path": str(run.path),
-                "experiment": run.name,
-                "study": run.study,
-                "model": run.model,
-                "final_val": run.final_val,
-                "evals": [vars(e) for e in run.evals],
-                "slopes": [vars(s) for s in run.slopes],
-            }
-            for run in runs
-        ],
-        "ensembles": ensembles,
-        "init_checks": init_checks,
-    }
-    return report
+def _init_check_section(init_checks: dict[str, list[dict[str, Any]]]) -> list[str]:
+    md = [
+        "## Initialization check (Sec. 2.2, delving-init-check)",
+        "",
+        "| source | model | init | forward gain (last / first conv) | backward gain (first / last conv) |",
+        "|---|---|---|---|---|",
+    ]
+    for source, entries in init_checks.items():
+        for entry in entries:
+            md.append(
+                f"| {source} | {entry['model']} | {entry['init']} | "
+                f"{fmt_stat(entry['forward_gain_last_over_first'])} | "
+                f"{fmt_stat(entry['backward_gain_first_over_last'])} |"
+            )
+    return [
+        *md,
+        "",
+        "– : no gradient reaches the last conv (timm's ResNets zero-initialize the last BN of each block).",
+        "",
+    ]
 
 
 def write_report(report: Report, output_dir: str | Path) -> Path:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,8 +14,27 @@ import torch
 import yaml
 from torch import nn
 
+from delving.checkpoint import Checkpoint, CheckpointError
+from delving.errors import UserError
 from delving.evaluation.predictions import load_predictions
 from delving.models import build_model
+
+log = logging.getLogger("delving")
+
+# Overrides that change where or how a run ran, not what it computed: never what tells runs apart.
+IGNORED_OVERRIDES = (
+    "hydra.",
+    "resume",
+    "start_over",
+    "logger.",
+    "launcher",
+    "train.device",
+    "data.num_workers",
+)
+
+
+class RunDirectoryError(UserError, FileNotFoundError):
+    """A path in runs= that holds no run, or a run file that cannot be read; the message names it."""
 
 
 @dataclass
@@ -48,10 +69,18 @@ class Run:
     evals: list[EvalRecord] = field(default_factory=list)
     slopes: list[SlopeStats] = field(default_factory=list)
     weight_norms: dict[str, float] = field(default_factory=dict)  # ||w|| of every conv/fc weight at the end
+    overrides: list[str] = field(default_factory=list)  # the command line's overrides (.hydra/overrides.yaml)
+    # What tells this run apart from others of the same experiment name (set by label_runs).
+    tag: str = ""
 
     @property
     def name(self) -> str:
         return str(self.config.get("experiment_name", self.path.name))
+
+    @property
+    def title(self) -> str:
+        """The experiment name, with the overrides that tell it apart where several runs share that name."""
+        return f"{self.name} [{self.tag}]" if self.tag else self.name
 
     @property
     def model(self) -> dict[str, Any]:
@@ -59,7 +88,9 @@ class Run:
 
     @property
     def label(self) -> str:
-        """Experiment name, with the init where a study compares inits."""
+        """The title, or the experiment name with the init where a study compares inits."""
+        if self.tag:
+            return self.title
         study = self.paper.get("study", "")
         return f"{self.name} ({self.model.get('init')})" if str(study).startswith("fig") else self.name
 
@@ -109,15 +140,37 @@ def slope_stats(model: nn.Module) -> list[SlopeStats]:
     return stats
 
 
-def _read_config(path: Path, checkpoint: dict[str, Any] | None) -> dict[str, Any]:
-    if checkpoint is not None and "config" in checkpoint:
-        return checkpoint["config"]
+def _read_config(path: Path, checkpoint: Checkpoint | None) -> dict[str, Any]:
+    if checkpoint is not None:
+        return checkpoint.config
     hydra_config = path / ".hydra" / "config.yaml"
     if hydra_config.is_file():
         return yaml.safe_load(hydra_config.read_text())
-    raise FileNotFoundError(
+    raise RunDirectoryError(
         f"{path}: no last.pt and no .hydra/config.yaml: not a delving-train run directory"
     )
+
+
+def _read_overrides(path: Path) -> list[str]:
+    overrides = path / ".hydra" / "overrides.yaml"
+    if not overrides.is_file():
+        return []
+    values = yaml.safe_load(overrides.read_text())
+    return [str(v) for v in values] if isinstance(values, list) else []
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl's records; a torn last line (a run killed mid-write) is dropped with a warning."""
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise RunDirectoryError(f"{path}: line {number} is not JSON; the file is damaged") from None
+            log.warning("%s: dropped its torn last line (a run killed while writing it)", path)
+    return records
 
 
 def eval_record_from_predictions(path: Path) -> EvalRecord:
@@ -132,27 +185,73 @@ def eval_record_from_predictions(path: Path) -> EvalRecord:
     )
 
 
+def _weights_into(run: Run, checkpoint: Checkpoint, where: Path) -> None:
+    """The learned slopes and weight norms of the checkpoint's model (built on the meta device: no copy)."""
+    with torch.device("meta"):
+        model = build_model(run.model)
+    try:
+        model.load_state_dict(checkpoint.model, assign=True)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0]
+        raise CheckpointError(f"{where}: its weights do not match its model config ({first})") from None
+    run.slopes = slope_stats(model)
+    run.weight_norms = {
+        name.removesuffix(".weight"): p.detach().float().norm().item()
+        for name, p in model.named_parameters()
+        if p.ndim > 1
+    }
+
+
 def load_run(path: str | Path) -> Run:
-    """Reads config, metrics.jsonl, predictions-*.npz and the slopes and weight norms of last.pt."""
+    """Reads config, overrides, metrics.jsonl, predictions-*.npz and the slopes and weight norms of last.pt."""
     path = Path(path)
     last = path / "last.pt"
-    checkpoint = torch.load(last, map_location="cpu", weights_only=True) if last.is_file() else None
-    run = Run(path, _read_config(path, checkpoint))
+    checkpoint = Checkpoint.load(last) if last.is_file() else None
+    run = Run(path, _read_config(path, checkpoint), overrides=_read_overrides(path))
     metrics = path / "metrics.jsonl"
     if metrics.is_file():
-        run.records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        run.records = read_metrics(metrics)
     run.evals = [eval_record_from_predictions(p) for p in sorted(path.glob("predictions*.npz"))]
     if checkpoint is not None:
-        with torch.device("meta"):
-            model = build_model(run.model)
-        model.load_state_dict(checkpoint["model"], assign=True)
-        run.slopes = slope_stats(model)
-        run.weight_norms = {
-            name.removesuffix(".weight"): p.detach().float().norm().item()
-            for name, p in model.named_parameters()
-            if p.ndim > 1
-        }
+        _weights_into(run, checkpoint, last)
     return run
+
+
+def _override_items(run: Run) -> dict[str, str]:
+    items = {}
+    for override in run.overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if not key.startswith(IGNORED_OVERRIDES):
+            items[key] = value
+    return items
+
+
+def _config_value(config: dict[str, Any], key: str) -> str | None:
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return str(node)
+
+
+def label_runs(runs: list[Run]) -> None:
+    """Sets each run's `tag` where runs share an experiment name (ad-hoc runs all read "default"): the
+    overrides whose values differ between them (a run without one shows its config's value), or the run
+    folder's name where their overrides are the same."""
+    groups: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        groups[run.name].append(run)
+    for group in (g for g in groups.values() if len(g) > 1):
+        items = [_override_items(run) for run in group]
+        keys = list(dict.fromkeys(key for run_items in items for key in run_items))
+        differ = [key for key in keys if len({run_items.get(key) for run_items in items}) > 1]
+        for run, run_items in zip(group, items, strict=True):
+            values = [
+                f"{key}={run_items[key] if key in run_items else _config_value(run.config, key) or '–'}"
+                for key in differ
+            ]
+            run.tag = " ".join(values) if values else run.path.name
 
 
 def find_runs(paths: list[str | Path]) -> list[Path]:
@@ -164,6 +263,6 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
             continue
         below = sorted({p.parent for p in entry.rglob("metrics.jsonl")})
         if not below:
-            raise FileNotFoundError(f"{entry}: no run directory (metrics.jsonl or last.pt) in it")
+            raise RunDirectoryError(f"{entry}: no run directory (metrics.jsonl or last.pt) in it")
         found.extend(below)
     return found
