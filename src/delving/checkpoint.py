@@ -110,7 +110,9 @@ class Checkpoint:
             raise CheckpointError(f"checkpoint {path}: its config has no 'model' section")
         version = state.pop("format_version", None)
         if version == 1:  # the first trainer format: counters at the top level, no class list
-            state["train_state"] = {k: state.pop(k) for k in ("epoch", "step_in_epoch", "global_step", "best")}
+            state["train_state"] = {
+                k: state.pop(k) for k in ("epoch", "step_in_epoch", "global_step", "best")
+            }
             state.pop("world_size", None)
         elif version not in (None, FORMAT_VERSION):
             raise CheckpointError(f"checkpoint {path} has format {version}; this delving reads 1 and 2")
@@ -122,7 +124,9 @@ class Checkpoint:
         try:
             model = build_model(self.config["model"])
         except (ValueError, TypeError) as error:
-            raise CheckpointError(f"{where}: its model config {self.config['model']} is invalid: {error}") from None
+            raise CheckpointError(
+                f"{where}: its model config {self.config['model']} is invalid: {error}"
+            ) from None
         load_weights(model, self.model, where, f"the model its config describes ({self.config['model']})")
         return model
 

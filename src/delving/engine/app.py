@@ -18,24 +18,12 @@ from omegaconf import DictConfig, OmegaConf
 from delving.data.config import DataConfig
 from delving.dist import DistributedContext, failing_together, init_distributed, shutdown_distributed
 from delving.engine.logging import log, setup_console_logging
-
-try:  # TEMP until preflight lands
-    from delving.engine.preflight import preflight
-except ImportError:
-
-    def preflight(cfg, world_size):
-        return None
-
-
+from delving.engine.preflight import preflight
 from delving.engine.run_dir import RunDirectory
 from delving.engine.signals import EXIT_STOPPED, StopRequested, StopSignals, requeue_slurm_job
 from delving.engine.trainer import Trainer
 from delving.errors import UserError
-
-try:  # TEMP
-    from delving.evaluation.app import final_evaluation
-except ImportError:
-    final_evaluation = None
+from delving.evaluation.app import final_evaluation
 from delving.evaluation.config import EvalConfig
 
 
@@ -121,10 +109,6 @@ def _train_and_evaluate(
 
 
 def _final_eval(cfg: DictConfig, trainer: Trainer) -> dict[str, Any]:
-    if final_evaluation is None:  # TEMP
-        from delving.engine.final_eval import run_final_eval
-
-        return run_final_eval(trainer)
     data_cfg: DataConfig = OmegaConf.to_object(cfg.data)  # type: ignore[assignment]
     eval_cfg: EvalConfig = OmegaConf.to_object(cfg.eval)  # type: ignore[assignment]
     summary = final_evaluation(

@@ -87,7 +87,9 @@ class MetricsLog:
                 records.append((line, json.loads(line)))
             except json.JSONDecodeError:
                 if number < len(lines):
-                    raise ValueError(f"{self.path}: line {number} is not JSON; fix or delete the file") from None
+                    raise ValueError(
+                        f"{self.path}: line {number} is not JSON; fix or delete the file"
+                    ) from None
                 log.warning("%s: dropped a torn last line (a write that was killed)", self.path)
         kept = [
             line

@@ -39,8 +39,9 @@ def preflight(cfg: DictConfig, world_size: int) -> None:
     if data.crop_size != cfg.model.input_size:
         raise ConfigError(
             f"data.crop_size={data.crop_size} and model.input_size={cfg.model.input_size} differ, but they are one "
-            "size (the training crop, whose last feature map is the window of the dense test): set both to the "
-            "same value"
+            "size (the training crop; its last feature map is the window of the dense test): add "
+            f"data.crop_size={cfg.model.input_size} or model.input_size={data.crop_size} (data.scale_min, "
+            "data.scale_max and data.test_scale stay at least the crop)"
         )
     classes, train_images = _data_set(data)
     _complete_num_classes(cfg, data, classes)

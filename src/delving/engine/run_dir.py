@@ -106,7 +106,9 @@ class RunDirectory:
 
     def mark_finished(self, record: dict[str, Any]) -> Path:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        return atomic_write_text(self.path / FINISHED_FILE, json.dumps({"finished": stamp, **record}, indent=2))
+        return atomic_write_text(
+            self.path / FINISHED_FILE, json.dumps({"finished": stamp, **record}, indent=2)
+        )
 
 
 # Overrides that change where or how a run is launched, resumed or logged, not which run it is.
