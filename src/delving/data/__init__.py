@@ -1,21 +1,33 @@
 """Data: the data sets (synthetic default, ImageNet/folder layout, WebDataset shards), the paper's transforms,
-and loaders whose order and augmentation depend only on (seed, epoch)."""
+and loaders whose order and augmentation depend only on (seed, epoch).
 
-from delving.data.config import DataConfig, DatasetKind, Normalize
-from delving.data.decode import BadImageError, TooManyBadImagesError, decode_image
-from delving.data.loaders import EvalLoader, TrainLoader
-from delving.data.transforms import normalize_tensor, resize_shorter, to_model_input
+The names below are imported on first use (PEP 562), so `import delving.data.config` (every entry point's
+schemas) does not pull in torchvision through the transforms.
+"""
 
-__all__ = [
-    "BadImageError",
-    "DataConfig",
-    "DatasetKind",
-    "EvalLoader",
-    "Normalize",
-    "TooManyBadImagesError",
-    "TrainLoader",
-    "decode_image",
-    "normalize_tensor",
-    "resize_shorter",
-    "to_model_input",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "DataConfig": "delving.data.config",
+    "DatasetKind": "delving.data.config",
+    "Normalize": "delving.data.config",
+    "BadImageError": "delving.data.decode",
+    "TooManyBadImagesError": "delving.data.decode",
+    "decode_image": "delving.data.decode",
+    "EvalLoader": "delving.data.loaders",
+    "TrainLoader": "delving.data.loaders",
+    "normalize_tensor": "delving.data.transforms",
+    "resize_shorter": "delving.data.transforms",
+    "to_model_input": "delving.data.transforms",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'delving.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -1,40 +1,44 @@
 """The paper's test protocols (centre crop, 10-view, dense multi-view on feature maps, multi-scale),
-predictions files, top-k error, and the ensemble evaluator."""
+predictions files, top-k error, and the ensemble evaluator.
 
-from delving.checkpoint import CheckpointError, load_model
-from delving.evaluation.config import EvalConfig, Protocol, effective_scales
-from delving.evaluation.ensemble import EnsembleMismatchError, check_compatible, combine, greedy_select
-from delving.evaluation.ensemble_report import EnsembleOptions, EnsembleReport, build_ensemble_report
-from delving.evaluation.evaluator import EvalResult, evaluate, job_probabilities
-from delving.evaluation.metrics import per_class_error, topk_errors, true_class_rank
-from delving.evaluation.predictions import (
-    Predictions,
-    PredictionsFileError,
-    load_predictions,
-    save_predictions,
-)
+The names below are imported on first use (PEP 562), so `import delving.evaluation.config` (the entry
+points' schemas) does not pull in the models and torchvision.
+"""
 
-__all__ = [
-    "CheckpointError",
-    "EnsembleMismatchError",
-    "EnsembleOptions",
-    "EnsembleReport",
-    "EvalConfig",
-    "EvalResult",
-    "Predictions",
-    "PredictionsFileError",
-    "Protocol",
-    "build_ensemble_report",
-    "check_compatible",
-    "combine",
-    "effective_scales",
-    "evaluate",
-    "greedy_select",
-    "job_probabilities",
-    "load_model",
-    "load_predictions",
-    "per_class_error",
-    "save_predictions",
-    "topk_errors",
-    "true_class_rank",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "CheckpointError": "delving.checkpoint",
+    "load_model": "delving.checkpoint",
+    "EvalConfig": "delving.evaluation.config",
+    "Protocol": "delving.evaluation.config",
+    "effective_scales": "delving.evaluation.config",
+    "EnsembleMismatchError": "delving.evaluation.ensemble",
+    "check_compatible": "delving.evaluation.ensemble",
+    "combine": "delving.evaluation.ensemble",
+    "greedy_select": "delving.evaluation.ensemble",
+    "EnsembleOptions": "delving.evaluation.ensemble_report",
+    "EnsembleReport": "delving.evaluation.ensemble_report",
+    "build_ensemble_report": "delving.evaluation.ensemble_report",
+    "EvalResult": "delving.evaluation.evaluator",
+    "evaluate": "delving.evaluation.evaluator",
+    "job_probabilities": "delving.evaluation.evaluator",
+    "per_class_error": "delving.evaluation.metrics",
+    "topk_errors": "delving.evaluation.metrics",
+    "true_class_rank": "delving.evaluation.metrics",
+    "Predictions": "delving.evaluation.predictions",
+    "PredictionsFileError": "delving.evaluation.predictions",
+    "load_predictions": "delving.evaluation.predictions",
+    "save_predictions": "delving.evaluation.predictions",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'delving.evaluation' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
