@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ContextDecorator
 
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException, ValidationError
 
@@ -53,17 +52,22 @@ def report_user_error(error: BaseException) -> None:
             handler.handle(record)
 
 
-@contextmanager
-def user_errors() -> Iterator[None]:
+class user_errors(ContextDecorator):  # a lower-case name: it reads as the function it used to be
     """Wrap an entry point's task (`@user_errors()` under `@hydra.main`): a UserError, or a config value
     OmegaConf refuses while the task reads it, ends the job with one line and exit code 2.
 
     HYDRA_FULL_ERROR=1 re-raises instead, with the traceback. Other exceptions are bugs and keep theirs.
+    A class, not a @contextmanager: the submitit launcher pickles the wrapped task, and a generator-based
+    decorator holds a generator, which cannot be pickled.
     """
-    try:
-        yield
-    except (UserError, MissingMandatoryValue, ValidationError) as error:
+
+    def __enter__(self) -> user_errors:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: object) -> bool:
+        if not isinstance(error, UserError | MissingMandatoryValue | ValidationError):
+            return False
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
+            return False
         report_user_error(error)
         raise SystemExit(EXIT_USER_ERROR) from None

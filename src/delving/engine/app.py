@@ -9,22 +9,21 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from delving.data.config import DataConfig
 from delving.dist import DistributedContext, failing_together, init_distributed, shutdown_distributed
 from delving.engine.logging import log, setup_console_logging
 from delving.engine.preflight import preflight
 from delving.engine.run_dir import RunDirectory
 from delving.engine.signals import EXIT_STOPPED, StopRequested, StopSignals, requeue_slurm_job
-from delving.engine.trainer import Trainer
 from delving.errors import UserError
-from delving.evaluation.app import final_evaluation
-from delving.evaluation.config import EvalConfig
+
+if TYPE_CHECKING:  # the model, loader and evaluation code (timm, torchvision) load only once the checks pass
+    from delving.engine.trainer import Trainer
 
 
 class RunStopped(SystemExit):
@@ -86,6 +85,8 @@ def _train_and_evaluate(
             run.path, finished.get("finished"), finished.get("val_top1_error"), finished.get("final_eval"),
         )  # fmt: skip
         return finished.get("val_top1_error")
+    from delving.engine.trainer import Trainer
+
     trainer = Trainer(cfg, run.path, ctx, stop)
     try:
         val = trainer.fit()
@@ -109,8 +110,10 @@ def _train_and_evaluate(
 
 
 def _final_eval(cfg: DictConfig, trainer: Trainer) -> dict[str, Any]:
-    data_cfg: DataConfig = OmegaConf.to_object(cfg.data)  # type: ignore[assignment]
-    eval_cfg: EvalConfig = OmegaConf.to_object(cfg.eval)  # type: ignore[assignment]
+    from delving.evaluation.app import final_evaluation
+
+    data_cfg = OmegaConf.to_object(cfg.data)
+    eval_cfg = OmegaConf.to_object(cfg.eval)
     summary = final_evaluation(
         trainer.model, trainer.config, data_cfg, eval_cfg, trainer.run_dir, trainer.ctx,
         trainer.run_dir / "last.pt", trainer.classes,

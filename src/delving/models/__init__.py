@@ -1,22 +1,33 @@
-"""The paper's nets, activations, initializations and SPP. Importing it registers the nets in timm."""
+"""The paper's nets, activations, initializations and SPP.
 
-from delving.models.activations import Activation, make_activation
-from delving.models.factory import MODEL_NAMES, TIMM_MODEL_NAMES, build_model, create_net
-from delving.models.init import InitScheme, conv_init_std
-from delving.models.params import param_groups
-from delving.models.spp import SpatialPyramidPool
-from delving.models.sppnet import SPPNet
+The names below are imported on first use (PEP 562), so `import delving.models.config` (the entry points'
+schemas) does not pull in timm and torchvision; the nets are registered in timm whenever timm is imported
+(see delving/__init__.py).
+"""
 
-__all__ = [
-    "MODEL_NAMES",
-    "TIMM_MODEL_NAMES",
-    "Activation",
-    "InitScheme",
-    "SPPNet",
-    "SpatialPyramidPool",
-    "build_model",
-    "conv_init_std",
-    "create_net",
-    "make_activation",
-    "param_groups",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Activation": "delving.models.activations",
+    "make_activation": "delving.models.activations",
+    "MODEL_NAMES": "delving.models.factory",
+    "TIMM_MODEL_NAMES": "delving.models.factory",
+    "build_model": "delving.models.factory",
+    "create_net": "delving.models.factory",
+    "InitScheme": "delving.models.init",
+    "conv_init_std": "delving.models.init",
+    "param_groups": "delving.models.params",
+    "SpatialPyramidPool": "delving.models.spp",
+    "SPPNet": "delving.models.sppnet",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'delving.models' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

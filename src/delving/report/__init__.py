@@ -1,17 +1,30 @@
 """Reports: paper-vs-ours tables and plots from run directories (delving-report), and the Sec. 2.2
-initialization check (delving-init-check)."""
+initialization check (delving-init-check).
 
-from delving.report.init_check import InitReport, init_check
-from delving.report.report import Report, build_report, write_report
-from delving.report.runs import Run, find_runs, load_run
+The names below are imported on first use (PEP 562), so `import delving.report.config` (the entry
+points' schemas) does not pull in the models, timm and matplotlib.
+"""
 
-__all__ = [
-    "InitReport",
-    "Report",
-    "Run",
-    "build_report",
-    "find_runs",
-    "init_check",
-    "load_run",
-    "write_report",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "InitReport": "delving.report.init_check",
+    "init_check": "delving.report.init_check",
+    "Report": "delving.report.report",
+    "build_report": "delving.report.report",
+    "write_report": "delving.report.report",
+    "Run": "delving.report.runs",
+    "find_runs": "delving.report.runs",
+    "load_run": "delving.report.runs",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'delving.report' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
