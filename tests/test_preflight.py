@@ -168,17 +168,16 @@ def test_every_experiment_passes_preflight(experiment: str, imagenet_like: Path)
 
 
 def test_bare_delving_train_fails_at_once_with_one_line(tmp_path: Path) -> None:
-    """The console script, from an empty folder: one line naming data.root= and experiment=demo, in seconds
-    (it built model A for 12 s before failing with a traceback)."""
+    """The console script, from an empty folder: one line naming data.root= and experiment=demo (it built
+    model A for 12 s, then failed with a traceback). The time is printed, not asserted (a shared machine's
+    clock is no test); the next test checks what it costs."""
     command = [str(Path(sys.executable).parent / "delving-train")]
     start = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=cli_env(), timeout=120)
-    elapsed = time.perf_counter() - start
-    print(f"bare delving-train: {elapsed:.2f} s")
+    print(f"bare delving-train: {time.perf_counter() - start:.2f} s")
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert "data.root=" in line and "experiment=demo" in line
-    assert elapsed < 10.0  # a loose bound for a shared machine; the next test checks the cause
 
 
 def test_bare_delving_train_refuses_before_importing_the_model_code(tmp_path: Path) -> None:

@@ -20,8 +20,7 @@ from delving.data.shards import index_path
 from delving.data.synthetic import MAX_CLASSES
 from delving.errors import ConfigError, UserError
 from delving.evaluation.config import effective_scales
-from delving.models.spp import check_levels_fit
-from delving.models.sppnet import NET_PLANS, feature_map_size
+from delving.models.sppnet import NET_SPECS
 
 __all__ = ["ConfigError", "preflight"]
 
@@ -141,10 +140,8 @@ def _check_model(cfg: DictConfig) -> None:
         _at_least(
             "model.num_classes", model.num_classes, 1, "leave it out (the data set's count) or give 1 or more"
         )
-    plan, paper_levels = NET_PLANS[model.name.value]
     try:
-        map_size = feature_map_size(plan, model.input_size)
-        check_levels_fit(map_size, list(model.spp_levels or paper_levels))
+        NET_SPECS[model.name.value].map_size(model.input_size, model.spp_levels)
     except ValueError as error:
         raise ConfigError(f"model={model.name.value} model.input_size={model.input_size}: {error}") from None
 
