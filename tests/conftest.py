@@ -6,9 +6,15 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from delving.cli.common import CONFIG_DIR
+from delving.config import register_all
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -86,31 +92,55 @@ def run_train(
     return result
 
 
-# Uninterrupted, killed-and-resumed and DDP reference runs, shared by the trainer and lifecycle tests.
-EQUAL_RUN = ["model.dropout=0.0", "train.checkpoint_every_steps=2"]
+@pytest.fixture(scope="session", autouse=True)
+def registered_schemas() -> None:
+    register_all()
+
+
+@pytest.fixture
+def compose_train() -> Callable[[list[str]], DictConfig]:
+    """Composes delving-train's config (no Hydra run config) with the given overrides."""
+
+    def compose_with(overrides: list[str], config_name: str = "train") -> DictConfig:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            return compose(config_name=config_name, overrides=overrides, return_hydra_config=False)
+
+    return compose_with
+
+
+# Scenario runs, shared by the trainer and lifecycle tests (each made once per session, when first asked for).
+EQUAL_RUN = ["model.dropout=0.0", "train.checkpoint_every_steps=2"]  # no dropout: 1 rank vs 2 ranks compare
 KILL_STEP = 5  # steps per epoch: 48 images / batch 8 = 6; killed mid-epoch 0 after the step-4 checkpoint
 
 
 @pytest.fixture(scope="session")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("runs")
-    out: dict[str, Path] = {}
-    # One process, dropout on: uninterrupted, and killed (SIGKILL) mid-epoch then resumed.
-    out["single"] = root / "single"
-    run_train(out["single"], ["train.checkpoint_every_steps=2", "logger.wandb.mode=offline"])
-    out["single_killed"] = root / "single_killed"
-    killed = run_train(out["single_killed"], ["train.checkpoint_every_steps=2"], check=False,
+def single_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One process, dropout on, a checkpoint every 2 steps, wandb offline: 2 epochs uninterrupted."""
+    run = tmp_path_factory.mktemp("single")
+    run_train(run, ["train.checkpoint_every_steps=2", "logger.wandb.mode=offline"])
+    return run
+
+
+@pytest.fixture(scope="session")
+def killed_and_resumed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """single_run's settings, SIGKILLed right after step 5 (mid-epoch 0), then relaunched."""
+    run = tmp_path_factory.mktemp("killed")
+    killed = run_train(run, ["train.checkpoint_every_steps=2"], check=False,
                        env=cli_env(DELVING_KILL_AT_STEP=str(KILL_STEP)))  # fmt: skip
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    run_train(out["single_killed"], ["train.checkpoint_every_steps=2", "resume=auto"])
-    # No dropout: one process vs two (gloo), and two processes killed and resumed.
-    out["one_proc"] = root / "one_proc"
-    run_train(out["one_proc"], EQUAL_RUN)
-    out["two_proc"] = root / "two_proc"
-    run_train(out["two_proc"], EQUAL_RUN, nproc=2)
-    out["two_killed"] = root / "two_killed"
-    killed = run_train(out["two_killed"], EQUAL_RUN, nproc=2, check=False,
+    run_train(run, ["train.checkpoint_every_steps=2", "resume=auto"])
+    return run
+
+
+@pytest.fixture(scope="session")
+def ddp_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Dropout off: one process, two (gloo), and two SIGKILLed mid-epoch then relaunched."""
+    root = tmp_path_factory.mktemp("ddp")
+    runs = {name: root / name for name in ("one_proc", "two_proc", "two_killed")}
+    run_train(runs["one_proc"], EQUAL_RUN)
+    run_train(runs["two_proc"], EQUAL_RUN, nproc=2)
+    killed = run_train(runs["two_killed"], EQUAL_RUN, nproc=2, check=False,
                        env=cli_env(DELVING_KILL_AT_STEP=str(KILL_STEP)))  # fmt: skip
     assert killed.returncode != 0
-    run_train(out["two_killed"], [*EQUAL_RUN, "resume=auto"], nproc=2)
-    return out
+    run_train(runs["two_killed"], [*EQUAL_RUN, "resume=auto"], nproc=2)
+    return runs

@@ -18,7 +18,6 @@ from helpers.launch import start_train, wait_for_step
 from delving.checkpoint import Checkpoint
 from delving.engine.run_dir import run_name_from_overrides
 from delving.engine.signals import EXIT_STOPPED
-from delving.io import atomic_write_text
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -40,16 +39,6 @@ def test_run_name_ignores_order_and_launch_keys_but_not_the_recipe() -> None:
     assert run_name_from_overrides(["experiment=demo", "train.device=cpu"]) == "default"
     odd = run_name_from_overrides(["data.root=/datasets/imagenet"])
     assert "/" not in odd and odd != run_name_from_overrides(["data.root=/datasets/imagenet2"])
-
-
-def test_atomic_write_honours_the_umask(tmp_path: Path) -> None:
-    old = os.umask(0o002)
-    try:
-        path = atomic_write_text(tmp_path / "file.txt", "x")
-    finally:
-        os.umask(old)
-    assert path.stat().st_mode & 0o777 == 0o664
-    assert [p.name for p in tmp_path.iterdir()] == ["file.txt"]  # no temp file left
 
 
 def test_the_same_command_finds_its_run_and_a_finished_run_is_not_redone(tmp_path: Path) -> None:
@@ -133,19 +122,17 @@ def _stop_and_relaunch(
 
 
 @pytest.mark.ddp
-def test_sigusr1_saves_exits_75_and_the_relaunch_ends_bitwise_equal(
-    runs: dict[str, Path], tmp_path: Path
-) -> None:
+def test_sigusr1_saves_exits_75_and_the_relaunch_ends_bitwise_equal(single_run: Path, tmp_path: Path) -> None:
     seconds = _stop_and_relaunch(tmp_path, ["train.checkpoint_every_steps=2"], signal.SIGUSR1, nproc=1)
     assert seconds < 20
-    _assert_bitwise_equal(tmp_path / "last.pt", runs["single"] / "last.pt")  # dropout on: RNG restored too
+    _assert_bitwise_equal(tmp_path / "last.pt", single_run / "last.pt")  # dropout on: RNG restored too
 
 
 @pytest.mark.ddp
-def test_sigterm_to_torchrun_stops_both_ranks_exactly(runs: dict[str, Path], tmp_path: Path) -> None:
+def test_sigterm_to_torchrun_stops_both_ranks_exactly(ddp_runs: dict[str, Path], tmp_path: Path) -> None:
     seconds = _stop_and_relaunch(tmp_path, EQUAL_RUN, signal.SIGTERM, nproc=2)
     assert seconds < 30
-    _assert_bitwise_equal(tmp_path / "last.pt", runs["two_proc"] / "last.pt")
+    _assert_bitwise_equal(tmp_path / "last.pt", ddp_runs["two_proc"] / "last.pt")
 
 
 def _folder_data_with_one_corrupt_image(root: Path) -> Path:

@@ -1,0 +1,93 @@
+"""The one checkpoint format: resume refusals name what differs, corrupt files are refused, writes are atomic."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_train
+
+from delving.checkpoint import Checkpoint, CheckpointError, check_resumable
+from delving.io import atomic_write_text
+
+
+def _config_copy(checkpoint: Checkpoint) -> dict:
+    return json.loads(json.dumps(checkpoint.config))
+
+
+@pytest.mark.ddp
+def test_resume_refuses_another_model(ddp_runs: dict[str, Path]) -> None:
+    state = Checkpoint.load(ddp_runs["one_proc"] / "last.pt")
+    other = _config_copy(state)
+    other["model"]["name"] = "net30"
+    with pytest.raises(
+        CheckpointError, match=r"another model.*model.name: checkpoint 'net14' vs run 'net30'"
+    ):
+        check_resumable(state, other, "last.pt")
+
+
+@pytest.mark.ddp
+def test_resume_refuses_another_schedule(ddp_runs: dict[str, Path]) -> None:
+    state = Checkpoint.load(ddp_runs["one_proc"] / "last.pt")
+    longer = _config_copy(state)
+    longer["train"]["epochs"] = 5
+    with pytest.raises(CheckpointError, match=r"another schedule.*train.epochs: 2 -> 5"):
+        check_resumable(state, longer, "last.pt")
+
+
+@pytest.mark.ddp
+def test_resume_refuses_a_changed_recipe_naming_every_key(ddp_runs: dict[str, Path]) -> None:
+    state = Checkpoint.load(ddp_runs["one_proc"] / "last.pt")
+    changed = _config_copy(state)
+    changed["optim"]["lr"], changed["seed"], changed["data"]["crop_size"] = 0.1, 7, 20
+    changed["logger"]["log_every_steps"], changed["data"]["root"] = 99, "/elsewhere"  # these may change
+    with pytest.raises(CheckpointError) as error:
+        check_resumable(state, changed, "last.pt")
+    message = str(error.value)
+    for change in ("data.crop_size: 24 -> 20", "optim.lr: 0.01 -> 0.1", "seed: 0 -> 7"):
+        assert change in message
+    assert "logger" not in message and "data.root" not in message
+
+
+@pytest.mark.ddp
+def test_a_truncated_checkpoint_is_refused_and_kept(ddp_runs: dict[str, Path], tmp_path: Path) -> None:
+    corrupt = tmp_path / "last.pt"
+    corrupt.write_bytes((ddp_runs["one_proc"] / "last.pt").read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="unreadable"):
+        Checkpoint.load(corrupt)
+    result = run_train(tmp_path, ["resume=auto"], check=False)
+    assert result.returncode != 0 and "unreadable" in result.stderr
+    assert corrupt.stat().st_size == 1000  # nothing overwritten
+
+
+def test_a_pickled_object_is_never_loaded_and_the_advice_to_load_it_unsafely_is_not_passed_on(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "evil.pt"
+    torch.save({"model": {}, "config": {"model": {}}, "payload": object()}, path)
+    with pytest.raises(CheckpointError) as error:
+        Checkpoint.load(path)
+    assert "weights_only" not in str(error.value) and "never unpickles" in str(error.value)
+
+
+def test_the_first_trainer_format_still_loads(tmp_path: Path) -> None:
+    counters = {"epoch": 2, "step_in_epoch": 0, "global_step": 12, "best": []}
+    torch.save(
+        {"format_version": 1, "model": {}, "config": {"model": {}}, "world_size": 1, **counters},
+        tmp_path / "v1.pt",
+    )
+    loaded = Checkpoint.load(tmp_path / "v1.pt")
+    assert loaded.train_state == counters and loaded.classes is None
+
+
+def test_atomic_write_honours_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o002)
+    try:
+        path = atomic_write_text(tmp_path / "file.txt", "x")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o664  # mkstemp would give 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["file.txt"]  # no temp file left

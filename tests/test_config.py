@@ -1,0 +1,58 @@
+"""Config composition: every experiment and group option composes and builds; bad overrides name the key."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from delving.cli.common import CONFIG_DIR
+from delving.data.config import validate as validate_data
+from delving.models import build_model
+
+CONFIGS = Path(CONFIG_DIR)
+GROUPS = ["model", "data", "optim", "sched", "eval", "logger", "launcher"]
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml")))
+def test_every_experiment_composes_and_builds(experiment: str, compose_train) -> None:
+    cfg = compose_train([f"experiment={experiment}"])
+    validate_data(cfg.data)
+    with torch.device("meta"):
+        model = build_model(cfg.model)
+    assert model.num_classes == cfg.model.num_classes
+    assert cfg.train.batch_size > 0 and cfg.experiment_name == experiment
+
+
+@pytest.mark.parametrize(
+    "override", [f"{g}={p.stem}" for g in GROUPS for p in sorted((CONFIGS / g).glob("*.yaml"))]
+)
+def test_every_group_option_composes(override: str, compose_train) -> None:
+    cfg = compose_train([override])
+    group, option = override.split("=")
+    if group == "model":
+        assert cfg.model.name == option
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("model.act=tanh", r"model.act.*relu.*prelu.*prelu_shared.*leaky_relu"),
+        ("model.init=orthogonal", r"he_fan_out.*he_fan_in.*xavier"),
+        ("model=resnet50", r"model.*resnet50"),
+        ("train.epochs=many", r"train.epochs"),
+        ("train.epoch=3", r"train.epoch"),
+        ("optim.momentum_form=adam", r"caffe.*pytorch"),
+    ],
+)
+def test_bad_overrides_name_the_key_and_the_allowed_values(
+    override: str, expected: str, compose_train
+) -> None:
+    with pytest.raises((ConfigCompositionException, ValidationError, ConfigKeyError)) as error:
+        compose_train([override])
+    message = str(error.value) + str(error.value.__cause__)
+    assert re.search(expected, message, flags=re.S), message

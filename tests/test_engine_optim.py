@@ -1,0 +1,46 @@
+"""Caffe-form SGD against its formula, and the param groups that never decay slopes or biases."""
+
+from __future__ import annotations
+
+import torch
+
+from delving.engine.config import OptimConfig
+from delving.engine.optim import CaffeSGD, build_optimizer
+from delving.models import build_model
+
+
+def test_caffe_momentum_matches_the_formula_and_torch_sgd_until_an_lr_drop() -> None:
+    torch.manual_seed(0)
+    w_caffe = torch.nn.Parameter(torch.randn(5))
+    w_torch = torch.nn.Parameter(w_caffe.detach().clone())
+    caffe = CaffeSGD([w_caffe], lr=0.1, momentum=0.9, weight_decay=0.01)
+    plain = torch.optim.SGD([w_torch], lr=0.1, momentum=0.9, weight_decay=0.01)
+    grads = [torch.randn(5) for _ in range(6)]
+    velocity, w_ref = torch.zeros(5), w_caffe.detach().clone()
+    for step, g in enumerate(grads):
+        lr = 0.1 if step < 3 else 0.01
+        for opt in (caffe, plain):
+            opt.param_groups[0]["lr"] = lr
+        w_caffe.grad, w_torch.grad = g.clone(), g.clone()
+        caffe.step()
+        plain.step()
+        velocity = 0.9 * velocity + lr * (g + 0.01 * w_ref)
+        w_ref = w_ref - velocity
+        torch.testing.assert_close(w_caffe.detach(), w_ref)
+        if step < 3:
+            torch.testing.assert_close(w_caffe.detach(), w_torch.detach())
+    assert not torch.allclose(w_caffe.detach(), w_torch.detach())  # the forms part at the LR drop
+
+
+def test_optimizer_groups_never_decay_slopes_or_biases() -> None:
+    net = build_model(
+        {"name": "net14", "width": 0.0625, "num_classes": 4, "input_size": 24, "spp_levels": [2, 1]}
+    )
+    optimizer = build_optimizer(net, OptimConfig())
+    slopes = {id(m.weight) for m in net.modules() if isinstance(m, torch.nn.PReLU)}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if id(p) in slopes or p.ndim == 1:
+                assert group["weight_decay"] == 0.0
+            else:
+                assert group["weight_decay"] == 5e-4
