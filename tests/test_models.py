@@ -5,14 +5,13 @@ from __future__ import annotations
 import math
 
 import pytest
-import timm
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from delving.models import (
     MODEL_NAMES,
-    TIMM_MODEL_NAMES,
+    NET_SPECS,
     SpatialPyramidPool,
     build_model,
     create_net,
@@ -58,6 +57,28 @@ def test_depth_and_feature_map_sizes(name: str) -> None:
     assert len(layers) == DEPTH[name]
     # A/B/C/VGG-19 end on a 14x14 map at 224 (Table 3); the 2x2-conv nets on 18x18 (alternating pad).
     assert net.map_size == (18 if name.startswith("net") else 14)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_net_spec_agrees_with_the_net(name: str) -> None:
+    spec, net = NET_SPECS[name], _meta_net(name)
+    assert spec.map_size(224) == net.map_size and net.spp.levels == spec.spp_levels
+    first = next(n for n, m in net.named_modules() if isinstance(m, nn.Conv2d))
+    assert spec.first_conv == first == ("features.conv1_1" if name == "vgg19" else "features.conv1")
+    # feature_info: one entry per stage, at its last activation, with the channels and stride there.
+    assert len(net.feature_info) == len(spec.plan)
+    for info in net.feature_info:
+        act = net.get_submodule(info["module"])
+        assert isinstance(act, nn.PReLU) and act.num_parameters == info["num_chs"]
+    assert net.feature_info[-1]["reduction"] == net.feature_stride == 224 // net.map_size
+
+
+def test_net_spec_refuses_an_input_too_small() -> None:
+    with pytest.raises(ValueError, match=r"do not fit a 4x4"):
+        NET_SPECS["model_a"].map_size(64)  # the 7x7 level
+    assert NET_SPECS["model_a"].map_size(64, [2, 1]) == 4
+    with pytest.raises(ValueError, match="too small"):
+        NET_SPECS["net14"].map_size(8)
 
 
 def test_prelu_slope_counts_match_the_paper() -> None:
@@ -189,17 +210,6 @@ def test_dense_spp_equals_spp_of_each_window() -> None:
     for i in range(4):
         for j in range(6):
             torch.testing.assert_close(dense[:, i, j], spp(fmap[:, :, i : i + 6, j : j + 6]))
-
-
-@pytest.mark.parametrize("timm_name", TIMM_MODEL_NAMES)
-def test_timm_create_model_builds_every_net(timm_name: str) -> None:
-    small = {"width": 1 / 16, "input_size": 64} if "net" not in timm_name else {"width": 1 / 16}
-    if "net" not in timm_name:
-        small["spp_levels"] = [2, 1]
-    model = timm.create_model(timm_name, num_classes=7, **small)
-    size = small.get("input_size", 224)
-    assert model(torch.randn(2, 3, size, size)).shape == (2, 7)
-    assert model.pretrained_cfg["input_size"] == (3, size, size)
 
 
 def test_build_model_from_config_and_param_groups() -> None:

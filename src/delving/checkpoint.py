@@ -1,9 +1,11 @@
 """The one checkpoint format: what the trainer saves, resumes from and evaluation reads.
 
 A checkpoint holds the model's weights, the resolved run config, the class folder names the model was
-trained on (evaluation refuses another list), and the whole resume state: `TrainState`, optimizer,
-scheduler, scaler, every rank's RNG state and the wandb run id. It is written atomically with the umask's
-mode and loaded with `weights_only=True` (a file may come from anyone: nothing in it is executed).
+trained on (evaluation refuses another list), the model's test-time contract (its timm pretrained cfg with
+the run's input normalisation: what delving-eval and timm's `resolve_data_config` read), and the whole resume
+state: `TrainState`, optimizer, scheduler, scaler, every rank's RNG state and the wandb run id. It is written
+atomically with the umask's mode and loaded with `weights_only=True` (a file may come from anyone: nothing in
+it is executed).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 
 from delving.errors import UserError
 from delving.io import atomic_write
-from delving.models import SPPNet, build_model
+from delving.models import SPPNet, build_model, input_normalization
 
 FORMAT_VERSION = 2
 # Model options whose change makes a checkpoint another model (dropout or init do not).
@@ -84,6 +86,8 @@ class Checkpoint:
     scaler: dict[str, Any] = field(default_factory=dict)
     rng: list[dict[str, Any]] = field(default_factory=list)
     wandb_run_id: str | None = None
+    # The model's contract as trained (`Checkpoint.pretrained_cfg_of`); None in checkpoints saved before it.
+    pretrained_cfg: dict[str, Any] | None = None
 
     def save(self, path: str | os.PathLike) -> Path:
         state = {"format_version": FORMAT_VERSION, **self.__dict__}
@@ -120,7 +124,8 @@ class Checkpoint:
         return cls(**{k: v for k, v in state.items() if k in known})
 
     def build_model(self, where: str | os.PathLike = "checkpoint") -> SPPNet:
-        """The net its config describes, with its weights; refuses weights of another shape."""
+        """The net its config describes, with its weights and the contract it was trained with; refuses
+        weights of another shape."""
         try:
             model = build_model(self.config["model"])
         except (ValueError, TypeError) as error:
@@ -128,7 +133,21 @@ class Checkpoint:
                 f"{where}: its model config {self.config['model']} is invalid: {error}"
             ) from None
         load_weights(model, self.model, where, f"the model its config describes ({self.config['model']})")
+        # Over the declared cfg, so that fields added to it since keep their defaults.
+        if self.pretrained_cfg is not None:
+            model.pretrained_cfg = model.default_cfg = {**model.pretrained_cfg, **self.pretrained_cfg}
         return model
+
+    @staticmethod
+    def pretrained_cfg_of(model: torch.nn.Module, config: dict[str, Any]) -> dict[str, Any]:
+        """What a checkpoint stores as the model's contract: its pretrained cfg (timm's fields and delving's),
+        with the input the run fed it (data.normalize/mean/std) and the classes it was trained on."""
+        cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+        data = config.get("data") or {}
+        if "normalize" in data:
+            cfg.update(input_normalization(data["normalize"], data["mean"], data.get("std")))
+        cfg["num_classes"] = int(getattr(model, "num_classes", cfg.get("num_classes", 0)))
+        return cfg
 
 
 def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], where: Any, what: str) -> None:

@@ -203,6 +203,7 @@ class Trainer:
                 scaler=self.scaler.state_dict(),
                 rng=rng_states or [],
                 wandb_run_id=self.metrics.wandb_run_id if self.metrics else None,
+                pretrained_cfg=Checkpoint.pretrained_cfg_of(self.model, self.config),
             ).save(path)
         barrier(self.ctx)
         return path if self.ctx.is_main else None

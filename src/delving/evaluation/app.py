@@ -22,8 +22,8 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from delving.checkpoint import CheckpointError, file_sha256, load_model
-from delving.data.config import DataConfig
+from delving.checkpoint import Checkpoint, CheckpointError, file_sha256, load_model
+from delving.data.config import DataConfig, Normalize
 from delving.dist import DistributedContext, fail_together, init_distributed, shutdown_distributed
 from delving.errors import UserError
 from delving.evaluation.config import EvalConfig, Protocol
@@ -51,27 +51,42 @@ def data_config_from_dict(values: dict[str, Any]) -> DataConfig:
     return OmegaConf.to_object(node)  # type: ignore[return-value]
 
 
-def resolve_data_config(
-    chosen: DictConfig | DataConfig | None, saved: dict[str, Any] | None
+def trained_input(checkpoint: Checkpoint) -> dict[str, Any] | None:
+    """The input the model was trained on, as data config values: from the model's contract (normalize, mean,
+    and std when it divides by it), or, in a checkpoint saved before it had one, from its saved data config."""
+    contract = checkpoint.pretrained_cfg or {}
+    if "normalize" in contract:
+        values = {"normalize": Normalize(contract["normalize"]), "mean": list(contract["pixel_mean"])}
+        if contract.get("pixel_std") is not None:
+            values["std"] = list(contract["pixel_std"])
+        return values
+    saved = checkpoint.config.get("data")
+    if saved is None:
+        return None
+    trained = data_config_from_dict(saved)
+    return {name: getattr(trained, name) for name in MODEL_INPUT_FIELDS}
+
+
+def evaluation_data_config(
+    chosen: DictConfig | DataConfig | None, checkpoint: Checkpoint
 ) -> tuple[DataConfig, list[str]]:
-    """(the chosen data config (data=...) with the checkpoint's input normalisation, or the saved one; notes
-    for the user about what was taken from the checkpoint)."""
+    """(the chosen data config (data=...), or the checkpoint's saved one, with the input the model was trained
+    on; notes for the user about what was taken from the checkpoint)."""
+    saved = checkpoint.config.get("data")
     if chosen is None and saved is None:
         raise CheckpointError(
             "the checkpoint has no data config: choose the data set with data=... data.root=..."
         )
     if chosen is None:
-        return data_config_from_dict(saved), []  # type: ignore[arg-type]
-    data_cfg = chosen if isinstance(chosen, DataConfig) else OmegaConf.to_object(chosen)
+        data_cfg = data_config_from_dict(saved)  # type: ignore[arg-type]
+    else:
+        data_cfg = chosen if isinstance(chosen, DataConfig) else OmegaConf.to_object(chosen)
     notes = []
-    if saved is not None:
-        trained = data_config_from_dict(saved)
-        for name in MODEL_INPUT_FIELDS:
-            if getattr(data_cfg, name) != getattr(trained, name):
-                notes.append(
-                    f"note: data.{name} taken from the checkpoint ({getattr(trained, name)}), as the model was trained"
-                )
-                setattr(data_cfg, name, getattr(trained, name))
+    for name, value in (trained_input(checkpoint) or {}).items():
+        if getattr(data_cfg, name) != value:
+            shown = getattr(value, "value", value)
+            notes.append(f"note: data.{name} taken from the checkpoint ({shown}), as the model was trained")
+            setattr(data_cfg, name, value)
     return data_cfg, notes  # type: ignore[return-value]
 
 
@@ -197,7 +212,7 @@ def _eval_checkpoint(
 ) -> Path | None:
     model, saved, sha256 = load_model(checkpoint)
     model.to(ctx.device)
-    data_cfg, notes = resolve_data_config(cfg.data, saved.config.get("data"))
+    data_cfg, notes = evaluation_data_config(cfg.data, saved)
     if ctx.is_main:
         for note in notes:
             print(note)

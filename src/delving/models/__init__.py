@@ -15,12 +15,16 @@ _EXPORTS = {
     "make_activation": "delving.models.activations",
     "MODEL_NAMES": "delving.models.factory",
     "TIMM_MODEL_NAMES": "delving.models.factory",
+    "SPPNetCfg": "delving.models.factory",
     "build_model": "delving.models.factory",
     "create_net": "delving.models.factory",
+    "input_normalization": "delving.models.factory",
     "InitScheme": "delving.models.init",
     "conv_init_std": "delving.models.init",
     "param_groups": "delving.models.params",
     "SpatialPyramidPool": "delving.models.spp",
+    "NET_SPECS": "delving.models.sppnet",
+    "NetSpec": "delving.models.sppnet",
     "SPPNet": "delving.models.sppnet",
 }
 

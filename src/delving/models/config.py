@@ -7,9 +7,9 @@ from enum import Enum
 
 from delving.models.activations import Activation
 from delving.models.init import InitScheme
-from delving.models.sppnet import NET_PLANS
+from delving.models.sppnet import NET_SPECS
 
-ModelName = Enum("ModelName", {name: name for name in NET_PLANS}, type=str)
+ModelName = Enum("ModelName", {name: name for name in NET_SPECS}, type=str)
 
 
 @dataclass

@@ -1,7 +1,9 @@
 """The paper's nets: models A, B, C and VGG-19 of Table 3, the 14-layer net of Table 1, the 30-layer study net.
 
-They share one shape (plain conv stack -> SPP -> fc1 -> fc2 -> fc3, no BatchNorm), so one family
-class builds them all from a layer plan, the way timm keeps one file per family.
+They share one shape (plain conv stack -> SPP -> fc1 -> fc2 -> fc3, no BatchNorm), so one family class
+builds them all from a `NetSpec`, the way timm keeps one file per family. The file runs: layer types, the
+net table (`NET_SPECS`), the class. Their timm registration and test-time contract are in `factory.py`
+(this file imports no timm, so the config schemas can list the nets cheaply).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -34,60 +37,21 @@ class Pool:
     stride: int
 
 
-Stage = list[Conv | Pool]
+Stage = Sequence[Conv | Pool]
 
 
-def _convs3(count: int, channels: int) -> Stage:
-    return [Conv(3, channels, padding=1) for _ in range(count)]
+def _convs3(count: int, channels: int) -> tuple[Conv, ...]:
+    return tuple(Conv(3, channels, padding=1) for _ in range(count))
 
 
-def _convs2_alternating(count: int, channels: int) -> Stage:
+def _convs2_alternating(count: int, channels: int) -> tuple[Conv, ...]:
     # Two successive 2x2 convs keep the map size: no pad on the first, pad 1 on the second (DESIGN.md).
-    return [Conv(2, channels, padding=i % 2) for i in range(count)]
+    return tuple(Conv(2, channels, padding=i % 2) for i in range(count))
 
 
-def _table3_plan(per_stage: int, widths: tuple[int, int, int]) -> list[Stage]:
-    stem = [Conv(7, 96, stride=2, padding=3), Pool(2, 2)]
-    w2, w3, w4 = widths
-    return [
-        stem,
-        _convs3(per_stage, w2) + [Pool(2, 2)],
-        _convs3(per_stage, w3) + [Pool(2, 2)],
-        _convs3(per_stage, w4),
-    ]
-
-
-def _small_net_plan(stage3_convs: int) -> list[Stage]:
-    return [
-        [Conv(7, 64, stride=2, padding=3), Pool(3, 3)],
-        _convs2_alternating(4, 128) + [Pool(2, 2)],
-        _convs2_alternating(stage3_convs, 256),
-    ]
-
-
-# Layer plans: a list of stages; the first conv of stage s is named conv{s+1}_1 (the stem is conv1).
-NET_PLANS: dict[str, tuple[list[Stage], tuple[int, ...]]] = {
-    "model_a": (_table3_plan(5, (256, 512, 512)), (7, 3, 2, 1)),
-    "model_b": (_table3_plan(6, (256, 512, 512)), (7, 3, 2, 1)),
-    "model_c": (_table3_plan(6, (384, 768, 896)), (7, 3, 2, 1)),
-    # The paper's reproduced VGG-19 has SPP: its 7x7 level on the 14x14 conv5 map is VGG's pool5.
-    "vgg19": (
-        [
-            _convs3(2, 64) + [Pool(2, 2)],
-            _convs3(2, 128) + [Pool(2, 2)],
-            _convs3(4, 256) + [Pool(2, 2)],
-            _convs3(4, 512) + [Pool(2, 2)],
-            _convs3(4, 512),
-        ],
-        (7, 3, 2, 1),
-    ),
-    "net14": (_small_net_plan(6), (6, 3, 2, 1)),  # Table 1: 11 convs + 3 fc
-    "net30": (_small_net_plan(22), (6, 3, 2, 1)),  # Fig. 3: 16 extra 2x2/256 convs in the last stage
-}
-
-
-def _scaled(channels: int, width: float) -> int:
-    return max(1, round(channels * width))
+def _layer_suffix(stage_index: int, conv_index: int, convs_in_stage: int) -> str:
+    """The paper's layer names: conv1 for a lone stem conv, conv2_1, conv2_2, ... in the stages."""
+    return f"{stage_index + 1}" if convs_in_stage == 1 else f"{stage_index + 1}_{conv_index}"
 
 
 def feature_map_size(plan: Sequence[Stage], input_size: int) -> int:
@@ -100,11 +64,82 @@ def feature_map_size(plan: Sequence[Stage], input_size: int) -> int:
     return size
 
 
+@dataclass(frozen=True)
+class NetSpec:
+    """A net's architecture: its stages (the first conv of stage s is conv{s+1}_1, a lone stem conv is
+    conv1) and the SPP levels the paper gives it."""
+
+    plan: tuple[tuple[Conv | Pool, ...], ...]
+    spp_levels: tuple[int, ...]
+
+    @property
+    def first_conv(self) -> str:
+        """The stem conv's module name (timm's `first_conv`)."""
+        convs = sum(isinstance(layer, Conv) for layer in self.plan[0])
+        return f"features.conv{_layer_suffix(0, 1, convs)}"
+
+    def map_size(self, input_size: int, spp_levels: Sequence[int] | None = None) -> int:
+        """The last map of an `input_size` crop (the SPP window of the dense test); ValueError when the map
+        vanishes or the levels do not fit it."""
+        size = feature_map_size(self.plan, input_size)
+        check_levels_fit(size, list(spp_levels or self.spp_levels))
+        return size
+
+
+def _table3_spec(per_stage: int, widths: tuple[int, int, int]) -> NetSpec:
+    w2, w3, w4 = widths
+    stem = (Conv(7, 96, stride=2, padding=3), Pool(2, 2))
+    stages = (
+        _convs3(per_stage, w2) + (Pool(2, 2),),
+        _convs3(per_stage, w3) + (Pool(2, 2),),
+        _convs3(per_stage, w4),
+    )
+    return NetSpec((stem, *stages), (7, 3, 2, 1))
+
+
+def _small_net_spec(stage3_convs: int) -> NetSpec:
+    return NetSpec(
+        (
+            (Conv(7, 64, stride=2, padding=3), Pool(3, 3)),
+            _convs2_alternating(4, 128) + (Pool(2, 2),),
+            _convs2_alternating(stage3_convs, 256),
+        ),
+        (6, 3, 2, 1),
+    )
+
+
+NET_SPECS: dict[str, NetSpec] = {
+    "model_a": _table3_spec(5, (256, 512, 512)),
+    "model_b": _table3_spec(6, (256, 512, 512)),
+    "model_c": _table3_spec(6, (384, 768, 896)),
+    # The paper's reproduced VGG-19 has SPP: its 7x7 level on the 14x14 conv5 map is VGG's pool5.
+    "vgg19": NetSpec(
+        (
+            _convs3(2, 64) + (Pool(2, 2),),
+            _convs3(2, 128) + (Pool(2, 2),),
+            _convs3(4, 256) + (Pool(2, 2),),
+            _convs3(4, 512) + (Pool(2, 2),),
+            _convs3(4, 512),
+        ),
+        (7, 3, 2, 1),
+    ),
+    "net14": _small_net_spec(6),  # Table 1: 11 convs + 3 fc
+    "net30": _small_net_spec(22),  # Fig. 3: 16 extra 2x2/256 convs in the last stage
+}
+
+
+def _scaled(channels: int, width: float) -> int:
+    return max(1, round(channels * width))
+
+
 class SPPNet(nn.Module):
     """Conv stack -> SPP -> fc1 -> act -> dropout -> fc2 -> act -> dropout -> fc3 (logits).
 
-    `forward_dense` runs the paper's multi-view test on feature maps: every `map_size` x `map_size`
-    window of the last conv map (the map a training crop gives) goes through SPP and the fc layers.
+    timm's model contract: `forward` is `forward_head(forward_features(x))`, `forward_head` holds the
+    pooling (SPP), `feature_info` lists each stage's last activation (before its pool) with its channels
+    and stride, and `get_classifier`/`reset_classifier` work on fc3. `forward_dense` runs the paper's
+    multi-view test on feature maps: every `map_size` x `map_size` window of the last conv map (the map a
+    training crop gives) goes through SPP and the fc layers.
     """
 
     def __init__(
@@ -112,6 +147,7 @@ class SPPNet(nn.Module):
         plan: Sequence[Stage],
         spp_levels: Sequence[int],
         num_classes: int = 1000,
+        in_chans: int = 3,
         act: Activation | str = Activation.prelu,
         init: InitScheme | str = InitScheme.he_fan_out,
         init_prelu_factor: bool = False,
@@ -122,56 +158,82 @@ class SPPNet(nn.Module):
         fc_init_std: Sequence[float] = PAPER_FC_STDS,
     ) -> None:
         super().__init__()
+        if in_chans != 3:
+            raise ValueError(
+                f"in_chans={in_chans}: the paper's nets take RGB images (3 channels), the input their mean "
+                "colour and pretrained cfg describe"
+            )
         if width <= 0:
             raise ValueError(f"model.width must be positive, got {width}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1), got {dropout}")
         if len(fc_init_std) != 3:
             raise ValueError(f"model.fc_init_std needs 3 values (fc1, fc2, fc3), got {list(fc_init_std)}")
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be 0 (no classifier) or more, got {num_classes}")
         self.act = Activation(act)
-        self.num_classes = num_classes
-        self.input_size = input_size
+        self.num_classes, self.in_chans, self.input_size = num_classes, in_chans, input_size
         self.map_size = feature_map_size(plan, input_size)
         check_levels_fit(self.map_size, spp_levels)
-        self.feature_stride = 1
-        for layer in (layer for stage in plan for layer in stage):
-            self.feature_stride *= layer.stride
+        self.fc3_init_std = fc_init_std[2]
+        self.features = self._build_features(plan, width)
+        self.spp = SpatialPyramidPool(spp_levels)
+        self.head_hidden_size = _scaled(fc_width, width)
+        self.head = self._build_head(self.num_features * self.spp.num_bins, self.head_hidden_size, dropout)
+        self.reset_parameters(init, init_prelu_factor, fc_init_std)
 
+    def _build_features(self, plan: Sequence[Stage], width: float) -> nn.Sequential:
+        """The conv stack with the paper's layer names; records `feature_info` at the end of each stage."""
         layers: OrderedDict[str, nn.Module] = OrderedDict()
-        in_channels = 3
+        self.feature_info: list[dict[str, Any]] = []
+        channels, stride = self.in_chans, 1
         for stage_index, stage in enumerate(plan):
             convs_in_stage = sum(isinstance(layer, Conv) for layer in stage)
-            conv_index = 0
+            conv_index, stage_end, stage_stride = 0, "", stride
             for layer in stage:
                 if isinstance(layer, Pool):
                     layers[f"pool{stage_index + 1}"] = nn.MaxPool2d(layer.kernel, layer.stride)
+                    stride *= layer.stride
                     continue
                 conv_index += 1
-                # The paper's names: conv1 for a lone stem conv, conv2_1, conv2_2, ... in the stages.
-                name = f"{stage_index + 1}" if convs_in_stage == 1 else f"{stage_index + 1}_{conv_index}"
+                name = _layer_suffix(stage_index, conv_index, convs_in_stage)
                 out_channels = _scaled(layer.channels, width)
                 layers[f"conv{name}"] = nn.Conv2d(
-                    in_channels, out_channels, layer.kernel, layer.stride, layer.padding
+                    channels, out_channels, layer.kernel, layer.stride, layer.padding
                 )
                 layers[f"act{name}"] = make_activation(self.act, out_channels)
-                in_channels = out_channels
-        self.features = nn.Sequential(layers)
-        self.num_features = in_channels
-        self.spp = SpatialPyramidPool(spp_levels)
+                channels, stride = out_channels, stride * layer.stride
+                stage_end, stage_stride = f"act{name}", stride
+            if (
+                stage_end
+            ):  # timm's convention (as its VGG): a stage's map is its last activation, before its pool
+                self.feature_info.append(
+                    {"num_chs": channels, "reduction": stage_stride, "module": f"features.{stage_end}"}
+                )
+        self.num_features, self.feature_stride = channels, stride
+        return nn.Sequential(layers)
 
-        hidden = _scaled(fc_width, width)
-        self.head = nn.Sequential(
+    def _build_head(self, in_features: int, hidden: int, dropout: float) -> nn.Sequential:
+        return nn.Sequential(
             OrderedDict(
-                fc1=nn.Linear(in_channels * self.spp.num_bins, hidden),
+                fc1=nn.Linear(in_features, hidden),
                 act_fc1=make_activation(self.act, hidden),
                 drop1=nn.Dropout(dropout),
                 fc2=nn.Linear(hidden, hidden),
                 act_fc2=make_activation(self.act, hidden),
                 drop2=nn.Dropout(dropout),
-                fc3=nn.Linear(hidden, num_classes),
+                fc3=self._classifier(hidden, self.num_classes),
             )
         )
-        self.reset_parameters(init, init_prelu_factor, fc_init_std)
+
+    @staticmethod
+    def _classifier(hidden: int, num_classes: int, like: nn.Module | None = None) -> nn.Module:
+        """fc3, or nn.Identity for num_classes=0 (timm's convention: the net then returns its fc2 features)."""
+        if num_classes == 0:
+            return nn.Identity()
+        if like is None:
+            return nn.Linear(hidden, num_classes)
+        return nn.Linear(hidden, num_classes, device=like.weight.device, dtype=like.weight.dtype)
 
     def reset_parameters(
         self, init: InitScheme | str, init_prelu_factor: bool, fc_init_std: Sequence[float]
@@ -181,22 +243,42 @@ class SPPNet(nn.Module):
             if isinstance(module, nn.Conv2d):
                 init_conv_(module, init, slope)
         for linear, std in zip((self.head.fc1, self.head.fc2, self.head.fc3), fc_init_std, strict=True):
-            init_linear_(linear, std)
+            if isinstance(linear, nn.Linear):
+                init_linear_(linear, std)
+
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc3
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new fc3 for `num_classes` (0: none), initialized as the paper's fc3 (std fc_init_std[2])."""
+        if global_pool is not None:
+            raise ValueError(f"global_pool={global_pool!r}: these nets pool with SPP (model.spp_levels)")
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be 0 (no classifier) or more, got {num_classes}")
+        self.num_classes = num_classes
+        self.head.fc3 = self._classifier(self.head_hidden_size, num_classes, like=self.head.fc2)
+        if isinstance(self.head.fc3, nn.Linear):
+            init_linear_(self.head.fc3, self.fc3_init_std)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last conv map (N, num_features, H/stride, W/stride)."""
         return self.features(x)
 
-    def forward_head(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.head(pooled)
+    def _fc(self, pooled: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        head = self.head
+        x = head.drop1(head.act_fc1(head.fc1(pooled)))
+        x = head.drop2(head.act_fc2(head.fc2(x)))
+        return x if pre_logits else head.fc3(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """SPP of the last conv map, then fc1-fc2 (`pre_logits`: their features) and fc3 (logits)."""
+        return self._fc(self.spp(x), pre_logits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.spp(self.forward_features(x)))
+        return self.forward_head(self.forward_features(x))
 
     def forward_dense(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of every training-sized window of the image's feature map: (N, H', W', num_classes)."""
         pooled = self.spp.dense(self.forward_features(x), self.map_size)  # (N, H', W', D)
-        # The windows go through the head as one 2-D batch: a channel-wise PReLU reads channels from dim 1.
-        return self.forward_head(pooled.flatten(0, 2)).view(*pooled.shape[:3], -1)
-
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc3
+        # The windows go through the fc layers as one 2-D batch: a channel-wise PReLU reads channels from dim 1.
+        return self._fc(pooled.flatten(0, 2)).view(*pooled.shape[:3], -1)
