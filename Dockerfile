@@ -61,14 +61,16 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
     && rm /tmp/requirements.txt
 
 # Layer 3: the code, installed editable without dependencies (the Hydra configs are read from
-# /workspace/delving/configs). outputs/ and multirun/ are writable for runs without a bind mount.
+# /workspace/delving/configs). outputs/ and multirun/ are writable for runs without a bind mount, and
+# whatever the import check left in HOME (matplotlib's font cache) stays writable for any uid.
 COPY README.md ./
 COPY configs ./configs
 COPY scripts ./scripts
 COPY src ./src
 RUN pip install --no-cache-dir --no-deps -e . \
     && mkdir -p outputs multirun && chmod 1777 outputs multirun \
-    && python -c "import delving.models, delving.engine.trainer"
+    && python -c "import delving.models, delving.engine.trainer" \
+    && chmod -R a+rwX /tmp/home
 
 # Arguments after the image name go to torchrun; every rank runs `-m delving.train`.
 ENTRYPOINT ["torchrun"]
