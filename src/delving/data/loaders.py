@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import random
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
@@ -220,6 +221,10 @@ class _WorkerInit:
         self.seed, self.rank, self.batches = seed, rank, batches
 
     def __call__(self, worker: int) -> None:
+        # SLURM signals every process of a job step: the workers leave SIGUSR1/SIGTERM to their rank,
+        # which stops at the next step and shuts them down (they also exit when their rank dies).
+        for signum in (signal.SIGUSR1, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
         torch.set_num_threads(1)
         seed_worker_globals(self.seed, self.rank, self.batches.epoch if self.batches else 0, worker)
 

@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from delving.dist import DistributedContext, failing_together, init_distributed, shutdown_distributed
+from delving.dist import DistributedContext, agree, failing_together, init_distributed, shutdown_distributed
 from delving.engine.logging import log, setup_console_logging
 from delving.engine.preflight import preflight
 from delving.engine.run_dir import RunDirectory
@@ -48,12 +48,12 @@ def run_train(cfg: DictConfig, run_dir: str | Path) -> float | None:
     run = RunDirectory(run_dir)
     setup_console_logging(run.path, ctx.is_main)
     try:
-        with failing_together(ctx):
-            preflight(cfg, ctx.world_size)
-        with failing_together(ctx):
-            if ctx.is_main:
-                _claim(run, cfg)
-        with StopSignals() as stop:
+        with StopSignals() as stop:  # from the start: a signal during set-up stops at the first step
+            with failing_together(ctx):
+                preflight(cfg, ctx.world_size)
+            with failing_together(ctx):
+                if ctx.is_main:
+                    _claim(run, cfg)
             return _train_and_evaluate(cfg, run, ctx, stop)
     finally:
         run.unlock()
@@ -103,6 +103,8 @@ def _train_and_evaluate(
             )
         return val.get("val_top1_error")
     except StopRequested as request:
+        request.__traceback__ = None  # its frames hold the loader iterators: free them so the workers end
+        trainer.release_loaders()
         _after_stop(cfg, ctx, request)
         raise RunStopped() from None
     finally:
@@ -129,6 +131,7 @@ def _after_stop(cfg: DictConfig, ctx: DistributedContext, request: StopRequested
     requeued = False
     if ctx.is_main and request.signum == signal.SIGUSR1 and cfg.train.requeue_on_usr1:
         requeued = requeue_slurm_job()
+    agree(ctx, [0])  # no rank exits before rank 0 has requeued (srun --kill-on-bad-exit would kill it)
     if ctx.is_main:
         log.warning(
             "stopped on %s; last.pt holds the state. %s", name,

@@ -110,7 +110,10 @@ class MetricsLog:
 
     def close(self) -> None:
         if self.wandb_run is not None:
-            self.wandb_run.finish()
+            try:
+                self.wandb_run.finish()
+            except Exception as error:  # its service process died (SLURM's SIGTERM reaches it too)
+                log.warning("wandb could not finish its run (%r); metrics.jsonl holds every record", error)
 
 
 def progress_bar(total: int, initial: int, enabled: bool, description: str) -> tqdm:

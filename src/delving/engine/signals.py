@@ -41,7 +41,9 @@ class StopSignals:
 
     def __exit__(self, *exc: object) -> None:
         for signum, handler in self._previous.items():
-            signal.signal(signum, handler)  # type: ignore[arg-type]
+            # After a stop, the process is on its way out with EXIT_STOPPED: a later SIGTERM (srun's
+            # --kill-on-bad-exit when a sibling rank exits first, the requeue's kill) must not turn it into 143.
+            signal.signal(signum, signal.SIG_IGN if self.received is not None else handler)  # type: ignore[arg-type]
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         first = self.received is None
