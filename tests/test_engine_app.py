@@ -107,6 +107,7 @@ def _stop_and_relaunch(
     process.send_signal(sig)
     output = process.communicate(timeout=120)[0]
     seconds = time.monotonic() - sent
+    print(f"{sig.name} to exit: {seconds:.2f} s ({nproc} process(es))")  # shown with pytest -s
     assert process.returncode == (EXIT_STOPPED if nproc == 1 else 1), output[-3000:]
     assert f"stopped on {sig.name}" in output
     state = Checkpoint.load(run_dir / "last.pt").train_state
