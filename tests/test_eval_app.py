@@ -203,3 +203,11 @@ def test_final_evaluation_writes_the_run_file_with_delving_evals_keys(
         final_evaluation(
             tiny_model(), config, data_cfg, eval_cfg, run, SINGLE, run / "last.pt", ["x", "y", "z"]
         )
+
+
+def test_the_default_output_names_the_chosen_data_set_by_its_value(tmp_path: Path) -> None:
+    from delving.evaluation.app import default_output
+
+    chosen = OmegaConf.structured(DataConfig(name=DatasetKind.synthetic))
+    path = default_output(tmp_path / "last.pt", EvalConfig(protocol="dense", scales=[384]), "val", chosen)
+    assert path == tmp_path / "predictions-dense-s384-synthetic.npz"

@@ -165,7 +165,8 @@ def default_output(
     if eval_cfg.limit is not None:
         parts.append(f"first{eval_cfg.limit}")
     if data_chosen is not None:
-        parts.append(str(OmegaConf.select(data_chosen, "name", default="data")))
+        name = OmegaConf.select(data_chosen, "name", default="data")
+        parts.append(str(getattr(name, "value", name)))  # a DictConfig gives the DatasetKind enum
     if checkpoint.stem != "last":
         parts.append(checkpoint.stem)
     return checkpoint.parent / ("-".join(parts) + ".npz")
