@@ -1,8 +1,9 @@
 """The paper's input pipeline (§4): scale jitter, random crop, flip, AlexNet PCA lighting, mean subtraction.
 
-Speed: only the crop window is resampled (Pillow's `resize(box=...)` gives the same pixels as resizing the
-whole image and cropping, because the filter is laid out on the same grid) and JPEGs are decoded at a reduced
-size with `draft` when the reduced image still covers the drawn scale.
+Speed: only the crop window is resampled (Pillow's `resize(box=...)` lays the filter on the same grid as
+resizing the whole image and cropping; the pixels agree within one level of 255, which the rounding of the
+8-bit result moves on up to a quarter of the values of some images) and JPEGs are decoded at a reduced size
+with `draft` when the reduced image still covers the drawn scale.
 """
 
 from __future__ import annotations
