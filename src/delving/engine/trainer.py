@@ -308,14 +308,16 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Center-crop top-1/top-5 error on the val split; each image counted once over all ranks."""
+        from delving.evaluation.metrics import true_class_rank
+
         self.model.eval()
         top1_hits = top5_hits = seen = 0
         for images, labels in self.val_loader:
             with self._autocast():
                 logits = self.model(images.to(self.device, non_blocking=True)).float().cpu()
-            hits = logits.topk(min(5, logits.shape[1]), dim=1).indices == labels[:, None]
-            top1_hits += int(hits[:, 0].sum())
-            top5_hits += int(hits.any(dim=1).sum())
+            ranks = true_class_rank(logits.numpy(), labels.numpy())  # metrics.py's tie rule, as in evaluation
+            top1_hits += int((ranks < 1).sum())
+            top5_hits += int((ranks < 5).sum())
             seen += len(labels)
         counts = torch.tensor([top1_hits, top5_hits, seen, self.val_loader.skipped], dtype=torch.float64)
         top1_hits, top5_hits, seen, skipped = all_reduce(counts, "sum").tolist()
