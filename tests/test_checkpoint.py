@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_train
+from helpers.runs import run_train
 
 from delving.checkpoint import Checkpoint, CheckpointError, check_resumable
 from delving.io import atomic_write_text

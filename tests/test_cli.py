@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import tomllib
-from conftest import REPO, TINY_MODEL, cli_env
+from helpers.runs import REPO, TINY_MODEL, cli_env
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 

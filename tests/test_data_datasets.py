@@ -1,7 +1,7 @@
 import re
 
 import pytest
-from test_data_helpers import make_folder_dataset, tiny_config, write_jpeg
+from helpers.data import make_folder_dataset, tiny_config, write_jpeg
 from torchvision.datasets import ImageFolder
 
 from delving.data.datasets import check_same_classes, class_names, list_samples

@@ -2,8 +2,8 @@ import io
 
 import numpy as np
 import pytest
+from helpers.data import write_jpeg
 from PIL import Image
-from test_data_helpers import write_jpeg
 
 from delving.data.decode import BadImageError, decode_image, decode_image_with_size
 

@@ -2,7 +2,7 @@ import logging
 
 import pytest
 import torch
-from test_data_helpers import make_folder_dataset, tiny_config, write_jpeg
+from helpers.data import make_folder_dataset, tiny_config, write_jpeg
 
 from delving.data.decode import TooManyBadImagesError
 from delving.data.loaders import EvalLoader, TrainLoader

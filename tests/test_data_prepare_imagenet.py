@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.data import tiny_config, write_jpeg
 from scipy.io import savemat
-from test_data_helpers import tiny_config, write_jpeg
 
 from delving.data.datasets import class_names, list_samples
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_data_helpers import make_folder_dataset, tiny_config
+from helpers.data import make_folder_dataset, tiny_config
 from webdataset import WebDataset
 
 from delving.data.config import DatasetKind

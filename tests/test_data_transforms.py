@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 import torch
+from helpers.data import write_jpeg
 from PIL import Image
-from test_data_helpers import write_jpeg
 
 from delving.data.config import DataConfig, Normalize
 from delving.data.decode import decode_image

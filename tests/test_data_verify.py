@@ -3,7 +3,7 @@ import subprocess
 import sys
 
 import pytest
-from test_data_helpers import make_folder_dataset, tiny_config, write_jpeg
+from helpers.data import make_folder_dataset, tiny_config, write_jpeg
 
 from delving.data.verify import scan_split
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import EQUAL_RUN, TINY_DATA, TINY_MODEL, TINY_TRAIN, cli_env, run_train
-from helpers.images import write_folder_data
+from helpers.data import make_folder_dataset
 from helpers.launch import start_train, wait_for_step
+from helpers.runs import EQUAL_RUN, TINY_DATA, TINY_MODEL, TINY_TRAIN, cli_env, run_train
 
 from delving.checkpoint import Checkpoint
 from delving.engine.run_dir import run_name_from_overrides
@@ -137,8 +137,8 @@ def test_sigterm_to_torchrun_stops_both_ranks_exactly(ddp_runs: dict[str, Path],
 
 
 def _folder_data_with_one_corrupt_image(root: Path) -> Path:
-    write_folder_data(root, classes=4, train_per_class=12, val_per_class=2)
-    (root / "train" / "class_2" / "img_5.JPEG").write_bytes(b"not a JPEG")
+    make_folder_dataset(root, classes=4, train_per_class=12, val_per_class=2, size=(40, 36))
+    (root / "train" / "c2" / "005.JPEG").write_bytes(b"not a JPEG")
     return root
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.evaluation import make_predictions
 from hydra import compose, initialize_config_dir
-from test_eval_support import make_predictions
 
 from delving.evaluation.app import run_ensemble
 from delving.evaluation.config import register_configs

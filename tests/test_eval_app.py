@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.data import make_folder_dataset
+from helpers.evaluation import TINY_MODEL, folder_data_config, save_checkpoint, tiny_model, write_image_folder
 from omegaconf import OmegaConf
-from test_data_helpers import make_folder_dataset
-from test_eval_support import TINY_MODEL, folder_data_config, save_checkpoint, tiny_model, write_image_folder
 
 from delving.checkpoint import file_sha256
 from delving.data.config import DataConfig, DatasetKind

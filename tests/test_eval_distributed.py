@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from test_eval_support import folder_data_config, tiny_model, write_image_folder
+from helpers.evaluation import folder_data_config, tiny_model, write_image_folder
 
 from delving.dist import DistributedContext
 from delving.evaluation import EvalConfig, evaluate

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_eval_support import make_predictions
+from helpers.evaluation import make_predictions
 
 from delving.evaluation.predictions import PredictionsFileError, load_predictions, save_predictions
 

@@ -11,9 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
-from hydra import compose, initialize_config_dir
-from PIL import Image
-from test_eval_support import (
+from helpers.evaluation import (
     TINY_MODEL,
     calibrate_logits,
     folder_data_config,
@@ -21,6 +19,8 @@ from test_eval_support import (
     tiny_model,
     write_image_folder,
 )
+from hydra import compose, initialize_config_dir
+from PIL import Image
 
 from delving.checkpoint import file_sha256
 from delving.data.transforms import resize_shorter, to_model_input

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY_DATA, TINY_MODEL, TINY_TRAIN, cli_env
+from helpers.runs import TINY_DATA, TINY_MODEL, TINY_TRAIN, cli_env
 from hydra import compose, initialize_config_dir
 
 from delving.config import config_dir, register_all

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, cli_env
+from helpers.runs import REPO, cli_env
 
 from delving.checkpoint import CheckpointError
 from delving.report.app import ReportInputError, run_report
@@ -186,7 +186,7 @@ def test_every_ensemble_given_appears_in_the_report(tmp_path: Path) -> None:
 
 
 def test_a_truncated_checkpoint_is_one_error_naming_it(tmp_path: Path) -> None:
-    from test_eval_support import TINY_MODEL, save_checkpoint, tiny_model
+    from helpers.evaluation import TINY_MODEL, save_checkpoint, tiny_model
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()

@@ -20,7 +20,7 @@ from typing import TypeVar
 
 import pytest
 import torch
-from conftest import REPO, TINY_DATA, TINY_MODEL, TINY_TRAIN, cli_env
+from helpers.runs import REPO, TINY_DATA, TINY_MODEL, TINY_TRAIN, cli_env
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_train
+from helpers.runs import TINY_DATA, run_train
+from omegaconf import OmegaConf
 
 from delving.checkpoint import Checkpoint
 from delving.models import build_model
@@ -118,14 +119,10 @@ def test_batch_that_does_not_split_over_ranks_is_refused(tmp_path: Path) -> None
     assert not (tmp_path / "last.pt").exists()
 
 
-def test_validation_subset_is_fixed_and_split_over_ranks_without_repeats() -> None:
-    from delving.data.config import DataConfig
+def test_validation_subset_is_fixed_and_split_over_ranks_without_repeats(compose_train) -> None:
     from delving.data.loaders import EvalLoader
 
-    cfg = DataConfig(
-        synthetic_classes=4, synthetic_train_per_class=12, synthetic_val_per_class=4, synthetic_min_size=32,
-        synthetic_max_size=40, crop_size=24, scale_min=28, scale_max=36, test_scale=28, num_workers=0,
-    )  # fmt: skip
+    cfg = OmegaConf.to_object(compose_train(TINY_DATA).data)  # 4 classes x 4 val images
     ranks = [EvalLoader(cfg, "val", batch_size=2, rank=r, world_size=2, max_samples=7) for r in (0, 1)]
     chosen = sorted(ranks[0].indices + ranks[1].indices)
     assert len(chosen) == len(set(chosen)) == 7 == ranks[0].num_samples
@@ -136,9 +133,11 @@ def test_validation_subset_is_fixed_and_split_over_ranks_without_repeats() -> No
 
 def test_last_pt_is_saved_before_a_validation_that_fails(tmp_path: Path) -> None:
     """A validation that raises (here: every val image unreadable) loses nothing of the epoch's training."""
-    from helpers.images import write_folder_data
+    from helpers.data import make_folder_dataset
 
-    root = write_folder_data(tmp_path / "data", classes=4, train_per_class=12, val_per_class=2)
+    root = make_folder_dataset(
+        tmp_path / "data", classes=4, train_per_class=12, val_per_class=2, size=(40, 36)
+    )
     for image in (root / "val").rglob("*.JPEG"):
         image.write_bytes(b"not a JPEG")
     result = run_train(

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import REPO, TINY_DATA, TINY_MODEL, TINY_TRAIN, cli_env
+from helpers.runs import REPO, TINY_DATA, TINY_MODEL, TINY_TRAIN, cli_env
 
 
 def train_command(overrides: list[str], nproc: int = 1) -> list[str]:
