@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -204,3 +205,14 @@ def test_a_torn_last_metrics_line_is_dropped_with_a_warning(tmp_path: Path, capl
     metrics.write_text('{"type": "val", "st\n{"type": "val", "step": 1}\n')
     with pytest.raises(RunDirectoryError, match="line 1 is not JSON"):
         read_metrics(metrics)
+
+
+def test_a_run_without_a_checkpoint_whose_class_count_came_from_the_data_has_no_chance_level(
+    tmp_path: Path,
+) -> None:
+    from delving.report.report import _chance
+    from delving.report.runs import Run
+
+    unknown = Run(tmp_path, {"model": {"num_classes": None}})
+    assert unknown.num_classes is None and math.isnan(_chance(unknown))
+    assert _chance(Run(tmp_path, {"model": {"num_classes": 4}})) == 75.0

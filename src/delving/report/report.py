@@ -39,7 +39,7 @@ def _act(run: Run) -> str:
 
 
 def _chance(run: Run) -> float:
-    return 100.0 * (1.0 - 1.0 / run.num_classes)
+    return 100.0 * (1.0 - 1.0 / run.num_classes) if run.num_classes else float("nan")
 
 
 def _describe_test(record: EvalRecord) -> str:

@@ -103,8 +103,10 @@ class Run:
         return str(self.paper.get("study") or self.name)
 
     @property
-    def num_classes(self) -> int:
-        return int(self.model.get("num_classes", 1000))
+    def num_classes(self) -> int | None:
+        """None for a run that never saved a checkpoint and left the count to the data set (config null)."""
+        value = self.model.get("num_classes")
+        return int(value) if value else None
 
     def of_type(self, kind: str) -> list[dict[str, Any]]:
         return [r for r in self.records if r.get("type") == kind]
