@@ -66,7 +66,6 @@ class DataConfig:
     synthetic_seed: int = 0
 
     # data=shards: WebDataset tars written by scripts/make_shards.py; `root` holds <split>-NNNNNN.tar + <split>.json.
-    shard_max_samples: int = 1000  # samples per shard when writing
 
 
 def validate(cfg: DataConfig) -> None:
