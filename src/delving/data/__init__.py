@@ -7,8 +7,7 @@ schemas) does not pull in torchvision through the transforms.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from delving._lazy import lazy_exports
 
 _EXPORTS = {
     "DataConfig": "delving.data.config",
@@ -25,9 +24,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'delving.data' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

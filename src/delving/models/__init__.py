@@ -7,8 +7,7 @@ schemas) does not pull in timm and torchvision; the nets are registered in timm 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from delving._lazy import lazy_exports
 
 _EXPORTS = {
     "Activation": "delving.models.activations",
@@ -29,9 +28,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'delving.models' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

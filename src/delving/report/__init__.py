@@ -7,8 +7,7 @@ points' schemas) does not pull in the models, timm and matplotlib.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from delving._lazy import lazy_exports
 
 _EXPORTS = {
     "InitReport": "delving.report.init_check",
@@ -22,9 +21,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'delving.report' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)
