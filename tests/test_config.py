@@ -15,7 +15,7 @@ from delving.data.config import validate as validate_data
 from delving.models import build_model
 
 CONFIGS = Path(CONFIG_DIR)
-GROUPS = ["model", "data", "optim", "sched", "eval", "logger", "launcher"]
+GROUPS = ["model", "data", "optim", "sched", "eval", "logger", "launcher", "paths"]
 
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml")))

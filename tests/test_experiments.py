@@ -10,14 +10,13 @@ from hydra import compose, initialize_config_dir
 
 from delving.cli.common import CONFIG_DIR, register_resolvers
 from delving.engine.config import register_configs
-from delving.evaluation.paper_results import paper_table
+from delving.evaluation.paper_results import resolve_reference
 
 register_configs()
 register_resolvers()
 EXPERIMENTS = Path(CONFIG_DIR) / "experiment"
 STUDIES = sorted(p.stem for p in EXPERIMENTS.glob("*.yaml") if p.stem.startswith(("table", "fig")))
 PAPER_SCALE = [s for s in STUDIES if not s.endswith("_mini")]
-TABLE4_ROWS = {"s256": "s=256", "s384": "s=384", "s480": "s=480", "multiscale": "multi-scale"}
 
 
 def compose_experiment(name: str, overrides: tuple[str, ...] = ()):
@@ -34,16 +33,47 @@ def test_every_study_of_the_issue_is_there() -> None:
     assert (Path(CONFIG_DIR) / "table7_ensemble_mini.yaml").is_file()
 
 
-@pytest.mark.parametrize("name", [s for s in PAPER_SCALE if s.startswith("table")])
-def test_paper_reference_numbers_are_the_papers(name: str) -> None:
+@pytest.mark.parametrize("name", STUDIES)
+def test_every_paper_reference_resolves(name: str) -> None:
+    """paper_reference holds only {table, row} or {figure}: the numbers live in paper_results alone."""
     ref = compose_experiment(name).paper_reference
-    rows = {row.label: row for row in paper_table(ref.table).rows}
-    if ref.table == "table4":
-        for key, numbers in ref.rows.items():
-            row = rows[f"A, {ref.column}, {TABLE4_ROWS[key]}"]
-            assert (numbers.top1_error, numbers.top5_error) == (row.top1, row.top5)
-    else:
-        assert (ref.top1_error, ref.top5_error) == (rows[ref.row].top1, rows[ref.row].top5)
+    assert set(ref) in ({"table", "row"}, {"figure"}), dict(ref)
+    resolved = resolve_reference(ref)
+    if "table" in ref:
+        cfg = compose_experiment(name)
+        assert (resolved.model, resolved.act) == (cfg.model.name.value, cfg.model.act.value)
+
+
+# Every set of runs the paper compares (and their mini twins): one schedule per set. Figs. 2-3 compare
+# inits within one experiment (a sweep), so they share its schedule by construction.
+COMPARISONS = {
+    "table2": [f"table2_net14_{act}" for act in ("relu", "prelu_shared", "prelu")],
+    "tables4-7": [
+        "table4_model_a_relu",
+        "table4_model_a_prelu",
+        "paper_model_a",
+        "paper_model_b",
+        "paper_model_c",
+    ]
+    + [f"table{t}_model_{m}_prelu" for t in (5, 6) for m in "abc"],
+}
+
+
+@pytest.mark.parametrize("scale", ["paper", "mini"])
+@pytest.mark.parametrize("comparison", ["table2", "tables4-7"])
+def test_compared_runs_share_one_fixed_schedule(comparison: str, scale: str) -> None:
+    names = (
+        [n for n in COMPARISONS[comparison] if not n.startswith("paper_")]
+        if scale == "mini"
+        else COMPARISONS[comparison]
+    )
+    names = [f"{n}_mini" for n in names] if scale == "mini" else names
+    schedules = set()
+    for name in names:
+        cfg = compose_experiment(name)
+        schedules.add((cfg.sched.name.value, tuple(cfg.sched.milestones), cfg.sched.factor, cfg.train.epochs))
+    assert len(schedules) == 1, schedules
+    assert next(iter(schedules))[0] == "milestones"
 
 
 @pytest.mark.parametrize("name", PAPER_SCALE)

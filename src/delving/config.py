@@ -18,6 +18,7 @@ from delving.data.config import DataConfig
 from delving.engine.config import AppConfig, LauncherConfig, LoggerConfig, OptimConfig, SchedConfig
 from delving.evaluation.config import EnsembleAppConfig, EvalConfig, EvaluateAppConfig
 from delving.models.config import ModelConfig
+from delving.paths import PathsConfig
 from delving.report.config import InitCheckAppConfig, ReportAppConfig
 
 CONFIG_PACKAGE = "delving.configs"
@@ -101,6 +102,7 @@ def register_all() -> None:
         ("eval", EvalConfig),
         ("logger", LoggerConfig),
         ("launcher", LauncherConfig),
+        ("paths", PathsConfig),
     ):
         store.store(group=group, name=f"base_{group}", node=node)
     register_resolvers()

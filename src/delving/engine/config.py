@@ -10,6 +10,7 @@ from typing import Any
 from delving.data.config import DataConfig
 from delving.evaluation.config import EvalConfig
 from delving.models.config import ModelConfig
+from delving.paths import PathsConfig
 
 
 class MomentumForm(str, Enum):
@@ -107,11 +108,12 @@ class AppConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
     experiment_name: str = "default"
     paper_reference: dict[str, Any] = field(default_factory=dict)  # the paper's numbers this run reproduces
     seed: int = 0
     resume: str | None = None  # auto: the run directory's last.pt; or a checkpoint path
-    # Names the run directory (outputs/<experiment_name>/<run_name>); None: named from the overrides.
+    # Names the run directory (<paths.outputs>/<experiment_name>/<run_name>); None: named from the overrides.
     run_name: str | None = None
     # With resume=null in a run directory that holds a run: move its files to previous/<time>/ and start anew.
     start_over: bool = False

@@ -110,10 +110,11 @@ class _EvalImages(Dataset):
         protocol: Protocol,
         scales: Sequence[int],
         size: int,
+        draft: bool,
     ) -> None:
         self.reader, self.positions, self.data_cfg = reader, positions, data_cfg
         self.protocol, self.scales, self.size = protocol, scales, size
-        self.draft_size = max(scales) if data_cfg.use_draft else None
+        self.draft_size = max(scales) if draft else None  # eval.draft, not the training's data.use_draft
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -277,7 +278,7 @@ def _predict_local(
     protocol = Protocol(eval_cfg.protocol)
     scales = effective_scales(list(eval_cfg.scales), net.input_size)
     positions = np.arange(ctx.rank, split.size, ctx.world_size)
-    dataset = _EvalImages(split.reader, positions, data_cfg, protocol, scales, net.input_size)
+    dataset = _EvalImages(split.reader, positions, data_cfg, protocol, scales, net.input_size, eval_cfg.draft)
     workers = eval_cfg.num_workers if eval_cfg.num_workers is not None else data_cfg.num_workers
     bad_files = BadFileCounter(data_cfg.max_bad_fraction, len(positions))
     skipped: list[int] = []
@@ -355,6 +356,7 @@ def _metadata(
         "scales": list(eval_cfg.scales),
         "scales_px": scales,
         "flips": bool(eval_cfg.flips),
+        "draft": bool(eval_cfg.draft),
         "views_per_image": len(scales) * CROPS_PER_SCALE[protocol] * (2 if eval_cfg.flips else 1),
         "probs_dtype": ProbsDtype(eval_cfg.probs_dtype).value,
         "dataset": {

@@ -6,7 +6,9 @@ Rows of other teams (VGG, GoogLeNet, ...) have model=None and are shown for cont
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,22 @@ PAPER_PER_CLASS = {
 }
 
 
+# Figures 2 and 3 (the init studies): what the paper's plots show, read off the curves.
+PAPER_FIGURES: dict[str, dict[str, str]] = {
+    "fig2": {
+        "metric": "top-1 error (%) on 3,000 random val images, centre crop",
+        "he_fan_out": "converges and starts lowering the error earlier (about 79% top-1 error at epoch 3, from the plot)",
+        "xavier": "converges more slowly (about 85.5% top-1 error at epoch 3, from the plot)",
+    },
+    "fig3": {
+        "metric": "top-1 error (%) on 3,000 random val images, centre crop",
+        "he_fan_out": "converges (about 80% top-1 error after ~9.5 epochs, read from the plot)",
+        "xavier": "completely stalls (flat at about 100% error); all its gradients vanish",
+        "final_he_fan_out": "38.56 / 16.59 top-1 / top-5 error after full training, 10-view (Sec. 2.3)",
+    },
+}
+
+
 def paper_table(key: str) -> PaperTable:
     if key not in PAPER_TABLES:
         raise ValueError(f"unknown paper table {key!r}; choose one of {', '.join(PAPER_TABLES)}")
@@ -145,3 +163,20 @@ def find_paper_row(
             continue
         return row
     return None
+
+
+def resolve_reference(reference: Mapping[str, Any]) -> PaperRow | dict[str, str]:
+    """An experiment's `paper_reference` ({table, row} or {figure}) as the paper's numbers: the row of
+    PAPER_TABLES, or the figure's description. The configs hold only these keys, never a copy of a number."""
+    if "figure" in reference:
+        if reference["figure"] not in PAPER_FIGURES:
+            raise ValueError(
+                f"unknown paper figure {reference['figure']!r}; choose one of {', '.join(PAPER_FIGURES)}"
+            )
+        return PAPER_FIGURES[reference["figure"]]
+    rows = {row.label: row for row in paper_table(reference["table"]).rows}
+    if reference.get("row") not in rows:
+        raise ValueError(
+            f"{reference['table']} has no row {reference.get('row')!r}; its rows: {', '.join(rows)}"
+        )
+    return rows[reference["row"]]

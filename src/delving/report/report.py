@@ -14,7 +14,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from delving.evaluation.paper_results import PAPER_TABLES, PaperRow, find_paper_row
+from delving.evaluation.paper_results import PAPER_FIGURES, PAPER_TABLES, PaperRow, find_paper_row
 from delving.report.init_check import fmt_stat
 from delving.report.paper_slopes import TABLE1_SLOPES
 from delving.report.plots import new_figure, save_figure
@@ -393,7 +393,7 @@ def _init_study_sections(groups: dict[str, list[Run]], report: Report) -> list[s
             continue
         name = f"{study}_init.png"
         report.figures[name] = init_study_figure(study, members)
-        paper = members[0].paper
+        paper = PAPER_FIGURES[study]
         md += [
             f"## {study}: He vs Xavier init",
             "",

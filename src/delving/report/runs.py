@@ -91,8 +91,7 @@ class Run:
         """The title, or the experiment name with the init where a study compares inits."""
         if self.tag:
             return self.title
-        study = self.paper.get("study", "")
-        return f"{self.name} ({self.model.get('init')})" if str(study).startswith("fig") else self.name
+        return f"{self.name} ({self.model.get('init')})" if self.study.startswith("fig") else self.name
 
     @property
     def paper(self) -> dict[str, Any]:
@@ -100,7 +99,7 @@ class Run:
 
     @property
     def study(self) -> str:
-        return str(self.paper.get("study") or self.name)
+        return str(self.paper.get("table") or self.paper.get("figure") or self.name)
 
     @property
     def num_classes(self) -> int | None:
