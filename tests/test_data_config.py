@@ -60,7 +60,7 @@ def test_wrong_enum_value_names_the_allowed_values():
     assert "[synthetic, imagenet, folder, shards]" in str(bad_name.value.__cause__)
     with pytest.raises(ConfigCompositionException) as bad_norm:
         _compose_data("folder", ["data.root=/x", "data.normalize=std"])
-    assert "[mean, mean_std]" in str(bad_norm.value.__cause__)
+    assert "[mean, mean_std, mean_image]" in str(bad_norm.value.__cause__)
 
 
 def test_validate_rejects_inconsistent_sizes():

@@ -26,6 +26,8 @@ class Normalize(str, Enum):
     # Subtract the mean RGB on the 0-255 scale, no std division (the paper's input, ~[-128, 128]).
     mean = "mean"
     mean_std = "mean_std"  # also divide by the std (unit variance input)
+    # Subtract the training set's mean image (scripts/compute_mean_image.py writes <root>/mean_image.npy).
+    mean_image = "mean_image"
 
 
 class DataConfigError(UserError, ValueError):
@@ -51,6 +53,7 @@ class DataConfig:
     normalize: Normalize = Normalize.mean
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN_RGB))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD_RGB))
+    mean_image: str | None = None  # normalize=mean_image: the .npy file; None: <root>/mean_image.npy
     use_draft: bool = True  # Pillow's reduced-size JPEG decoding when the reduced image still covers s
 
     num_workers: int = 4  # per rank

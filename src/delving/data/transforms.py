@@ -17,6 +17,7 @@ from PIL import Image
 
 from delving.data.config import DataConfig, Normalize
 from delving.data.decode import ImageSource, decode_image_with_size
+from delving.data.mean_image import fit_mean
 
 # AlexNet's colour noise [16] adds sum_i alpha_i * lambda_i * p_i, alpha_i ~ N(0, 0.1), with the eigenvalues
 # lambda_i and eigenvectors p_i of ImageNet's 3x3 RGB pixel covariance. AlexNet never published its numbers; these
@@ -125,6 +126,10 @@ def lighting_offset(alpha: tuple[float, float, float]) -> torch.Tensor:
 
 
 def _mean_std(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if cfg.normalize == Normalize.mean_image:
+        from delving.data.mean_image import load_mean_image
+
+        return load_mean_image(cfg), None
     mean = torch.tensor(list(cfg.mean), dtype=torch.float32).view(3, 1, 1)
     std = (
         torch.tensor(list(cfg.std), dtype=torch.float32).view(3, 1, 1)
@@ -137,6 +142,7 @@ def _mean_std(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
 def _normalize(
     pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor | None, shift: torch.Tensor | None
 ):
+    mean = fit_mean(mean, *pixels.shape[-2:])
     offset = -mean if shift is None else shift.view(3, 1, 1) - mean
     out = pixels.to(torch.float32) + offset.to(pixels.device)
     return out if std is None else out / std.to(pixels.device)
