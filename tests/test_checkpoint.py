@@ -31,10 +31,19 @@ def test_resume_refuses_another_model(ddp_runs: dict[str, Path]) -> None:
 
 @pytest.mark.ddp
 def test_resume_refuses_another_schedule(ddp_runs: dict[str, Path]) -> None:
+    """Fewer epochs, or more under a schedule drawn over the total (cosine), is another schedule; more epochs
+    of a constant, milestones or plateau schedule extends the run (tests/test_engine_knobs.py)."""
     state = Checkpoint.load(ddp_runs["one_proc"] / "last.pt")
+    shorter = _config_copy(state)
+    shorter["train"]["epochs"] = 1
+    with pytest.raises(CheckpointError, match=r"another schedule.*train.epochs: 2 -> 1"):
+        check_resumable(state, shorter, "last.pt")
     longer = _config_copy(state)
     longer["train"]["epochs"] = 5
-    with pytest.raises(CheckpointError, match=r"another schedule.*train.epochs: 2 -> 5"):
+    check_resumable(state, longer, "last.pt")
+    longer["sched"]["name"] = "cosine"
+    with pytest.raises(CheckpointError, match=r"another schedule.*sched.name: 'constant' -> 'cosine'.*"
+                       r"train.epochs: 2 -> 5"):  # fmt: skip
         check_resumable(state, longer, "last.pt")
 
 

@@ -48,7 +48,20 @@ RESUMABLE_CHANGES = (
     "train.requeue_on_usr1",
     "train.compile",
     "train.cudnn_benchmark",
+    "init_from",  # only a new run reads it: once the run has its own last.pt, resuming wins
 )
+# Keys added after checkpoints were first written, with the value that computes what those runs did: a
+# checkpoint without the key resumes under it (the opt-in knobs are off in every older run).
+ADDED_KEYS = {
+    "init_from": None,
+    "optim.name": "sgd",
+    "optim.betas": [0.9, 0.999],
+    "optim.eps": 1e-8,
+    "sched.warmup_epochs": 0,
+    "train.label_smoothing": 0.0,
+    "train.clip_grad_norm": 0.0,
+    "train.ema_decay": 0.0,
+}
 
 
 class CheckpointError(UserError):
@@ -88,6 +101,9 @@ class Checkpoint:
     wandb_run_id: str | None = None
     # The model's contract as trained (`Checkpoint.pretrained_cfg_of`); None in checkpoints saved before it.
     pretrained_cfg: dict[str, Any] | None = None
+    # train.ema_decay > 0: the EMA of the weights (torch.optim.swa_utils.AveragedModel's state dict). It is
+    # what the run validated and what evaluation and init_from= read (`eval_weights`).
+    ema: dict[str, torch.Tensor] | None = None
 
     def save(self, path: str | os.PathLike) -> Path:
         state = {"format_version": FORMAT_VERSION, **self.__dict__}
@@ -123,6 +139,12 @@ class Checkpoint:
         known = {name for name in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in state.items() if k in known})
 
+    def eval_weights(self) -> dict[str, torch.Tensor]:
+        """The weights to evaluate: the EMA's when the run kept one, else the model's."""
+        if not self.ema:
+            return self.model
+        return {k.removeprefix("module."): v for k, v in self.ema.items() if k.startswith("module.")}
+
     def build_model(self, where: str | os.PathLike = "checkpoint") -> SPPNet:
         """The net its config describes, with its weights and the contract it was trained with; refuses
         weights of another shape."""
@@ -132,7 +154,9 @@ class Checkpoint:
             raise CheckpointError(
                 f"{where}: its model config {self.config['model']} is invalid: {error}"
             ) from None
-        load_weights(model, self.model, where, f"the model its config describes ({self.config['model']})")
+        load_weights(
+            model, self.eval_weights(), where, f"the model its config describes ({self.config['model']})"
+        )
         # Over the declared cfg, so that fields added to it since keep their defaults.
         if self.pretrained_cfg is not None:
             model.pretrained_cfg = model.default_cfg = {**model.pretrained_cfg, **self.pretrained_cfg}
@@ -163,7 +187,7 @@ def load_model(
     """(model in eval mode, the checkpoint without its weights, the file's sha256) for evaluation."""
     checkpoint = Checkpoint.load(path, map_location)
     model = checkpoint.build_model(path)
-    checkpoint.model = {}  # the model holds the weights now; do not keep a second copy
+    checkpoint.model = checkpoint.ema = {}  # the model holds the weights now; do not keep a second copy
     return model.eval(), checkpoint, file_sha256(path)
 
 
@@ -189,16 +213,33 @@ def check_resumable(checkpoint: Checkpoint, config: dict[str, Any], path: str | 
             "or start a new run (another run_name=)."
         )
     old, new = _flatten(saved), _flatten(current)
+    old = {**{k: v for k, v in ADDED_KEYS.items() if k in new}, **old}
     changed = [
         f"{key}: {old.get(key, '<unset>')!r} -> {new.get(key, '<unset>')!r}"
         for key in sorted(old.keys() | new.keys())
-        if old.get(key) != new.get(key) and not key.startswith(RESUMABLE_CHANGES)
+        if old.get(key) != new.get(key)
+        and not key.startswith(RESUMABLE_CHANGES)
+        and not (key == "train.epochs" and _extends(old, new))
     ]
     if changed:
+        cosine = new.get("sched.name") == "cosine" and old.get("train.epochs") != new.get("train.epochs")
         raise CheckpointError(
             f"{path} was trained with another schedule or recipe ({'; '.join(changed)}); resuming would not "
             "reproduce an uninterrupted run. Use the original values, or start a new run (another run_name=)."
+            + (
+                " sched=cosine draws its curve over train.epochs, so a cosine run cannot be extended."
+                if cosine
+                else ""
+            )
         )
+
+
+def _extends(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """More epochs for a run whose LR rule does not depend on the total: milestones keep their epochs,
+    plateau keeps following the val error, constant stays; cosine's curve is drawn over the total, so no."""
+    if new.get("sched.name") == "cosine":
+        return False
+    return isinstance(old.get("train.epochs"), int) and new.get("train.epochs", 0) > old["train.epochs"]
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -242,3 +283,68 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def read_init_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """init_from='s weights: a delving checkpoint's (its EMA's when it kept one), or a timm checkpoint file's
+    (a state dict, or timm's train.py checkpoint: its EMA first; .safetensors too), loaded tensors-only."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"init_from={path}: no such file")
+    if path.suffix != ".safetensors":
+        try:
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise CheckpointError(f"init_from={path} is unreadable ({_describe(error)})") from None
+        if isinstance(raw, dict) and {"model", "config"} <= raw.keys():
+            return Checkpoint.load(path).eval_weights()
+    from timm.models import load_state_dict
+
+    try:
+        weights = load_state_dict(str(path), use_ema=True, weights_only=True)
+    except Exception as error:
+        raise CheckpointError(f"init_from={path} is unreadable ({_describe(error)})") from None
+    tensors = {k: v for k, v in weights.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(f"init_from={path} holds no weights (no tensors in its state dict)")
+    return tensors
+
+
+def init_weights_from(model: torch.nn.Module, path: str | os.PathLike) -> str:
+    """Loads init_from='s weights into a new run's model; returns what it did, for the log.
+
+    Strict, except the classifier when the checkpoint's class count differs from the model's: the model keeps
+    its own classifier, freshly initialized as the paper's fc3 (std 0.001), and everything else must match.
+    A mismatch lists the missing, unexpected and misshapen keys.
+    """
+    weights = read_init_weights(path)
+    own = model.state_dict()
+    head = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
+    prefix = f"{head}." if head else None
+    their_classes = weights[f"{prefix}weight"].shape[0] if prefix and f"{prefix}weight" in weights else 0
+    new_head = prefix is not None and their_classes != getattr(model, "num_classes", their_classes)
+    skipped = (lambda key: key.startswith(prefix)) if new_head else (lambda key: False)  # type: ignore[arg-type]
+    missing = sorted(k for k in own if k not in weights and not skipped(k))
+    unexpected = sorted(k for k in weights if k not in own and not skipped(k))
+    misshapen = sorted(
+        f"{k} {tuple(weights[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own.keys() & weights.keys()
+        if not skipped(k) and weights[k].shape != own[k].shape
+    )
+    if missing or unexpected or misshapen:
+        problems = [
+            f"{what} ({len(keys)}): {', '.join(keys[:12])}{', ...' if len(keys) > 12 else ''}"
+            for what, keys in (("missing", missing), ("unexpected", unexpected), ("another shape", misshapen))
+            if keys
+        ]
+        raise CheckpointError(
+            f"init_from={path}: its weights do not fit this model ({'; '.join(problems)}). init_from= needs the "
+            "same net (model=, model.act, model.width, model.spp_levels...); only the classifier may differ."
+        )
+    model.load_state_dict({k: own[k] if skipped(k) else weights[k] for k in own})
+    if new_head:
+        return (
+            f"weights from {path}; classifier {head} re-initialized for {model.num_classes} classes "  # type: ignore[attr-defined]
+            f"(the checkpoint has {their_classes})"
+        )
+    return f"weights from {path} (all {len(own)} tensors)"

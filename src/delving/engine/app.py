@@ -78,6 +78,9 @@ def _train_and_evaluate(
     cfg: DictConfig, run: RunDirectory, ctx: DistributedContext, stop: StopSignals
 ) -> float | None:
     finished = run.finished()
+    if finished is not None and cfg.resume == "auto" and _trained_epochs(run, finished) < cfg.train.epochs:
+        log.info("%s finished after fewer epochs: train.epochs=%d extends it", run.path, cfg.train.epochs)
+        finished = None
     if finished is not None and cfg.resume == "auto":
         log.info(
             "%s finished on %s (val top-1 error %s, final evaluation %s); nothing to do. start_over=true with "
@@ -99,7 +102,12 @@ def _train_and_evaluate(
         if ctx.is_main:
             top1 = val.get("val_top1_error")
             run.mark_finished(
-                {"val_top1_error": top1, "global_step": trainer.state.global_step, "final_eval": summary}
+                {
+                    "val_top1_error": top1,
+                    "global_step": trainer.state.global_step,
+                    "epochs": trainer.state.epoch,
+                    "final_eval": summary,
+                }
             )
         return val.get("val_top1_error")
     except StopRequested as request:
@@ -138,3 +146,14 @@ def _after_stop(cfg: DictConfig, ctx: DistributedContext, request: StopRequested
             "The job is requeued and continues when it starts again." if requeued
             else "Relaunch the same command (resume=auto) to continue.",
         )  # fmt: skip
+
+
+def _trained_epochs(run: RunDirectory, finished: dict[str, Any]) -> int:
+    """How many epochs a finished run trained (finished.json; last.pt's for a record written before that)."""
+    if "epochs" in finished:
+        return int(finished["epochs"])
+    if not run.last.is_file():
+        return 1 << 30  # nothing to extend from
+    from delving.checkpoint import Checkpoint
+
+    return int(Checkpoint.load(run.last).train_state.get("epoch", 0))

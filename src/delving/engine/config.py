@@ -13,6 +13,11 @@ from delving.models.config import ModelConfig
 from delving.paths import PathsConfig
 
 
+class OptimKind(str, Enum):
+    sgd = "sgd"  # SGD with momentum (momentum_form: Caffe's, the paper's, or PyTorch's)
+    adamw = "adamw"  # torch.optim.AdamW on the same param groups (decoupled decay on weights only)
+
+
 class MomentumForm(str, Enum):
     caffe = "caffe"  # V <- mu V + lr (g + wd w); w <- w - V: the paper's solver (paper.md Sec. 7)
     pytorch = "pytorch"  # b <- mu b + (g + wd w); w <- w - lr b: torch.optim.SGD
@@ -24,12 +29,16 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4  # on conv/fc weights only; never on biases or PReLU slopes
     momentum_form: MomentumForm = MomentumForm.caffe
+    name: OptimKind = OptimKind.sgd  # adamw: an opt-in modern recipe (configs/optim/adamw.yaml)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw only
+    eps: float = 1e-8  # adamw only
 
 
 class SchedKind(str, Enum):
     plateau = "plateau"  # divide by `factor` when val top-1 error stops improving (the paper's rule)
     milestones = "milestones"  # divide by `factor` at fixed epochs
     constant = "constant"
+    cosine = "cosine"  # half a cosine from lr (after the warm-up) to min_lr over the run's epochs
 
 
 @dataclass
@@ -42,6 +51,9 @@ class SchedConfig:
     patience: int = 5
     threshold: float = 0.001
     milestones: list[int] = field(default_factory=list)
+    # Linear warm-up, per epoch: epoch e < warmup_epochs trains at lr * (e + 1) / (warmup_epochs + 1), then
+    # the schedule starts (milestones, constant, cosine; plateau refuses a warm-up). 0: none (the paper).
+    warmup_epochs: int = 0
 
 
 class WandbMode(str, Enum):
@@ -91,6 +103,11 @@ class TrainConfig:
     dist_timeout_s: int = 1800
     # On SIGUSR1 (SLURM's pre-timeout --signal) under a SLURM batch job, `scontrol requeue` it after saving.
     requeue_on_usr1: bool = True
+    # Opt-in modern knobs, all off by default (the paper's recipe): see README "Fine-tuning, extending and
+    # opt-in knobs". Each computes the run, so a resume refuses a change of any of them.
+    label_smoothing: float = 0.0  # F.cross_entropy(label_smoothing=); 0: none
+    clip_grad_norm: float = 0.0  # clip the global gradient norm to this (after unscaling under fp16); 0: off
+    ema_decay: float = 0.0  # keep an EMA of the weights (validated, evaluated, checkpointed); 0: off
 
 
 @dataclass
@@ -113,6 +130,9 @@ class AppConfig:
     paper_reference: dict[str, Any] = field(default_factory=dict)  # the paper's numbers this run reproduces
     seed: int = 0
     resume: str | None = None  # auto: the run directory's last.pt; or a checkpoint path
+    # A new run starts from these weights (a delving checkpoint or a timm checkpoint file); the classifier is
+    # re-initialized when its class count differs. Once the run has its own last.pt, resume=auto wins.
+    init_from: str | None = None
     # Names the run directory (<paths.outputs>/<experiment_name>/<run_name>); None: named from the overrides.
     run_name: str | None = None
     # With resume=null in a run directory that holds a run: move its files to previous/<time>/ and start anew.

@@ -1,14 +1,17 @@
-"""SGD in Caffe's momentum form, and the LR schedules of the paper's recipe."""
+"""SGD in Caffe's momentum form, the LR schedules of the paper's recipe, and the opt-in AdamW, warm-up and
+cosine schedule (PyTorch's own AdamW and LambdaLR, on the same param groups)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
-from delving.engine.config import MomentumForm, OptimConfig, SchedConfig, SchedKind
+from delving.engine.config import MomentumForm, OptimConfig, OptimKind, SchedConfig, SchedKind
+from delving.errors import UserError
 from delving.models.params import param_groups
 
 
@@ -52,18 +55,66 @@ class CaffeSGD(torch.optim.Optimizer):
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     groups = param_groups(model, cfg.weight_decay)
+    if OptimKind(getattr(cfg, "name", OptimKind.sgd)) is OptimKind.adamw:
+        # Each group's weight_decay wins over AdamW's default: decoupled decay on weights, none on biases/slopes.
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
     if MomentumForm(cfg.momentum_form) is MomentumForm.caffe:
         return CaffeSGD(groups, lr=cfg.lr, momentum=cfg.momentum)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
 
 
-class EpochScheduler:
-    """One LR rule per epoch: plateau of val error (the paper), fixed milestones, or constant."""
+def lr_factor(cfg: SchedConfig, epochs: int, base_lr: float) -> Callable[[int], float]:
+    """The LR multiplier for epoch e (0-based) of a `warmup_epochs` warm-up then milestones/constant/cosine.
 
-    def __init__(self, optimizer: torch.optim.Optimizer, cfg: SchedConfig) -> None:
+    Warm-up: epoch e < W trains at lr (e + 1) / (W + 1). Cosine: epoch W + t of T = epochs - W trains at
+    min_lr + (lr - min_lr) (1 + cos(pi t / T)) / 2, so the first epoch after the warm-up is at lr and the
+    curve would reach min_lr at epoch `epochs`; it depends on the total, so a cosine run cannot be extended.
+    """
+    kind, warmup = SchedKind(cfg.name), int(cfg.warmup_epochs)
+    milestones, factor = sorted(int(m) for m in cfg.milestones), float(cfg.factor)
+    floor = min(float(cfg.min_lr) / base_lr, 1.0) if base_lr > 0 else 0.0
+
+    def multiplier(epoch: int) -> float:
+        if epoch < warmup:
+            return (epoch + 1) / (warmup + 1)
+        if kind is SchedKind.milestones:
+            return factor ** sum(epoch >= m for m in milestones)
+        if kind is SchedKind.cosine:
+            progress = min(epoch - warmup, epochs - warmup) / (epochs - warmup)
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        return 1.0
+
+    return multiplier
+
+
+class EpochScheduler:
+    """One LR rule per epoch: plateau of val error (the paper), fixed milestones, or constant; opt-in: a
+    linear warm-up (`warmup_epochs`) and a cosine schedule over `epochs`, as a LambdaLR.
+
+    Per epoch, as the paper's rules: the LR changes only at an epoch's end, so a mid-epoch resume needs no
+    step count. Without a warm-up, milestones and constant stay PyTorch's MultiStepLR and no scheduler (the
+    checkpoints of runs before the knobs resume as they were).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: SchedConfig, epochs: int | None = None) -> None:
         self.kind = SchedKind(cfg.name)
         self.optimizer = optimizer
-        if self.kind is SchedKind.plateau:
+        warmup = int(getattr(cfg, "warmup_epochs", 0))
+        if warmup < 0:
+            raise UserError(f"sched.warmup_epochs must be 0 or more, got {warmup}")
+        if self.kind is SchedKind.plateau and warmup:
+            raise UserError(
+                "sched=plateau takes no warm-up (its LR follows the val error); use sched=milestones, constant "
+                "or cosine with sched.warmup_epochs, or set sched.warmup_epochs=0"
+            )
+        if self.kind is SchedKind.cosine or warmup:
+            if self.kind is SchedKind.cosine and (epochs is None or epochs <= warmup):
+                raise UserError(
+                    f"sched=cosine needs train.epochs ({epochs}) above sched.warmup_epochs ({warmup})"
+                )
+            base_lr = optimizer.param_groups[0]["lr"]
+            self.inner = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, epochs or 0, base_lr))
+        elif self.kind is SchedKind.plateau:
             self.inner: Any = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer,
                 mode="min",

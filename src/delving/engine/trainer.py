@@ -23,12 +23,14 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from delving.checkpoint import (
     Checkpoint,
     TrainState,
     capture_rng_state,
     check_resumable,
+    init_weights_from,
     load_weights,
     restore_rng_state,
 )
@@ -82,7 +84,8 @@ class Trainer:
             if cfg.train.channels_last:
                 self.model = self.model.to(memory_format=torch.channels_last)
             self.optimizer = build_optimizer(self.model, cfg.optim)
-            self.scheduler = EpochScheduler(self.optimizer, cfg.sched)
+            self.scheduler = EpochScheduler(self.optimizer, cfg.sched, cfg.train.epochs)
+            self.ema = self._build_ema()
             self.precision = Precision(cfg.train.precision)
             self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision is Precision.fp16)
             self._build_loaders()
@@ -133,6 +136,32 @@ class Trainer:
             max_samples=cfg.train.val_max_images,
         )
 
+    def _build_ema(self) -> AveragedModel | None:
+        """train.ema_decay > 0: PyTorch's AveragedModel as an EMA (its first update copies the weights)."""
+        decay = float(self.cfg.train.ema_decay)
+        if not decay:
+            return None
+        if not 0 < decay < 1:
+            raise UserError(f"train.ema_decay must be in (0, 1) (0: off), got {decay}")
+        return AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+    def _ema_weights(self) -> dict[str, torch.Tensor]:
+        assert self.ema is not None
+        return self.ema.module.state_dict()
+
+    @contextlib.contextmanager
+    def _evaluating_ema(self) -> Any:
+        """The EMA's weights in the model for a validation, the live ones back after it (exact copies)."""
+        if self.ema is None:
+            yield
+            return
+        live = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(self._ema_weights())
+        try:
+            yield
+        finally:
+            self.model.load_state_dict(live)
+
     def _wrap_model(self) -> nn.Module:
         net: nn.Module = torch.compile(self.model) if self.cfg.train.compile else self.model
         if self.ctx.is_distributed:
@@ -162,15 +191,29 @@ class Trainer:
     def _restore_or_seed(self) -> str | None:
         """Restores everything from the checkpoint to resume from, if any; returns its wandb run id."""
         path = self._resume_path()
+        init_from = self.cfg.get("init_from")
+        if init_from and path is not None and self.cfg.resume != "auto":
+            raise UserError(
+                f"resume={self.cfg.resume} and init_from={init_from}: resume= continues a run (its weights, "
+                "optimizer and schedule), init_from= starts a new one from weights; give one of them"
+            )
         if path is None:
+            if init_from:
+                log.info("init_from: %s", init_weights_from(self.model, init_from))
             torch.manual_seed(_dropout_seed(self.cfg.seed, self.ctx.rank))
             return None
+        if init_from:
+            log.info("resume=auto: %s exists, so init_from=%s is not read again", path, init_from)
         checkpoint = Checkpoint.load(path)
         check_resumable(checkpoint, self.config, path)
         load_weights(self.model, checkpoint.model, path, "this model")
         self.optimizer.load_state_dict(checkpoint.optimizer)
         self.scheduler.load_state_dict(checkpoint.scheduler)
         self.scaler.load_state_dict(checkpoint.scaler)
+        if self.ema is not None:
+            if not checkpoint.ema:
+                raise UserError(f"{path} holds no EMA of the weights, but train.ema_decay is on")
+            self.ema.load_state_dict(checkpoint.ema)
         self.state.load_state_dict(checkpoint.train_state)
         if len(checkpoint.rng) == self.ctx.world_size:
             restore_rng_state(checkpoint.rng[self.ctx.rank])
@@ -204,6 +247,7 @@ class Trainer:
                 rng=rng_states or [],
                 wandb_run_id=self.metrics.wandb_run_id if self.metrics else None,
                 pretrained_cfg=Checkpoint.pretrained_cfg_of(self.model, self.config),
+                ema=self.ema.state_dict() if self.ema is not None else None,
             ).save(path)
         barrier(self.ctx)
         return path if self.ctx.is_main else None
@@ -241,18 +285,25 @@ class Trainer:
         labels = labels.to(self.device, non_blocking=True)
         if self.cfg.train.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        accum = self.cfg.train.grad_accum_steps
+        accum, train = self.cfg.train.grad_accum_steps, self.cfg.train
         total = torch.zeros((), device=self.device)
         for index, (x, y) in enumerate(zip(images.chunk(accum), labels.chunk(accum), strict=True)):
             sync = index == accum - 1 or not isinstance(self.net, DistributedDataParallel)
             with contextlib.nullcontext() if sync else self.net.no_sync(), self._autocast():
-                loss = F.cross_entropy(self.net(x), y) / accum
+                loss = F.cross_entropy(self.net(x), y, label_smoothing=train.label_smoothing) / accum
             self.scaler.scale(loss).backward()
             total += loss.detach()
         grad_norms = self._grad_norms() if want_grad_norms else {}
+        if train.clip_grad_norm > 0:
+            if self.precision is Precision.fp16 and not want_grad_norms:  # _grad_norms has unscaled them
+                self.scaler.unscale_(self.optimizer)
+            # DDP has averaged the gradients: every rank clips by the same global norm.
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), train.clip_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         return total, grad_norms
 
     def _grad_norms(self) -> dict[str, float]:
@@ -405,7 +456,8 @@ class Trainer:
     def finish_validation(self) -> dict[str, float]:
         """The finished epoch's validation, the LR rule, last.pt again and the best-k links (collective)."""
         finished = self.state.epoch - 1
-        val = self.validate()
+        with self._evaluating_ema():
+            val = self.validate()
         self.scheduler.end_of_epoch(val["val_top1_error"])
         log.info(
             "epoch %d: val top-1 error %.2f%%, top-5 error %.2f%%, lr %.2g",
@@ -432,6 +484,8 @@ class Trainer:
         while self.state.epoch < cfg.train.epochs:
             self.train_epoch()
             last_val = self.end_epoch() or last_val
+        if self.ema is not None:  # training is over: the final evaluation reads the EMA, as validation did
+            self.model.load_state_dict(self._ema_weights())
         return last_val
 
     def _write_metrics(self, **record: Any) -> None:
