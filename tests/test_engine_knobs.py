@@ -186,7 +186,7 @@ KNOBS = [
 ]  # fmt: skip
 
 
-@pytest.mark.ddp
+@pytest.mark.slow
 def test_killed_and_resumed_run_with_every_knob_on_is_bitwise_equal(tmp_path: Path) -> None:
     run_train(tmp_path / "whole", KNOBS)
     killed = run_train(
@@ -203,7 +203,7 @@ def test_killed_and_resumed_run_with_every_knob_on_is_bitwise_equal(tmp_path: Pa
 
 
 # ---------------------------------------------------------------- extending, fine-tuning
-@pytest.mark.ddp
+@pytest.mark.slow
 def test_a_finished_run_extended_equals_the_longer_run(single_run: Path, tmp_path: Path) -> None:
     """single_run (2 epochs, sched=constant, finished) copied, relaunched with train.epochs=3: the same
     weights as 3 epochs uninterrupted (the same data order, dropout stream and LR; validation draws nothing)."""
@@ -218,7 +218,7 @@ def test_a_finished_run_extended_equals_the_longer_run(single_run: Path, tmp_pat
     assert json.loads((extended / "finished.json").read_text())["epochs"] == 3
 
 
-@pytest.mark.ddp
+@pytest.mark.slow
 def test_init_from_keeps_every_weight_but_a_classifier_of_another_class_count(
     single_run: Path, compose_train: Compose, tmp_path: Path
 ) -> None:
@@ -246,7 +246,7 @@ def test_init_from_keeps_every_weight_but_a_classifier_of_another_class_count(
         init_weights_from(build_model(_tiny(compose_train, "model.act=relu").model), single_run / "last.pt")
 
 
-@pytest.mark.ddp
+@pytest.mark.slow
 def test_init_from_fine_tunes_then_resume_wins(single_run: Path, tmp_path: Path) -> None:
     fine_tune = ["data.synthetic_classes=3", "model.num_classes=3", f"init_from={single_run / 'last.pt'}"]
     first = run_train(tmp_path, [*fine_tune, "train.epochs=1"])
