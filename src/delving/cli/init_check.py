@@ -22,7 +22,7 @@ def _app(cfg: DictConfig) -> None:
         model_cfg, inits, cfg.timm_model, cfg.batch_size, cfg.input_size, cfg.input_std, cfg.seed
     )
     command = shlex.join(["delving-init-check", *sys.argv[1:]])
-    output_dir = cfg.output_dir or f"outputs/init_check/{reports[0].model}"
+    output_dir = cfg.output_dir or f"{cfg.paths.outputs}/init_check/{reports[0].model}"
     print(render_markdown(reports, command))
     print(f"written: {write_outputs(reports, output_dir, command)}")
 

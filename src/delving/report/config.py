@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from delving.models.config import ModelConfig
+from delving.paths import PathsConfig
 
 
 @dataclass
@@ -20,7 +21,8 @@ class InitCheckAppConfig:
     input_size: int | None = None  # None: the model's training size
     input_std: float = 1.0
     seed: int = 0
-    output_dir: str | None = None  # None: outputs/init_check/<model>
+    output_dir: str | None = None  # None: <paths.outputs>/init_check/<model>
+    paths: PathsConfig = field(default_factory=PathsConfig)
 
 
 @dataclass
@@ -32,7 +34,8 @@ class ReportAppConfig:
     predictions: list[str] = field(default_factory=list)
     ensembles: list[str] = field(default_factory=list)  # ensemble.json files of delving-ensemble
     init_checks: list[str] = field(default_factory=list)  # init_check.json files of delving-init-check
-    output_dir: str = "outputs/report"
+    output_dir: str = "outputs/report"  # configs/report.yaml: ${paths.outputs}/report
+    paths: PathsConfig = field(default_factory=PathsConfig)
     title: str = "Delving Deep into Rectifiers: reproduction report"
     command: str | None = None  # recorded in the report header; None: the command line of this call
 
