@@ -36,6 +36,7 @@ RESUMABLE_CHANGES = (
     "paper_reference",
     "logger.",
     "launcher.",
+    "paths.",  # where run folders are written (and DELVING_RUNS, read when composing)
     "eval.",
     "data.root",
     "data.num_workers",
