@@ -44,3 +44,17 @@ def test_optimizer_groups_never_decay_slopes_or_biases() -> None:
                 assert group["weight_decay"] == 0.0
             else:
                 assert group["weight_decay"] == 5e-4
+
+
+def test_bias_decay_decays_biases_but_never_slopes() -> None:
+    net = build_model(
+        {"name": "net14", "width": 0.0625, "num_classes": 4, "input_size": 24, "spp_levels": [2, 1]}
+    )
+    optimizer = build_optimizer(net, OptimConfig(bias_decay=True))
+    slopes = {id(m.weight) for m in net.modules() if isinstance(m, torch.nn.PReLU)}
+    biases = {id(p) for name, p in net.named_parameters() if name.endswith(".bias")}
+    assert slopes and biases
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            assert group["weight_decay"] == (0.0 if id(p) in slopes else 5e-4)
+            assert id(p) in slopes or id(p) in biases or p.ndim > 1

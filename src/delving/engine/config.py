@@ -28,6 +28,8 @@ class OptimConfig:
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4  # on conv/fc weights only; never on biases or PReLU slopes
+    # The paper is silent on biases (Caffe's recipes usually exempt them); true: decay them too (never slopes).
+    bias_decay: bool = False
     momentum_form: MomentumForm = MomentumForm.caffe
     name: OptimKind = OptimKind.sgd  # adamw: an opt-in modern recipe (configs/optim/adamw.yaml)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw only

@@ -54,7 +54,7 @@ class CaffeSGD(torch.optim.Optimizer):
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay)
+    groups = param_groups(model, cfg.weight_decay, bias_decay=cfg.bias_decay)
     if OptimKind(getattr(cfg, "name", OptimKind.sgd)) is OptimKind.adamw:
         # Each group's weight_decay wins over AdamW's default: decoupled decay on weights, none on biases/slopes.
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)

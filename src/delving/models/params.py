@@ -7,17 +7,19 @@ from typing import Any
 from torch import nn
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(model: nn.Module, weight_decay: float, bias_decay: bool = False) -> list[dict[str, Any]]:
     """Two groups: multi-dimensional weights (decayed) and biases + PReLU slopes (not decayed).
 
     Any 0-d or 1-d tensor (a bias, a PReLU slope vector or scalar) goes undecayed, whatever
-    the module, so timm nets with norms get the same rule.
+    the module, so timm nets with norms get the same rule. `bias_decay` (optim.bias_decay) moves the
+    parameters named `*.bias` to the decayed group; slopes are never decayed (Sec. 2.1).
     """
     decayed, undecayed = [], []
-    for _, parameter in sorted(model.named_parameters(), key=lambda item: item[0]):
+    for name, parameter in sorted(model.named_parameters(), key=lambda item: item[0]):
         if not parameter.requires_grad:
             continue
-        (decayed if parameter.ndim > 1 else undecayed).append(parameter)
+        decay = parameter.ndim > 1 or (bias_decay and name.endswith(".bias"))
+        (decayed if decay else undecayed).append(parameter)
     return [
         {"params": decayed, "weight_decay": weight_decay, "name": "weights"},
         {"params": undecayed, "weight_decay": 0.0, "name": "biases_and_slopes"},
