@@ -271,7 +271,7 @@ def test_a_two_trial_optuna_sweep(tmp_path: Path) -> None:
     import sys
 
     command = [
-        sys.executable, "-m", "delving.train", "-m", "+hparams_search=lr_wd", *TINY_DATA, *TINY_MODEL,
+        sys.executable, "-m", "delving.train", "-m", "hparams_search=lr_wd", *TINY_DATA, *TINY_MODEL,
         *(o for o in TINY_TRAIN if not o.startswith("optim.lr")), "train.epochs=1",
         "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path}",
     ]  # fmt: skip
