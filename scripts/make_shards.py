@@ -22,9 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("source", type=Path, help="the folder data set's root")
     parser.add_argument("target", type=Path, help="where the shards go (data.root for data=shards)")
     parser.add_argument("--splits", nargs="+", default=["train", "val"])
-    parser.add_argument(
-        "--max-samples", type=int, default=1000, help="images per shard"
-    )
+    parser.add_argument("--max-samples", type=int, default=1000, help="images per shard")
     parser.add_argument("--seed", type=int, default=0, help="seed of the order in which images are written")
     args = parser.parse_args(argv)
     if len(args.splits) > 1:
