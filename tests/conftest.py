@@ -8,11 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from helpers.configs import compose_config
 from helpers.runs import EQUAL_RUN, KILL_STEP, cli_env, run_train
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from delving.cli.common import CONFIG_DIR
 from delving.config import register_all
 
 
@@ -32,11 +31,7 @@ def registered_schemas() -> None:
 def compose_train() -> Callable[[list[str]], DictConfig]:
     """Composes delving-train's config (no Hydra run config) with the given overrides."""
 
-    def compose_with(overrides: list[str], config_name: str = "train") -> DictConfig:
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            return compose(config_name=config_name, overrides=overrides, return_hydra_config=False)
-
-    return compose_with
+    return compose_config
 
 
 # Scenario runs, shared by the trainer and lifecycle tests (each made once per session, when first asked for).

@@ -1,8 +1,7 @@
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.config_store import ConfigStore
+from helpers.configs import compose_config
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
@@ -12,15 +11,8 @@ from delving.data.config import DataConfig, DatasetKind, Normalize, as_data_conf
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _register_schema():
-    ConfigStore.instance().store(group="data", name="base_data", node=DataConfig)
-
-
 def _compose_data(name: str, overrides: list[str] = ()) -> DataConfig:
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name=None, overrides=[f"+data={name}", *overrides])
-    return cfg.data
+    return compose_config([f"+data={name}", *overrides], config_name=None).data
 
 
 @pytest.mark.parametrize("name", ["synthetic", "imagenet", "folder", "shards"])

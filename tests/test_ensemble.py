@@ -8,11 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.configs import compose_config
 from helpers.evaluation import make_predictions
-from hydra import compose, initialize_config_dir
 
 from delving.evaluation.app import run_ensemble
-from delving.evaluation.config import register_configs
 from delving.evaluation.ensemble import (
     EnsembleMismatchError,
     EnsembleOptionError,
@@ -133,11 +132,9 @@ def test_every_mismatch_is_a_clear_error_and_writes_nothing(
 
 
 def _ensemble_cfg(files: list[Path], out: Path, *overrides: str):
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose(
-            "ensemble", overrides=[f"files=[{','.join(map(str, files))}]", f"output_dir={out}", *overrides]
-        )
+    return compose_config(
+        [f"files=[{','.join(map(str, files))}]", f"output_dir={out}", *overrides], config_name="ensemble"
+    )
 
 
 def test_broken_files_are_clear_errors_and_write_nothing(tmp_path: Path) -> None:

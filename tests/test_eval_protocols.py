@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
+from helpers.configs import compose_config
 from helpers.evaluation import (
     TINY_MODEL,
     calibrate_logits,
@@ -19,14 +20,13 @@ from helpers.evaluation import (
     tiny_model,
     write_image_folder,
 )
-from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from delving.checkpoint import file_sha256
 from delving.data.transforms import resize_shorter, to_model_input
 from delving.evaluation import CheckpointError, EvalConfig, Protocol, evaluate, load_model
 from delving.evaluation.app import run_eval
-from delving.evaluation.config import effective_scales, register_configs
+from delving.evaluation.config import effective_scales
 from delving.evaluation.evaluator import job_probabilities
 from delving.evaluation.views import crop_corners
 from delving.models import create_net
@@ -284,9 +284,7 @@ def test_load_model_and_its_errors(tmp_path: Path, data_root: Path) -> None:
 
 @pytest.mark.parametrize("protocol", ["center", "ten_view", "dense", "multiscale"])
 def test_every_protocol_config_composes(protocol: str) -> None:
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose("evaluate", overrides=["checkpoint=x.pt", f"eval={protocol}"])
+    cfg = compose_config(["checkpoint=x.pt", f"eval={protocol}"], config_name="evaluate")
     assert cfg.eval.protocol == protocol and cfg.data is None
     assert list(cfg.eval.scales) == ([256, 384, 480] if protocol == "multiscale" else [256])
 
@@ -303,18 +301,16 @@ def test_delving_eval_writes_predictions(
         "num_workers": 0,
     }
     checkpoint = save_checkpoint(tmp_path / "model.pt", model, dict(TINY_MODEL), data_cfg)
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose(
-            "evaluate",
-            overrides=[
-                f"checkpoint={checkpoint}",
-                "eval=ten_view",
-                "eval.num_workers=2",
-                f"output={tmp_path / 'p.npz'}",
-                "device=cpu",
-            ],
-        )
+    cfg = compose_config(
+        [
+            f"checkpoint={checkpoint}",
+            "eval=ten_view",
+            "eval.num_workers=2",
+            f"output={tmp_path / 'p.npz'}",
+            "device=cpu",
+        ],
+        config_name="evaluate",
+    )
     path = run_eval(cfg)
     with np.load(path, allow_pickle=False) as raw:
         meta = json.loads(str(raw["metadata"]))
@@ -328,20 +324,19 @@ def test_delving_eval_writes_predictions(
     assert f"| model_a | ten_view | [256] -> [73] | True | 5 | {meta['top1_error']:.2f} |" in out
 
     # data= picks the data set, but the input normalisation stays the one the model was trained with.
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose(
-            "evaluate",
-            overrides=[
-                f"checkpoint={checkpoint}",
-                "eval=ten_view",
-                "data=folder",
-                f"data.root={data_root}",
-                "data.num_workers=0",
-                "data.use_draft=false",
-                "data.normalize=mean_std",
-                f"output={tmp_path / 'q.npz'}",
-            ],
-        )
+    cfg = compose_config(
+        [
+            f"checkpoint={checkpoint}",
+            "eval=ten_view",
+            "data=folder",
+            f"data.root={data_root}",
+            "data.num_workers=0",
+            "data.use_draft=false",
+            "data.normalize=mean_std",
+            f"output={tmp_path / 'q.npz'}",
+        ],
+        config_name="evaluate",
+    )
     with np.load(run_eval(cfg), allow_pickle=False) as raw:
         np.testing.assert_allclose(raw["probs"], probs, atol=1e-6)
     assert "data.normalize taken from the checkpoint" in capsys.readouterr().out

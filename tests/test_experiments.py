@@ -6,22 +6,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from helpers.configs import compose_config
 
-from delving.cli.common import CONFIG_DIR, register_resolvers
-from delving.engine.config import register_configs
+from delving.cli.common import CONFIG_DIR
 from delving.evaluation.paper_results import resolve_reference
 
-register_configs()
-register_resolvers()
 EXPERIMENTS = Path(CONFIG_DIR) / "experiment"
 STUDIES = sorted(p.stem for p in EXPERIMENTS.glob("*.yaml") if p.stem.startswith(("table", "fig")))
 PAPER_SCALE = [s for s in STUDIES if not s.endswith("_mini")]
 
 
 def compose_experiment(name: str, overrides: tuple[str, ...] = ()):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="train", overrides=[f"experiment={name}", *overrides])
+    return compose_config([f"experiment={name}", *overrides])
 
 
 def test_every_study_of_the_issue_is_there() -> None:

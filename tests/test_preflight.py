@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers.configs import compose_config
 from helpers.runs import TINY_DATA, TINY_MODEL, TINY_TRAIN, cli_env
-from hydra import compose, initialize_config_dir
 
 from delving.config import config_dir, register_all
 from delving.engine.preflight import preflight
@@ -23,8 +23,7 @@ EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"
 
 
 def compose_train(*overrides: str):
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return compose(config_name="train", overrides=list(overrides))
+    return compose_config(overrides)
 
 
 def refusal(*overrides: str, world_size: int = 1) -> str:
