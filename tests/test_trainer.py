@@ -146,3 +146,14 @@ def test_last_pt_is_saved_before_a_validation_that_fails(tmp_path: Path) -> None
     assert result.returncode != 0 and "unreadable" in result.stderr
     state = Checkpoint.load(tmp_path / "run" / "last.pt").train_state
     assert state["epoch"] == 1 and state["global_step"] == 6 and state["val_pending"]
+
+
+def test_fp16_gradient_norms_are_logged_unscaled(tmp_path: Path) -> None:
+    """GradScaler multiplies the loss by 65536 at first: logged norms must be the true ones, as under fp32."""
+    norms = {}
+    for precision in ("fp32", "fp16"):
+        run_train(
+            tmp_path / precision, [f"train.precision={precision}", "train.epochs=1", "model.dropout=0.0"]
+        )
+        norms[precision] = _records(tmp_path / precision, "train")[0]["grad_norm/features.conv1"]
+    assert norms["fp16"] == pytest.approx(norms["fp32"], rel=0.05)
