@@ -21,11 +21,11 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
 from delving.cli.common import CONFIG_DIR, register_resolvers
-from delving.engine.config import register_configs
+from delving.config import register_all
 from delving.engine.trainer import Trainer
 from delving.models import build_model
 
-register_configs()
+register_all()
 register_resolvers()
 
 

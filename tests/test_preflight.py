@@ -193,3 +193,20 @@ def test_bare_delving_train_refuses_before_importing_the_model_code(tmp_path: Pa
     )
     assert result.returncode == 2, result.stderr[-3000:]
     assert "HEAVY []" in result.stdout, result.stdout[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("train.label_smoothing=1.5", "train.label_smoothing=1.5"),
+        ("train.clip_grad_norm=-1", "train.clip_grad_norm=-1"),
+        ("train.ema_decay=1.0", "train.ema_decay=1.0"),
+        ("sched.warmup_epochs=-1", "sched.warmup_epochs"),
+    ],
+)
+def test_the_opt_in_knobs_are_checked_before_any_work(override: str, key: str) -> None:
+    assert key in refusal(*TINY, override)
+
+
+def test_a_cosine_schedule_needs_epochs_after_its_warm_up() -> None:
+    assert "cosine needs epochs after the warm-up" in refusal(*TINY, "sched=cosine", "sched.warmup_epochs=2")

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers.runs import TINY_DATA, run_train
+from helpers.data import make_folder_dataset
+from helpers.runs import TINY_DATA, cli_env, run_train
 from omegaconf import OmegaConf
 
 from delving.checkpoint import Checkpoint
@@ -133,7 +137,6 @@ def test_validation_subset_is_fixed_and_split_over_ranks_without_repeats(compose
 
 def test_last_pt_is_saved_before_a_validation_that_fails(tmp_path: Path) -> None:
     """A validation that raises (here: every val image unreadable) loses nothing of the epoch's training."""
-    from helpers.data import make_folder_dataset
 
     root = make_folder_dataset(
         tmp_path / "data", classes=4, train_per_class=12, val_per_class=2, size=(40, 36)
@@ -157,3 +160,26 @@ def test_fp16_gradient_norms_are_logged_unscaled(tmp_path: Path) -> None:
         )
         norms[precision] = _records(tmp_path / precision, "train")[0]["grad_norm/features.conv1"]
     assert norms["fp16"] == pytest.approx(norms["fp32"], rel=0.05)
+
+
+@pytest.mark.ddp
+def test_a_run_resumed_after_its_last_epoch_still_reports_its_validation(
+    single_run: Path, tmp_path: Path
+) -> None:
+    """Stopped after the last epoch's save (e.g. a signal during the final evaluation), then relaunched."""
+    shutil.copy(single_run / "last.pt", tmp_path / "last.pt")
+    run_train(tmp_path, ["train.checkpoint_every_steps=2"])
+    finished = json.loads((tmp_path / "finished.json").read_text())
+    assert finished["val_top1_error"] == _records(single_run, "val")[-1]["val_top1_error"]
+
+
+def test_a_run_on_the_training_sets_mean_image_saves_and_resumes(tmp_path: Path) -> None:
+    root = make_folder_dataset(
+        tmp_path / "data", classes=4, train_per_class=12, val_per_class=2, size=(40, 36)
+    )
+    data = ["data=folder", f"data.root={root}", *TINY_DATA[-5:]]
+    script = Path(__file__).resolve().parents[1] / "scripts" / "compute_mean_image.py"
+    made = subprocess.run([sys.executable, str(script), *data], capture_output=True, text=True, env=cli_env())
+    assert made.returncode == 0 and (root / "mean_image.npy").exists(), made.stderr[-2000:]
+    run_train(tmp_path / "run", [*data, "data.normalize=mean_image", "train.epochs=1"])
+    assert Checkpoint.load(tmp_path / "run" / "last.pt").pretrained_cfg["normalize"] == "mean_image"

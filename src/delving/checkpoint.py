@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from delving.config import may_change_on_resume
 from delving.errors import UserError
 from delving.io import atomic_write
 from delving.models import SPPNet, build_model, input_normalization
@@ -27,30 +28,6 @@ from delving.models import SPPNet, build_model, input_normalization
 FORMAT_VERSION = 2
 # Model options whose change makes a checkpoint another model (dropout or init do not).
 MODEL_IDENTITY_KEYS = ("name", "act", "width", "num_classes", "input_size", "spp_levels")
-# Config keys a resumed run may change: where and how it runs and logs, never what it computes.
-RESUMABLE_CHANGES = (
-    "resume",
-    "run_name",
-    "start_over",
-    "experiment_name",
-    "paper_reference",
-    "logger.",
-    "launcher.",
-    "paths.",  # where run folders are written (and DELVING_RUNS, read when composing)
-    "eval.",
-    "data.root",
-    "data.num_workers",
-    "data.prefetch_factor",
-    "train.device",
-    "train.dist_timeout_s",
-    "train.final_eval",
-    "train.checkpoint_every_steps",
-    "train.keep_best",
-    "train.requeue_on_usr1",
-    "train.compile",
-    "train.cudnn_benchmark",
-    "init_from",  # only a new run reads it: once the run has its own last.pt, resuming wins
-)
 # Keys added after checkpoints were first written, with the value that computes what those runs did: a
 # checkpoint without the key resumes under it (the opt-in knobs are off in every older run).
 ADDED_KEYS = {
@@ -79,6 +56,8 @@ class TrainState:
     best: list[dict[str, Any]] = field(default_factory=list)
     # last.pt is saved at the end of an epoch before its validation; a resume runs the validation first.
     val_pending: bool = False
+    # The newest validation's errors: a run resumed after its last epoch still reports them.
+    last_val: dict[str, float] = field(default_factory=dict)
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,6 +66,7 @@ class TrainState:
         self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
         self.global_step, self.best = int(state["global_step"]), list(state["best"])
         self.val_pending = bool(state.get("val_pending", False))
+        self.last_val = dict(state.get("last_val", {}))
 
 
 @dataclass
@@ -219,7 +199,7 @@ def check_resumable(checkpoint: Checkpoint, config: dict[str, Any], path: str | 
         f"{key}: {old.get(key, '<unset>')!r} -> {new.get(key, '<unset>')!r}"
         for key in sorted(old.keys() | new.keys())
         if old.get(key) != new.get(key)
-        and not key.startswith(RESUMABLE_CHANGES)
+        and not may_change_on_resume(key)
         and not (key == "train.epochs" and _extends(old, new))
     ]
     if changed:

@@ -34,6 +34,39 @@ class VerifyDataAppConfig:
     processes: int | None = None  # decoding processes; None: data.num_workers (at least 1)
 
 
+# Config keys that say where and how a run is launched, logged and evaluated, never what it computes: a
+# resumed run may change them, and an unnamed run's folder name leaves them out (but data.root, see below).
+LAUNCH_KEYS = (
+    "resume",
+    "run_name",
+    "start_over",
+    "experiment_name",
+    "paper_reference",
+    "logger",
+    "launcher",
+    "hydra",
+    "paths",  # where run folders are written (and DELVING_RUNS, read when composing)
+    "eval",
+    "data.root",
+    "data.num_workers",
+    "data.prefetch_factor",
+    "train.device",
+    "train.dist_timeout_s",
+    "train.final_eval",
+    "train.checkpoint_every_steps",
+    "train.keep_best",
+    "train.requeue_on_usr1",
+    "train.compile",
+    "train.cudnn_benchmark",
+    "init_from",  # only a new run reads it: once the run has its own last.pt, resuming wins
+)
+
+
+def may_change_on_resume(key: str) -> bool:
+    """`key` (dotted, e.g. logger.wandb.mode) is one of LAUNCH_KEYS or inside one of them."""
+    return any(key == k or key.startswith(k + ".") for k in LAUNCH_KEYS)
+
+
 def config_path() -> str:
     """What @hydra.main reads: $DELVING_CONFIG_DIR as an absolute folder, else the package's configs."""
     override = os.environ.get(CONFIG_DIR_ENV)

@@ -80,10 +80,12 @@ def atomic_write_texts(files: dict[Path, str]) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def remove_stale_temps(folder: Path) -> list[Path]:
-    """Delete the temp files that killed writers left in `folder` (call it while holding the folder's lock)."""
+def remove_stale_temps(folder: Path, names: tuple[str, ...]) -> list[Path]:
+    """Delete the temp files that killed writers of `names` (glob patterns) left in `folder`; call it while
+    holding the folder's lock, for files only the lock holder writes (another tool's temp files may be live)."""
     removed = []
-    for stale in folder.glob(f".*{TEMP_SUFFIX}"):
+    stale_files = [stale for name in names for stale in folder.glob(f".{name}.*{TEMP_SUFFIX}")]
+    for stale in stale_files:
         if stale.is_file():
             size = stale.stat().st_size
             stale.unlink(missing_ok=True)

@@ -214,6 +214,15 @@ class _EpochBatches:
         return iter(batches)
 
 
+def init_worker_process(_: int = 0) -> None:
+    """Every loader worker (training, validation, evaluation): one thread, and SIGUSR1/SIGTERM left to its
+    rank. SLURM signals every process of a job step; the rank stops at the next step and ends its workers
+    (which also exit when their rank dies)."""
+    for signum in (signal.SIGUSR1, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+    torch.set_num_threads(1)
+
+
 class _WorkerInit:
     """worker_init_fn: one intra-op thread per worker (the workers already run in parallel), seeded globals."""
 
@@ -221,11 +230,7 @@ class _WorkerInit:
         self.seed, self.rank, self.batches = seed, rank, batches
 
     def __call__(self, worker: int) -> None:
-        # SLURM signals every process of a job step: the workers leave SIGUSR1/SIGTERM to their rank,
-        # which stops at the next step and shuts them down (they also exit when their rank dies).
-        for signum in (signal.SIGUSR1, signal.SIGTERM):
-            signal.signal(signum, signal.SIG_IGN)
-        torch.set_num_threads(1)
+        init_worker_process(worker)
         seed_worker_globals(self.seed, self.rank, self.batches.epoch if self.batches else 0, worker)
 
 

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from delving.dist import DistributedContext, agree, failing_together, init_distributed, shutdown_distributed
 from delving.engine.logging import log, setup_console_logging
 from delving.engine.preflight import preflight
-from delving.engine.run_dir import RunDirectory
+from delving.engine.run_dir import RunDirectory, starts_fresh
 from delving.engine.signals import EXIT_STOPPED, StopRequested, StopSignals, requeue_slurm_job
 from delving.errors import UserError
 
@@ -63,7 +63,7 @@ def run_train(cfg: DictConfig, run_dir: str | Path) -> float | None:
 def _claim(run: RunDirectory, cfg: DictConfig) -> None:
     """Rank 0: lock the run directory; refuse to mix a new run with an old one unless told to start over."""
     run.lock()
-    fresh = cfg.resume in (None, "", "null")
+    fresh = starts_fresh(cfg.resume)
     if fresh and run.has_outputs():
         if not cfg.start_over:
             raise UserError(
@@ -94,7 +94,8 @@ def _train_and_evaluate(
     try:
         val = trainer.fit()
         trainer.release_loaders()
-        if stop.requested:  # arrived during the last validation or save: last.pt is complete, stop here
+        # A signal during the last validation or save (on any rank: agreed): last.pt is complete, stop here.
+        if agree(ctx, [int(stop.requested)])[0]:
             raise StopRequested(stop.received or signal.SIGTERM)
         stop.raise_now = True  # no step boundaries from here: a signal ends the evaluation at once
         summary = _final_eval(cfg, trainer) if cfg.train.final_eval else None

@@ -129,7 +129,8 @@ class AppConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     experiment_name: str = "default"
-    paper_reference: dict[str, Any] = field(default_factory=dict)  # the paper's numbers this run reproduces
+    # {table, row} or {figure}: what this run reproduces, resolved through evaluation/paper_results.py
+    paper_reference: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     resume: str | None = None  # auto: the run directory's last.pt; or a checkpoint path
     # A new run starts from these weights (a delving checkpoint or a timm checkpoint file); the classifier is
@@ -139,10 +140,3 @@ class AppConfig:
     run_name: str | None = None
     # With resume=null in a run directory that holds a run: move its files to previous/<time>/ and start anew.
     start_over: bool = False
-
-
-def register_configs() -> None:
-    """The same as delving.config.register_all (every schema is stored in one place)."""
-    from delving.config import register_all
-
-    register_all()

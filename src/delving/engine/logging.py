@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from tqdm import tqdm
 
 from delving.engine.config import LoggerConfig, WandbMode
+from delving.errors import UserError
 from delving.io import atomic_write_text
 
 if TYPE_CHECKING:
@@ -87,8 +88,8 @@ class MetricsLog:
                 records.append((line, json.loads(line)))
             except json.JSONDecodeError:
                 if number < len(lines):
-                    raise ValueError(
-                        f"{self.path}: line {number} is not JSON; fix or delete the file"
+                    raise UserError(
+                        f"{self.path}: line {number} is not JSON; fix or delete that line"
                     ) from None
                 log.warning("%s: dropped a torn last line (a write that was killed)", self.path)
         kept = [

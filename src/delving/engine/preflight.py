@@ -31,6 +31,7 @@ def preflight(cfg: DictConfig, world_size: int) -> None:
     """Refuse any value that cannot work, before the net is built; fill in model.num_classes."""
     _check_data_root_given(cfg.data)
     _check_train(cfg, world_size)
+    _check_knobs(cfg)
     _check_optim(cfg)
     _check_model(cfg)
     _check_eval(cfg)
@@ -69,6 +70,25 @@ def _check_data_root_given(data: DictConfig) -> None:
         f"data.root is not set: data={kind} reads {where}; give data.root=/path/to/the/folder (holding {layout}), "
         f"{DEMO_HINT}"
     )
+
+
+def _check_knobs(cfg: DictConfig) -> None:
+    """The opt-in knobs, here rather than once the net and the loaders are built."""
+    train, sched = cfg.train, cfg.sched
+    if not 0 <= train.label_smoothing < 1:
+        raise ConfigError(f"train.label_smoothing={train.label_smoothing}: give a value in [0, 1) (0: off)")
+    if train.clip_grad_norm < 0:
+        raise ConfigError(f"train.clip_grad_norm={train.clip_grad_norm}: give a norm above 0, or 0 (off)")
+    if not 0 <= train.ema_decay < 1:
+        raise ConfigError(
+            f"train.ema_decay={train.ema_decay}: give a decay in (0, 1), e.g. 0.9999, or 0 (off)"
+        )
+    _at_least("sched.warmup_epochs", sched.warmup_epochs, 0, "give 0 (no warm-up) or more epochs")
+    if sched.name == "cosine" and sched.warmup_epochs >= train.epochs:
+        raise ConfigError(
+            f"sched=cosine with sched.warmup_epochs={sched.warmup_epochs} and train.epochs={train.epochs}: the "
+            "cosine needs epochs after the warm-up; lower sched.warmup_epochs or raise train.epochs"
+        )
 
 
 def _check_train(cfg: DictConfig, world_size: int) -> None:

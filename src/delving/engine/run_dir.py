@@ -19,7 +19,9 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from delving.config import may_change_on_resume
 from delving.errors import UserError
+from delving.evaluation.config import Protocol
 from delving.io import atomic_write_text, remove_stale_temps
 
 log = logging.getLogger("delving")
@@ -29,10 +31,18 @@ FINISHED_FILE = "finished.json"
 PREVIOUS_FOLDER = "previous"
 # What a run writes; start_over moves these aside (the Hydra config and train.log of this launch stay).
 RUN_OUTPUTS = ("last.pt", "best-*.pt", "metrics.jsonl", "predictions-*.npz", FINISHED_FILE, "wandb")
+# The files only the run (the lock holder) writes: a temp file of these is a killed write's, never a live one
+# (delving-eval's files beside last.pt carry their scales in the name).
+TRAINER_FILES = ("last.pt", "metrics.jsonl", FINISHED_FILE, *(f"predictions-{p.value}.npz" for p in Protocol))
 
 
 class RunDirectoryBusy(UserError):
     pass
+
+
+def starts_fresh(resume: str | None) -> bool:
+    """resume=null: a new run (refused into a directory that holds one, unless start_over=true)."""
+    return resume in (None, "", "null")
 
 
 class RunDirectory:
@@ -75,7 +85,7 @@ class RunDirectory:
         )
         handle.flush()
         self._lock_handle = handle
-        remove_stale_temps(self.path)
+        remove_stale_temps(self.path, TRAINER_FILES)
 
     def unlock(self) -> None:
         if self._lock_handle is not None:
@@ -111,24 +121,6 @@ class RunDirectory:
         )
 
 
-# Overrides that change where or how a run is launched, resumed or logged, not which run it is.
-NOT_IDENTITY = (
-    "experiment",  # already the parent folder
-    "run_name",
-    "resume",
-    "start_over",
-    "launcher",
-    "logger",
-    "hydra",
-    "train.device",
-    "train.dist_timeout_s",
-    "train.requeue_on_usr1",
-    "train.final_eval",
-    "data.num_workers",
-    "data.prefetch_factor",
-)
-
-
 def run_name_from_overrides(overrides: list[str]) -> str:
     """The run directory's name when no run_name= is given: the same command always gives the same name.
 
@@ -147,4 +139,6 @@ def run_name_from_overrides(overrides: list[str]) -> str:
 
 
 def _is_launch_key(key: str) -> bool:
-    return any(key == k or key.startswith(k + ".") for k in NOT_IDENTITY)
+    """Left out of the name: the experiment (already the parent folder) and the keys a resume may change,
+    except data.root: two data sets are two runs, though a named run may move to a copy of its data."""
+    return key == "experiment" or (key != "data.root" and may_change_on_resume(key))

@@ -1,4 +1,4 @@
-"""Stop requests from the outside: SLURM's pre-timeout signal, preemption, scancel, Kubernetes, Ctrl-C.
+"""Stop requests from the outside: SLURM's pre-timeout signal, preemption, scancel, Kubernetes, docker stop.
 
 The handler only records the signal; the trainer checks it at each step boundary, where every rank
 agrees, saves an exact mid-epoch last.pt and exits with EXIT_STOPPED. Between phases where no step

@@ -39,7 +39,6 @@ from delving.dist import (
     DistributedContext,
     agree,
     all_reduce,
-    barrier,
     fail_together,
     failing_together,
     gather_to_main,
@@ -47,6 +46,7 @@ from delving.dist import (
 from delving.engine.config import Precision
 from delving.engine.logging import MetricsLog, ProgressLine, log, progress_bar
 from delving.engine.optim import EpochScheduler, build_optimizer
+from delving.engine.run_dir import starts_fresh
 from delving.engine.signals import StopRequested, StopSignals
 from delving.errors import UserError
 from delving.models import build_model
@@ -91,14 +91,13 @@ class Trainer:
             self._build_loaders()
         self.net = self._wrap_model()
         self.state = TrainState()
+        self.metrics: MetricsLog | None = None
         with failing_together(ctx):
             wandb_run_id = self._restore_or_seed()
-        self.metrics = (
-            MetricsLog(self.run_dir, cfg.logger, self.config, wandb_run_id) if self.ctx.is_main else None
-        )
-        if self.metrics is not None:
-            # Records a killed run wrote after last.pt (and its validation, when last.pt was saved before it).
-            self.metrics.truncate_after(self.state.global_step, keep_val=not self.state.val_pending)
+            if self.ctx.is_main:
+                self.metrics = MetricsLog(self.run_dir, cfg.logger, self.config, wandb_run_id)
+                # Records a killed run wrote after last.pt (and its validation, when last.pt came before it).
+                self.metrics.truncate_after(self.state.global_step, keep_val=not self.state.val_pending)
 
     def _per_rank_batch(self) -> int:
         train = self.cfg.train
@@ -177,14 +176,17 @@ class Trainer:
 
     # ---------------------------------------------------------------- resume
     def _resume_path(self) -> Path | None:
-        resume = self.cfg.resume
-        if resume in (None, "", "null"):
+        resume, last = self.cfg.resume, self.run_dir / "last.pt"
+        if starts_fresh(resume):
             return None
         if resume == "auto":
-            last = self.run_dir / "last.pt"
             if not last.exists():
                 log.info("resume=auto: no %s yet, starting a new run", last)
                 return None
+            return last
+        if last.exists() and last.resolve() != Path(resume).resolve():
+            # A relaunched or requeued job repeats its command: once the run has its own last.pt, that wins.
+            log.info("resume=%s: the run has its own %s now, which is where it continues", resume, last)
             return last
         return Path(resume)
 
@@ -232,25 +234,29 @@ class Trainer:
         return checkpoint.wandb_run_id
 
     def _save(self, name: str) -> Path | None:
-        """Collective: gathers every rank's RNG state; rank 0 writes run_dir/name atomically."""
+        """Collective: gathers every rank's RNG state; rank 0 writes run_dir/name atomically. A failed write
+        (a full disk) stops every rank with its message, not only rank 0."""
         rng_states = gather_to_main(capture_rng_state(), self.ctx)
         path = self.run_dir / name
-        if self.ctx.is_main:
-            Checkpoint(
-                model=self.model.state_dict(),
-                config=self.config,
-                classes=list(self.classes),
-                train_state=self.state.state_dict(),
-                optimizer=self.optimizer.state_dict(),
-                scheduler=self.scheduler.state_dict(),
-                scaler=self.scaler.state_dict(),
-                rng=rng_states or [],
-                wandb_run_id=self.metrics.wandb_run_id if self.metrics else None,
-                pretrained_cfg=Checkpoint.pretrained_cfg_of(self.model, self.config),
-                ema=self.ema.state_dict() if self.ema is not None else None,
-            ).save(path)
-        barrier(self.ctx)
+        with failing_together(self.ctx):
+            if self.ctx.is_main:
+                self._checkpoint(rng_states or []).save(path)
         return path if self.ctx.is_main else None
+
+    def _checkpoint(self, rng_states: list[dict[str, Any]]) -> Checkpoint:
+        return Checkpoint(
+            model=self.model.state_dict(),
+            config=self.config,
+            classes=list(self.classes),
+            train_state=self.state.state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            scaler=self.scaler.state_dict(),
+            rng=rng_states,
+            wandb_run_id=self.metrics.wandb_run_id if self.metrics else None,
+            pretrained_cfg=Checkpoint.pretrained_cfg_of(self.model, self.config),
+            ema=self.ema.state_dict() if self.ema is not None else None,
+        )
 
     def _update_best_k(self, top1_error: float, finished: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """This epoch's best-k entry and the entries it pushes out; updated before last.pt is saved."""
@@ -377,12 +383,16 @@ class Trainer:
                 f"validation counted {int(seen + skipped)} images, the split has {self.val_loader.num_samples}"
             )
         self.model.train()
+        if not seen:
+            raise UserError(
+                f"no validation image could be read ({int(skipped)} skipped); check the val split"
+            )
         return {
             "val_top1_error": 100 * (1 - top1_hits / seen),
             "val_top5_error": 100 * (1 - top5_hits / seen),
         }
 
-    def train_epoch(self, max_steps: int | None = None) -> None:
+    def train_epoch(self) -> None:
         """Trains the rest of the current epoch (from `step_in_epoch`), logging and checkpointing on the way.
 
         Raises StopRequested after saving last.pt when a stop signal reached any rank.
@@ -398,7 +408,7 @@ class Trainer:
         line = ProgressLine(self, steps, plain=self.ctx.is_main and bar.disable)
         pending: list[torch.Tensor] = []
         batches = iter(self.train_loader.epoch(state.epoch, state.step_in_epoch))
-        for done in range(1, steps - state.step_in_epoch + 1):
+        for _ in range(steps - state.step_in_epoch):
             error, batch = None, None
             waited = time.perf_counter()
             try:
@@ -407,7 +417,8 @@ class Trainer:
                 error = exc
             line.waited(time.perf_counter() - waited)
             stop, log_now = self._agree(error, line.due())
-            if stop:
+            if stop:  # the losses first: a NaN in the unchecked steps must not reach last.pt
+                self._check_losses(pending, state.global_step - len(pending) + 1)
                 self._save("last.pt")
                 raise StopRequested(self.stop.received or signal.SIGTERM)
             images, labels = batch  # type: ignore[misc]
@@ -436,8 +447,6 @@ class Trainer:
                 os.kill(os.getpid(), signal.SIGKILL)
             if step_sleep:
                 time.sleep(step_sleep)
-            if max_steps is not None and done >= max_steps:
-                break
         bar.close()
         self._check_losses(pending, state.global_step - len(pending) + 1)
 
@@ -465,10 +474,11 @@ class Trainer:
         )  # fmt: skip
         self._write_metrics(type="val", epoch=finished, lr=self.scheduler.lr, **val)
         ranked = self._update_best_k(val["val_top1_error"], finished)  # the same on every rank
-        self.state.val_pending = False
+        self.state.val_pending, self.state.last_val = False, dict(val)
         last = self._save("last.pt")
-        if last is not None:
-            self._link_best(last, *ranked)
+        with failing_together(self.ctx):
+            if last is not None:
+                self._link_best(last, *ranked)
         return val
 
     def fit(self) -> dict[str, float]:
@@ -480,13 +490,14 @@ class Trainer:
             cfg.train.batch_size, self.ctx.world_size, self.device, self.run_dir,
         )  # fmt: skip
         self.model.train()
-        last_val = self.finish_validation() if self.state.val_pending else {}
+        if self.state.val_pending:
+            self.finish_validation()
         while self.state.epoch < cfg.train.epochs:
             self.train_epoch()
-            last_val = self.end_epoch() or last_val
+            self.end_epoch()
         if self.ema is not None:  # training is over: the final evaluation reads the EMA, as validation did
             self.model.load_state_dict(self._ema_weights())
-        return last_val
+        return self.state.last_val
 
     def _write_metrics(self, **record: Any) -> None:
         if self.metrics is not None:

@@ -88,10 +88,3 @@ class EnsembleAppConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     output_dir: str = "outputs/ensemble"  # gets ensemble.md and ensemble.json (and the predictions)
     save_predictions: bool = False  # also write the ensemble's probabilities as ensemble.npz
-
-
-def register_configs() -> None:
-    """The same as delving.config.register_all (every schema is stored in one place)."""
-    from delving.config import register_all
-
-    register_all()

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from delving.data.config import DataConfig, DatasetKind
 from delving.data.datasets import ClassListError, check_class_lists, class_names, resolve_root
 from delving.data.decode import BadImageError, decode_image
-from delving.data.loaders import BadFileCounter, Failure, SampleReader, open_split
+from delving.data.loaders import BadFileCounter, Failure, SampleReader, init_worker_process, open_split
 from delving.data.transforms import resize_shorter, to_model_input
 from delving.dist import (
     DistributedContext,
@@ -131,10 +131,6 @@ class _EvalImages(Dataset):
         return k, views, None
 
 
-def _one_thread_per_worker(_: int) -> None:
-    torch.set_num_threads(1)
-
-
 class _BucketedRunner:
     """Accumulates per-image probability sums from jobs batched by input shape.
 
@@ -229,7 +225,7 @@ def _items(
         dataset,
         batch_size=None,
         num_workers=workers,
-        worker_init_fn=_one_thread_per_worker,
+        worker_init_fn=init_worker_process,
         prefetch_factor=4,
     )
     iterator = iter(loader)

@@ -63,8 +63,10 @@ def input_normalization(
     (1 / 255 when nothing is divided) that is delving's pixel - pixel_mean [/ pixel_std].
     """
     normalize = getattr(normalize, "value", normalize)
-    if normalize not in ("mean", "mean_std"):
-        raise ValueError(f"normalize={normalize!r}: give 'mean' or 'mean_std'")
+    if normalize not in ("mean", "mean_std", "mean_image"):
+        raise ValueError(f"normalize={normalize!r}: give 'mean', 'mean_std' or 'mean_image'")
+    # mean_image: delving subtracts the training set's mean image (data.normalize=mean_image); timm can only
+    # subtract a colour, so its fields hold the mean colour: the closest input timm's transforms can give.
     std = tuple(float(s) for s in pixel_std) if normalize == "mean_std" and pixel_std is not None else None
     if normalize == "mean_std" and std is None:
         raise ValueError("normalize='mean_std' needs pixel_std")

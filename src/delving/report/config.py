@@ -38,10 +38,3 @@ class ReportAppConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     title: str = "Delving Deep into Rectifiers: reproduction report"
     command: str | None = None  # recorded in the report header; None: the command line of this call
-
-
-def register_configs() -> None:
-    """The same as delving.config.register_all (every schema is stored in one place)."""
-    from delving.config import register_all
-
-    register_all()
