@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -183,3 +184,21 @@ def test_a_run_on_the_training_sets_mean_image_saves_and_resumes(tmp_path: Path)
     assert made.returncode == 0 and (root / "mean_image.npy").exists(), made.stderr[-2000:]
     run_train(tmp_path / "run", [*data, "data.normalize=mean_image", "train.epochs=1"])
     assert Checkpoint.load(tmp_path / "run" / "last.pt").pretrained_cfg["normalize"] == "mean_image"
+
+
+@pytest.mark.ddp
+def test_a_log_that_is_not_a_terminal_gets_plain_progress_lines(single_run: Path) -> None:
+    lines = re.findall(
+        r"epoch (\d)/2 step (\d)/6 \| loss [\d.]+ \| lr [\d.e-]+ \| \d+ img/s \| data wait \d+% \| "
+        r"epoch ETA [\d.]+ s \| run ETA [\dms. ]+",
+        (single_run / "train.log").read_text(),
+    )
+    assert [(int(e), int(s)) for e, s in lines] == [(e, s) for e in (0, 1) for s in (2, 4, 6)]
+
+
+def test_a_plain_progress_line_is_also_due_by_the_clock(tmp_path: Path) -> None:
+    """log_every_seconds=0: a line at every step, although metrics are written only every 100 steps."""
+    run_train(tmp_path, ["logger.log_every_steps=100", "logger.log_every_seconds=0", "train.epochs=1"])
+    log_text = (tmp_path / "train.log").read_text()
+    assert [int(s) for s in re.findall(r"epoch 0/1 step (\d)/6 \|", log_text)] == [1, 2, 3, 4, 5, 6]
+    assert _records(tmp_path, "train") == []

@@ -41,6 +41,18 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     signal during the write removes the temp file; a SIGKILL leaves it, and `remove_stale_temps` clears it.
     """
     path = Path(path)
+    tmp = _write_temp(path, write)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_folder(path.parent)
+    return path
+
+
+def _write_temp(path: Path, write: Callable[[BinaryIO], None]) -> Path:
+    """The temp sibling of `path`, written and fsynced; removed again if the write fails."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
     try:
@@ -48,12 +60,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_folder(path.parent)
-    return path
+    return tmp
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -65,13 +75,9 @@ def atomic_write_texts(files: dict[Path, str]) -> None:
     temps: list[tuple[Path, Path]] = []
     try:
         for path, text in files.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = temp_path(path)
-            temps.append((tmp, path))
-            with open(tmp, "xb") as handle:
-                handle.write(text.encode("utf-8"))
-                handle.flush()
-                os.fsync(handle.fileno())
+            temps.append(
+                (_write_temp(path, lambda handle, text=text: handle.write(text.encode("utf-8"))), path)
+            )
         for tmp, path in temps:
             os.replace(tmp, path)
             fsync_folder(path.parent)

@@ -8,7 +8,6 @@ import math
 import os
 import sys
 import time
-from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +16,7 @@ from tqdm import tqdm
 from delving.engine.config import LoggerConfig, WandbMode
 from delving.errors import UserError
 from delving.io import atomic_write_text
+from delving.progress import format_duration
 
 if TYPE_CHECKING:
     from delving.engine.trainer import Trainer
@@ -160,11 +160,7 @@ class ProgressLine:
                 "epoch ETA %s | run ETA %s",
                 state.epoch, trainer.cfg.train.epochs, state.step_in_epoch, self.steps, loss,
                 trainer.scheduler.lr, images_per_s, 100 * self.wait / elapsed,
-                _duration(epoch_left * per_step), _duration(run_left * per_step),
+                format_duration(epoch_left * per_step), format_duration(run_left * per_step),
             )  # fmt: skip
         self._reset()
         return images_per_s
-
-
-def _duration(seconds: float) -> str:
-    return str(timedelta(seconds=round(seconds)))
