@@ -55,6 +55,10 @@ class DataConfig:
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD_RGB))
     mean_image: str | None = None  # normalize=mean_image: the .npy file; None: <root>/mean_image.npy
     use_draft: bool = True  # Pillow's reduced-size JPEG decoding when the reduced image still covers s
+    # Training input only: the workers send the JPEG bytes and the training device decodes them (nvJPEG on a
+    # GPU, via torchvision.io.decode_jpeg) and crops, flips and lights them there (data/device_decode.py).
+    # false: Pillow in the workers (the reference path). Files decode_jpeg cannot read are decoded by Pillow.
+    decode_on_device: bool = False
 
     num_workers: int = 4  # per rank
     prefetch_factor: int = 2  # batches per worker in flight

@@ -30,6 +30,8 @@ ImageSource = str | os.PathLike | IO[bytes]  # a path, or an open file / BytesIO
 
 
 def source_name(source: ImageSource) -> str:
+    if isinstance(source, str | os.PathLike):  # a Path's `name` is only its last part
+        return os.fspath(source)  # type: ignore[return-value]
     return str(getattr(source, "name", source))
 
 

@@ -18,7 +18,7 @@ import random
 import signal
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -27,8 +27,9 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from delving.data.config import DataConfig, DatasetKind, as_data_config, validate
 from delving.data.datasets import check_class_lists, list_classes, list_samples, resolve_root
 from delving.data.decode import BadImageError, ImageSource, TooManyBadImagesError
+from delving.data.device_decode import DeviceTrainTransform, EncodedImage, read_for_device
 from delving.data.shards import ShardReader, index_path, read_index
-from delving.data.transforms import EvalTransform, TrainTransform, sample_rng
+from delving.data.transforms import EvalTransform, TrainDraws, TrainTransform, sample_rng
 
 log = logging.getLogger(__name__)
 
@@ -149,12 +150,20 @@ def seed_worker_globals(seed: int, rank: int, epoch: int, worker: int) -> None:
     torch.manual_seed(int(ss.generate_state(1, dtype=np.uint64)[0]) & ((1 << 63) - 1))
 
 
+class _EncodeForDevice:
+    """The workers' share of data.decode_on_device: read the file, keep the draws for the device."""
+
+    def __call__(self, source: ImageSource, draws: TrainDraws) -> tuple[EncodedImage, TrainDraws]:
+        return read_for_device(source), draws
+
+
 class _TrainSet(Dataset):
     """Map-style set keyed by (epoch, index); replaces an unreadable sample by the next readable one."""
 
     def __init__(self, reader: SampleReader, cfg: DataConfig, seed: int, rank: int) -> None:
         self.reader = reader
-        self.transform = TrainTransform(cfg)
+        self.draw = TrainTransform(cfg).draws
+        self.transform = _EncodeForDevice() if cfg.decode_on_device else TrainTransform(cfg)
         self.seed = seed
         self.rank = rank
         self.seeded_epoch: int | None = None
@@ -162,13 +171,13 @@ class _TrainSet(Dataset):
     def __len__(self) -> int:
         return len(self.reader)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int, list[Failure]]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Any, int, list[Failure]]:
         epoch, index = key
         info = get_worker_info()
         if info is not None and epoch != self.seeded_epoch:  # persistent workers live across epochs
             seed_worker_globals(self.seed, self.rank, epoch, info.id)
             self.seeded_epoch = epoch
-        draws = self.transform.draws(sample_rng(self.seed, epoch, index))
+        draws = self.draw(sample_rng(self.seed, epoch, index))
         failures: list[Failure] = []
         for step in range(min(MAX_CONSECUTIVE_BAD, len(self.reader))):
             candidate = (index + step) % len(self.reader)
@@ -234,8 +243,11 @@ class _WorkerInit:
         seed_worker_globals(self.seed, self.rank, self.batches.epoch if self.batches else 0, worker)
 
 
-def _collate_train(items: list[tuple[torch.Tensor, int, list[Failure]]]):
-    images = torch.stack([image for image, _, _ in items])
+def _collate_train(items: list[tuple[Any, int, list[Failure]]]):
+    if isinstance(items[0][0], tuple):  # data.decode_on_device: (EncodedImage, TrainDraws) pairs, as they are
+        images: Any = [sample for sample, _, _ in items]
+    else:
+        images = torch.stack([image for image, _, _ in items])
     labels = torch.tensor([label for _, label, _ in items], dtype=torch.int64)
     return images, labels, [f for _, _, failures in items for f in failures]
 
@@ -257,7 +269,10 @@ def _loader_kwargs(cfg: DataConfig, pin_memory: bool, init: _WorkerInit) -> dict
 
 
 class TrainLoader:
-    """The paper's training input for one rank: `epoch(e, start_step)` yields (float32 NCHW, int64) batches."""
+    """The paper's training input for one rank: `epoch(e, start_step)` yields (float32 NCHW, int64) batches.
+
+    With data.decode_on_device the images come decoded and transformed on `device` (data/device_decode.py).
+    """
 
     def __init__(
         self,
@@ -267,6 +282,7 @@ class TrainLoader:
         world_size: int = 1,
         seed: int = 0,
         pin_memory: bool = False,
+        device: torch.device | str = "cpu",
     ) -> None:
         if not 0 <= rank < world_size or batch_size < 1:
             raise ValueError(
@@ -283,6 +299,7 @@ class TrainLoader:
                 f"{len(reader)} training samples are fewer than one global batch of {batch_size * world_size}"
             )
         self.bad_files = BadFileCounter(cfg.max_bad_fraction, self.steps_per_epoch * batch_size)
+        self.on_device = DeviceTrainTransform(cfg, device) if cfg.decode_on_device else None
         self._loader = DataLoader(
             _TrainSet(reader, cfg, seed, rank),
             batch_sampler=self.batches,
@@ -296,7 +313,12 @@ class TrainLoader:
             raise ValueError(f"start_step={start_step} outside [0, {self.steps_per_epoch}]")
         self.batches.set_epoch(epoch, start_step)
         for images, labels, failures in self._loader:
-            self.bad_files.update(len(labels), failures)
+            failed: list[Failure] = []
+            if self.on_device is not None:
+                encoded, draws = zip(*images, strict=True)
+                images, labels, failed = self.on_device(list(encoded), list(draws), labels)
+            # A file the device could not decode was read and skipped; its place holds a repeat.
+            self.bad_files.update(len(labels) - len(failed), [*failures, *failed])
             yield images, labels
 
 

@@ -85,12 +85,18 @@ def _window(
     return img.resize((crop, crop), Image.Resampling.BILINEAR, box=box)
 
 
+def crop_origin(draws: TrainDraws, out_w: int, out_h: int, crop_size: int) -> tuple[int, int]:
+    """(left, top) of the random crop in the image resized to (out_w, out_h): every position equally likely."""
+    left = min(int(draws.crop_x * (out_w - crop_size + 1)), out_w - crop_size)
+    top = min(int(draws.crop_y * (out_h - crop_size + 1)), out_h - crop_size)
+    return left, top
+
+
 def train_crop(path: ImageSource, draws: TrainDraws, crop_size: int, use_draft: bool) -> Image.Image:
     """Decode, then resize-to-s + crop + flip in one window resample. Raises BadImageError."""
     img, full_size = decode_image_with_size(path, draws.scale if use_draft else None)
     out_w, out_h = resized_size(*full_size, draws.scale)
-    left = min(int(draws.crop_x * (out_w - crop_size + 1)), out_w - crop_size)
-    top = min(int(draws.crop_y * (out_h - crop_size + 1)), out_h - crop_size)
+    left, top = crop_origin(draws, out_w, out_h, crop_size)
     window = _window(img, full_size, draws.scale, left, top, crop_size)
     return window.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if draws.flip else window
 
@@ -98,9 +104,7 @@ def train_crop(path: ImageSource, draws: TrainDraws, crop_size: int, use_draft: 
 def reference_crop(img: Image.Image, draws: TrainDraws, crop_size: int) -> Image.Image:
     """torchvision's Resize(s) + RandomCrop + RandomHorizontalFlip with our draws: the yardstick of the fast path."""
     resized = TF.resize(img, draws.scale, interpolation=TF.InterpolationMode.BILINEAR)
-    out_w, out_h = resized.size
-    left = min(int(draws.crop_x * (out_w - crop_size + 1)), out_w - crop_size)
-    top = min(int(draws.crop_y * (out_h - crop_size + 1)), out_h - crop_size)
+    left, top = crop_origin(draws, *resized.size, crop_size)
     cropped = TF.crop(resized, top, left, crop_size, crop_size)
     return TF.hflip(cropped) if draws.flip else cropped
 
