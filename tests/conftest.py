@@ -68,3 +68,19 @@ def ddp_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     assert killed.returncode != 0
     run_train(runs["two_killed"], [*EQUAL_RUN, "resume=auto"], nproc=2)
     return runs
+
+
+# DDP's tuning knobs together (static_graph refuses gradient accumulation: preflight, PyTorch issue 143580).
+TUNED_DDP = [
+    "train.ddp.bucket_cap_mb=0.01",
+    "train.ddp.gradient_as_bucket_view=true",
+    "train.ddp.static_graph=true",
+]
+
+
+@pytest.fixture(scope="session")
+def tuned_ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ddp_runs' two-process run with every DDP knob turned (tiny buckets: several all-reduces per step)."""
+    run = tmp_path_factory.mktemp("ddp_tuned")
+    run_train(run, [*EQUAL_RUN, *TUNED_DDP], nproc=2)
+    return run

@@ -202,10 +202,27 @@ def test_bare_delving_train_refuses_before_importing_the_model_code(tmp_path: Pa
         ("train.clip_grad_norm=-1", "train.clip_grad_norm=-1"),
         ("train.ema_decay=1.0", "train.ema_decay=1.0"),
         ("sched.warmup_epochs=-1", "sched.warmup_epochs"),
+        ("sched.warmup_unit=step", "sched.warmup_unit=step with sched.warmup_epochs=0"),
+        (
+            "optim.reference_batch_size=0",
+            "optim.reference_batch_size=0: give the batch optim.lr was tuned for",
+        ),
+        ("train.ddp.bucket_cap_mb=0", "train.ddp.bucket_cap_mb=0.0: give a bucket size"),
     ],
 )
 def test_the_opt_in_knobs_are_checked_before_any_work(override: str, key: str) -> None:
     assert key in refusal(*TINY, override)
+
+
+def test_ddp_static_graph_refuses_gradient_accumulation() -> None:
+    message = refusal(*TINY, "train.ddp.static_graph=true", "train.grad_accum_steps=2")
+    assert message.startswith(
+        "train.ddp.static_graph=true with train.grad_accum_steps=2: PyTorch's DDP breaks"
+    )
+
+
+def test_a_plateau_schedule_refuses_a_warm_up_before_any_work() -> None:
+    assert "plateau rule takes no warm-up" in refusal(*TINY, "sched=plateau", "sched.warmup_epochs=1")
 
 
 def test_a_cosine_schedule_needs_epochs_after_its_warm_up() -> None:

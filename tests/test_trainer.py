@@ -57,6 +57,16 @@ def test_two_process_ddp_equals_one_process(ddp_runs: dict[str, Path]) -> None:
 
 
 @pytest.mark.ddp
+def test_ddp_with_its_knobs_turned_still_equals_one_process(
+    ddp_runs: dict[str, Path], tuned_ddp_run: Path
+) -> None:
+    one, tuned = _weights(ddp_runs["one_proc"] / "last.pt"), _weights(tuned_ddp_run / "last.pt")
+    for key in one:
+        torch.testing.assert_close(tuned[key], one[key], rtol=1e-4, atol=1e-6)
+    assert Checkpoint.load(tuned_ddp_run / "last.pt").config["train"]["ddp"]["static_graph"] is True
+
+
+@pytest.mark.ddp
 def test_metrics_hold_train_records_every_log_step_and_one_val_record_per_epoch(single_run: Path) -> None:
     train, val = _records(single_run, "train"), _records(single_run, "val")
     assert [r["step"] for r in train] == [2, 4, 6, 8, 10, 12] and [r["epoch"] for r in val] == [0, 1]

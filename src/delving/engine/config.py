@@ -34,6 +34,15 @@ class OptimConfig:
     name: OptimKind = OptimKind.sgd  # adamw: an opt-in modern recipe (configs/optim/adamw.yaml)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw only
     eps: float = 1e-8  # adamw only
+    # Large batches (Goyal et al. 2017): true trains at lr * train.batch_size / reference_batch_size (lr stays
+    # the LR of the reference batch); pair it with sched.warmup_unit=step. false: lr as given (the paper).
+    scale_lr: bool = False
+    reference_batch_size: int = 128  # the batch `lr` was tuned for (the paper's 128)
+
+
+class WarmupUnit(str, Enum):
+    epoch = "epoch"  # the LR changes at epoch ends only (a mid-epoch resume needs no step count)
+    step = "step"  # a linear ramp over every step of the warm-up epochs (Goyal et al.'s gradual warm-up)
 
 
 class SchedKind(str, Enum):
@@ -56,6 +65,9 @@ class SchedConfig:
     # Linear warm-up, per epoch: epoch e < warmup_epochs trains at lr * (e + 1) / (warmup_epochs + 1), then
     # the schedule starts (milestones, constant, cosine; plateau refuses a warm-up). 0: none (the paper).
     warmup_epochs: int = 0
+    # step: the warm-up rises every step, from lr / k (k = the optim.scale_lr factor, so the reference batch's
+    # LR) or from ~0 without scaling, to the full LR at the end of warmup_epochs (engine/optim.py:warmup_factor).
+    warmup_unit: WarmupUnit = WarmupUnit.epoch
 
 
 class WandbMode(str, Enum):
@@ -88,6 +100,15 @@ class Precision(str, Enum):
 
 
 @dataclass
+class DDPConfig:
+    """DistributedDataParallel's own knobs: how gradients travel, never what they are (a resume may change them)."""
+
+    bucket_cap_mb: float = 25.0  # PyTorch's default; larger buckets: fewer all-reduce calls, later overlap
+    gradient_as_bucket_view: bool = False  # true: .grad are views of the buckets (saves a copy and memory)
+    static_graph: bool = False  # true: the same parameters get gradients every step (true of every net here)
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 80
     batch_size: int = 128  # global: split over ranks (and accumulation steps)
@@ -103,6 +124,7 @@ class TrainConfig:
     val_max_images: int | None = None  # e.g. 3000 for Figs. 2-3's error curves; None: the whole split
     final_eval: bool = True  # run the `eval` protocol on the val split after the last epoch
     dist_timeout_s: int = 1800
+    ddp: DDPConfig = field(default_factory=DDPConfig)
     # On SIGUSR1 (SLURM's pre-timeout --signal) under a SLURM batch job, `scontrol requeue` it after saving.
     requeue_on_usr1: bool = True
     # Opt-in modern knobs, all off by default (the paper's recipe): see README "Fine-tuning, extending and

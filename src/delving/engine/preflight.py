@@ -84,6 +84,31 @@ def _check_knobs(cfg: DictConfig) -> None:
             f"train.ema_decay={train.ema_decay}: give a decay in (0, 1), e.g. 0.9999, or 0 (off)"
         )
     _at_least("sched.warmup_epochs", sched.warmup_epochs, 0, "give 0 (no warm-up) or more epochs")
+    if sched.name == "plateau" and sched.warmup_epochs:
+        raise ConfigError(
+            f"sched.warmup_epochs={sched.warmup_epochs} with sched=plateau: the plateau rule takes no warm-up; "
+            "use sched=milestones, constant or cosine, or sched.warmup_epochs=0"
+        )
+    if sched.warmup_unit == "step" and not sched.warmup_epochs:
+        raise ConfigError(
+            "sched.warmup_unit=step with sched.warmup_epochs=0: give the warm-up's length, e.g. "
+            "sched.warmup_epochs=5 (Goyal et al.), or leave warmup_unit out"
+        )
+    _at_least(
+        "optim.reference_batch_size", cfg.optim.reference_batch_size, 1,
+        "give the batch optim.lr was tuned for (the paper's: 128)",
+    )  # fmt: skip
+    if train.ddp.static_graph and train.grad_accum_steps > 1:
+        # PyTorch's reducer asserts on the first no_sync backward under static_graph, and once past it stops
+        # all-reducing (pytorch/pytorch issues 143580, PR 187732): refused until PyTorch fixes it.
+        raise ConfigError(
+            f"train.ddp.static_graph=true with train.grad_accum_steps={train.grad_accum_steps}: PyTorch's DDP "
+            "breaks on no_sync under a static graph; use train.ddp.static_graph=false or train.grad_accum_steps=1"
+        )
+    if not train.ddp.bucket_cap_mb > 0:
+        raise ConfigError(
+            f"train.ddp.bucket_cap_mb={train.ddp.bucket_cap_mb}: give a bucket size in MB above 0 (PyTorch's: 25)"
+        )
     if sched.name == "cosine" and sched.warmup_epochs >= train.epochs:
         raise ConfigError(
             f"sched=cosine with sched.warmup_epochs={sched.warmup_epochs} and train.epochs={train.epochs}: the "

@@ -45,7 +45,7 @@ from delving.dist import (
 )
 from delving.engine.config import Precision
 from delving.engine.logging import MetricsLog, ProgressLine, log, progress_bar
-from delving.engine.optim import EpochScheduler, build_optimizer
+from delving.engine.optim import EpochScheduler, build_optimizer, lr_scale
 from delving.engine.run_dir import starts_fresh
 from delving.engine.signals import StopRequested, StopSignals
 from delving.errors import UserError
@@ -83,12 +83,20 @@ class Trainer:
             self.model = build_model(cfg.model).to(self.device)
             if cfg.train.channels_last:
                 self.model = self.model.to(memory_format=torch.channels_last)
-            self.optimizer = build_optimizer(self.model, cfg.optim)
-            self.scheduler = EpochScheduler(self.optimizer, cfg.sched, cfg.train.epochs)
+            scale = lr_scale(cfg.optim, cfg.train.batch_size)
+            self.optimizer = build_optimizer(self.model, cfg.optim, scale)
             self.ema = self._build_ema()
             self.precision = Precision(cfg.train.precision)
             self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision is Precision.fp16)
             self._build_loaders()
+            self.scheduler = EpochScheduler(
+                self.optimizer, cfg.sched, cfg.train.epochs, scale, self.train_loader.steps_per_epoch
+            )
+        if scale != 1.0:
+            log.info(
+                "optim.scale_lr: lr %g x %d / %d = %g", cfg.optim.lr, cfg.train.batch_size,
+                cfg.optim.reference_batch_size, cfg.optim.lr * scale,
+            )  # fmt: skip
         self.net = self._wrap_model()
         self.state = TrainState()
         self.metrics: MetricsLog | None = None
@@ -119,6 +127,7 @@ class Trainer:
             world_size=self.ctx.world_size,
             seed=cfg.seed,
             pin_memory=self.device.type == "cuda",
+            device=self.device,
         )
         self.classes = list(self.train_loader.classes)
         if self.train_loader.num_classes != cfg.model.num_classes:
@@ -164,8 +173,13 @@ class Trainer:
     def _wrap_model(self) -> nn.Module:
         net: nn.Module = torch.compile(self.model) if self.cfg.train.compile else self.model
         if self.ctx.is_distributed:
+            ddp = self.cfg.train.ddp
             net = DistributedDataParallel(
-                net, device_ids=[self.device.index] if self.device.type == "cuda" else None
+                net,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                bucket_cap_mb=ddp.bucket_cap_mb,
+                gradient_as_bucket_view=ddp.gradient_as_bucket_view,
+                static_graph=ddp.static_graph,
             )
         return net
 
@@ -422,6 +436,7 @@ class Trainer:
                 self._save("last.pt")
                 raise StopRequested(self.stop.received or signal.SIGTERM)
             images, labels = batch  # type: ignore[misc]
+            self.scheduler.before_step(state.global_step)
             want_grad_norms = (state.global_step + 1) % log_every == 0
             loss, grad_norms = self.train_step(images, labels, want_grad_norms=want_grad_norms)
             pending.append(loss)
