@@ -12,13 +12,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from delving.evaluation.paper_results import PAPER_FIGURES, PAPER_TABLES, PaperRow, find_paper_row
+from delving.report.findings import (
+    EQUAL_MARGIN,
+    Evidence,
+    FindingResult,
+    Measure,
+    decide_all,
+    replicate_groups,
+    seed_of,
+)
 from delving.report.init_check import fmt_stat
 from delving.report.paper_slopes import TABLE1_SLOPES
 from delving.report.plots import new_figure, save_figure
 from delving.report.runs import EvalRecord, Run, label_runs
+from delving.report.stats import Estimate, Expect, Verdict, error_estimate, seed_estimate
 
 INIT_FIGURES = ("fig2", "fig3")
 
@@ -65,14 +77,15 @@ def _data_line(run: Run) -> str:
 
 def run_table(runs: list[Run]) -> list[str]:
     lines = [
-        "| run | folder | model | act | init | data | epochs | last val top-1 / top-5 (%) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| run | folder | seed | model | act | init | data | epochs | last val top-1 / top-5 (%) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         val = run.final_val or {}
         data = run.config.get("data", {})
         lines.append(
-            f"| {run.title} | `{run.path.name}` | {run.model.get('name')} (width {run.model.get('width')}) | "
+            f"| {run.title} | `{run.path.name}` | {seed_of(run)} | "
+            f"{run.model.get('name')} (width {run.model.get('width')}) | "
             f"{_act(run)} | {run.model.get('init')} | {data.get('name')} | "
             f"{run.config.get('train', {}).get('epochs')} | "
             f"{_num(val.get('val_top1_error'))} / {_num(val.get('val_top5_error'))} |"
@@ -91,8 +104,11 @@ def match_rows(key: str, runs: list[Run]) -> dict[str, tuple[Run, EvalRecord]]:
     return found
 
 
-def paper_table_section(key: str, runs: list[Run], ensembles: list[dict[str, Any]]) -> list[str]:
+def paper_table_section(
+    key: str, runs: list[Run], ensembles: list[dict[str, Any]], evidence: Evidence | None = None
+) -> list[str]:
     table = PAPER_TABLES[key]
+    evidence = evidence or Evidence(runs)
     matched = match_rows(key, runs)
     ensemble = next((e for e in ensembles if (e.get("paper_table") or {}).get("key") == key), None)
     if not matched and ensemble is None:
@@ -106,13 +122,29 @@ def paper_table_section(key: str, runs: list[Run], ensembles: list[dict[str, Any
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in table.rows:
-        ours = _ours_for_row(row, matched, ensemble)
+        ours = _ours_for_row(row, matched, ensemble, evidence)
         lines.append(f"| {row.label} | {_num(row.top1)} | {_num(row.top5)} | {ours} |")
     return [*lines, ""]
 
 
+def replicate_errors(evidence: Evidence, run: Run, record: EvalRecord) -> tuple[Estimate, Estimate, int]:
+    """Top-1 and top-5 error of `record`'s test over the run's replicates (its other seeds), with intervals."""
+    test = Measure("error", run.name, record.protocol, tuple(record.scales or ()))
+    replicates = [r for r in evidence.replicates_of(run) if _has_test(r, record)]
+    _, top1, _ = evidence.errors(replicates, test, k=1)
+    _, top5, _ = evidence.errors(replicates, test, k=5)
+    return error_estimate(top1), error_estimate(top5), len(replicates)
+
+
+def _has_test(run: Run, record: EvalRecord) -> bool:
+    return any(e.protocol == record.protocol and e.scales == record.scales for e in run.evals)
+
+
 def _ours_for_row(
-    row: PaperRow, matched: dict[str, tuple[Run, EvalRecord]], ensemble: dict[str, Any] | None
+    row: PaperRow,
+    matched: dict[str, tuple[Run, EvalRecord]],
+    ensemble: dict[str, Any] | None,
+    evidence: Evidence,
 ) -> str:
     if row.protocol == "ensemble" and ensemble is not None:
         ens, data = ensemble["ensemble"], ensemble["data"]
@@ -124,10 +156,9 @@ def _ours_for_row(
     if row.label not in matched:
         return "| | | |" if row.model is None else "– | – | not run | | "
     run, record = matched[row.label]
-    return (
-        f"{_num(record.top1_error)} | {_num(record.top5_error)} | {run.title} | {_describe_test(record)} | "
-        f"{_data_line(run)}"
-    )
+    top1, top5, seeds = replicate_errors(evidence, run, record)
+    title = f"{run.name}, {seeds} seeds" if seeds > 1 else run.title
+    return f"{top1.text()} | {top5.text()} | {title} | {_describe_test(record)} | {_data_line(run)}"
 
 
 # ------------------------------------------------------------------ init study (Figs. 2 and 3)
@@ -140,12 +171,10 @@ def _conv_names(run: Run) -> list[str]:
 def init_study_figure(study: str, runs: list[Run]) -> Figure:
     """Figure 2/3 style: val top-1 error vs epoch, He vs Xavier, plus the loss-gradient norms of the end convs."""
     fig, (ax_err, ax_grad) = new_figure(1, 2, width=11, height=4)
-    for run in runs:
+    for group in replicate_groups(runs):
+        run = group[0]  # the gradients of its first seed (the others look alike, and would hide it)
         init = str(run.model.get("init"))
-        vals = run.of_type("val")
-        ax_err.plot(
-            [v["epoch"] + 1 for v in vals], [v["val_top1_error"] for v in vals], marker="o", label=init
-        )
+        plot_val_curve(ax_err, group, init, marker="o")
         convs = _conv_names(run)
         trains = run.of_type("train")
         per_epoch = run.steps_per_epoch
@@ -161,7 +190,7 @@ def init_study_figure(study: str, runs: list[Run]) -> Figure:
     ax_err.set_title(f"{study}: {model}, ReLU, He vs Xavier init")
     ax_err.set_xlabel("epoch")
     ax_err.set_ylabel("val top-1 error (%)")
-    ax_grad.set_title("loss-gradient norm (weight decay excluded)")
+    ax_grad.set_title("loss-gradient norm (weight decay excluded), first seed")
     ax_grad.set_xlabel("epoch")
     ax_grad.set_ylabel("||dE/dW|| of the first and last conv")
     for ax in (ax_err, ax_grad):
@@ -201,18 +230,41 @@ def init_study_table(runs: list[Run]) -> list[str]:
 # ------------------------------------------------------------------ learned slopes (Table 1, Fig. 4)
 
 
+def layer_slopes(group: list[Run], layer: str) -> Estimate | None:
+    """The layer's mean learned slope over the replicates (one number per seed: its channels' mean)."""
+    values = [s.mean for run in group for s in run.slopes if s.layer == layer]
+    return seed_estimate(np.array(values)) if len(values) == len(group) else None
+
+
 def slopes_figure(title: str, runs: list[Run]) -> Figure:
-    """Per layer: channel-wise mean with its std as error bars, channel-shared values, Table 1's for net14."""
+    """Per layer: the mean slope with error bars (over seeds: the 95 % interval; one channel-wise run: the
+    spread of its channels), Table 1's values for net14."""
     fig, (ax,) = new_figure(1, 1, width=9, height=4)
     layers = [s.layer for s in runs[0].slopes]
     positions = range(len(layers))
-    for run in runs:
-        stats = {s.layer: s for s in run.slopes}
-        means = [stats[layer].mean if layer in stats else math.nan for layer in layers]
-        spreads = [stats[layer].std if layer in stats else 0.0 for layer in layers]
+    for group in replicate_groups(runs):
+        run = group[0]
         label = f"ours: {_act(run)}"
-        if any(s.count > 1 for s in run.slopes):
-            ax.errorbar(positions, means, yerr=spreads, marker="o", capsize=3, label=label + " (mean ± std)")
+        estimates = [layer_slopes(group, layer) for layer in layers]
+        means = [e.mean if e else math.nan for e in estimates]
+        if len(group) > 1:
+            errors = [
+                [e.mean - e.low if e else 0.0 for e in estimates],
+                [e.high - e.mean if e else 0.0 for e in estimates],
+            ]
+            label += f" (mean of {len(group)} seeds, 95 % interval)"
+            ax.errorbar(positions, means, yerr=errors, marker="o", capsize=3, label=label)
+        elif any(s.count > 1 for s in run.slopes):
+            stats = {s.layer: s for s in run.slopes}
+            spreads = [stats[layer].std if layer in stats else 0.0 for layer in layers]
+            ax.errorbar(
+                positions,
+                means,
+                yerr=spreads,
+                marker="o",
+                capsize=3,
+                label=label + " (mean ± std of channels)",
+            )
         else:
             ax.plot(positions, means, marker="s", label=label)
     if all(layer in TABLE1_SLOPES for layer in layers):
@@ -253,43 +305,171 @@ def slope_history_figure(run: Run) -> Figure | None:
 
 
 def slopes_table(runs: list[Run]) -> list[str]:
+    """A column per setting: one run's mean ± std of channels [min, max], or over seeds the mean of the
+    channels' means [95 % interval]."""
+    groups = replicate_groups(runs)
     names = [s.layer for s in runs[0].slopes]
     with_paper = all(layer in TABLE1_SLOPES for layer in names)
     header = "| layer |" + (" paper shared | paper wise |" if with_paper else "")
-    header += "".join(f" {run.title} mean ± std [min, max] |" for run in runs)
-    lines = [header, "|---|" + ("---|---|" if with_paper else "") + "---|" * len(runs)]
+    for group in groups:
+        what = f"mean of {len(group)} seeds [95 % interval]" if len(group) > 1 else "mean ± std [min, max]"
+        header += f" {group[0].setting_label if len(group) > 1 else group[0].title} {what} |"
+    lines = [header, "|---|" + ("---|---|" if with_paper else "") + "---|" * len(groups)]
     for layer in names:
         cells = [f"| {layer} |"]
         if with_paper:
             cells.append(f" {TABLE1_SLOPES[layer][0]:.3f} | {TABLE1_SLOPES[layer][1]:.3f} |")
-        for run in runs:
-            stat = next((s for s in run.slopes if s.layer == layer), None)
-            if stat is None:
-                cells.append(" – |")
-            elif stat.count == 1:
-                cells.append(f" {stat.mean:.3f} (shared) |")
-            else:
-                cells.append(f" {stat.mean:.3f} ± {stat.std:.3f} [{stat.min:.2f}, {stat.max:.2f}] |")
+        for group in groups:
+            cells.append(f" {_slope_cell(group, layer)} |")
         lines.append("".join(cells))
     return lines
+
+
+def _slope_cell(group: list[Run], layer: str) -> str:
+    if len(group) > 1:
+        estimate = layer_slopes(group, layer)
+        return "–" if estimate is None else estimate.text(3)
+    stat = next((s for s in group[0].slopes if s.layer == layer), None)
+    if stat is None:
+        return "–"
+    if stat.count == 1:
+        return f"{stat.mean:.3f} (shared)"
+    return f"{stat.mean:.3f} ± {stat.std:.3f} [{stat.min:.2f}, {stat.max:.2f}]"
+
+
+# ------------------------------------------------------------------ the paper's findings, decided
+
+
+VERDICT_COLOURS = {
+    Verdict.HOLDS: "tab:green",
+    Verdict.CONTRADICTED: "tab:red",
+    Verdict.INCONCLUSIVE: "tab:orange",
+}
+
+
+def _expected(result: FindingResult) -> str:
+    finding = result.finding
+    if finding.expect is Expect.EQUAL:
+        return f"within ±{finding.margin:g}"
+    return "< 0" if finding.expect is Expect.LESS else "> 0"
+
+
+def findings_table(results: list[FindingResult]) -> list[str]:
+    lines = [
+        "| source | the paper says | paper (a vs b) | ours: a | ours: b | a − b [95 % interval] | expected | seeds | verdict |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for result in results:
+        finding = result.finding
+        if result.verdict is None:
+            lines.append(
+                f"| {finding.source} | {finding.claim} | {finding.paper} | not run: {result.missing} | | | | | |"
+            )
+            continue
+        digits = 3 if finding.a.kind.startswith("slope") else 2
+        seeds = ",".join(map(str, result.seeds))
+        lines.append(
+            f"| {finding.source} | {finding.claim} | {finding.paper} | {result.a.text(digits)} | "
+            f"{result.b.text(digits)} | {result.difference.text(digits)} | {_expected(result)} | {seeds} | "
+            f"**{result.verdict.value}** |"
+        )
+    return lines
+
+
+def findings_figure(results: list[FindingResult]) -> Figure | None:
+    """Each decided error finding: a - b with its 95 % interval, coloured by verdict, against 0 (and ±margin)."""
+    shown = [r for r in results if r.verdict is not None and not r.finding.a.kind.startswith("slope")]
+    if not shown:
+        return None
+    fig, (ax,) = new_figure(1, 1, width=9, height=0.8 + 0.35 * len(shown))
+    for row, result in enumerate(reversed(shown)):
+        diff = result.difference
+        ax.errorbar(
+            [diff.mean],
+            [row],
+            xerr=[[diff.mean - diff.low], [diff.high - diff.mean]],
+            fmt="o",
+            capsize=3,
+            color=VERDICT_COLOURS[result.verdict],
+        )
+    ax.axvline(0.0, color="black", linewidth=0.8)
+    for margin in (-EQUAL_MARGIN, EQUAL_MARGIN):
+        ax.axvline(margin, color="grey", linewidth=0.6, linestyle=":")
+    ax.set_yticks(
+        range(len(shown)),
+        [f"{r.finding.source}: {r.finding.claim}"[:70] for r in reversed(shown)],
+        fontsize=7,
+    )
+    ax.set_xlabel(
+        "a − b, top-1 error points (95 % interval); green holds, red contradicted, orange inconclusive"
+    )
+    ax.grid(True, axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def _findings_section(results: list[FindingResult], report: Report) -> list[str]:
+    if all(result.verdict is None for result in results):
+        return []
+    md = [
+        "## The paper's findings, decided by interval",
+        "",
+        "Each finding compares two measures as the paper does (a − b; an error below is better). Numbers "
+        "are means over the seeds with their 95 % interval, which counts both noises: the spread between "
+        "seeds and the finite validation set (per-image errors; Student's t, Welch-Satterthwaite degrees of "
+        "freedom; see `delving/report/stats.py`). **holds**: the whole interval of a − b says what the paper "
+        "says; **contradicted**: the whole interval says the opposite; **inconclusive**: it straddles. "
+        f'"≈" findings hold inside ±{EQUAL_MARGIN:g} points. Slopes are decided over seeds alone.',
+        "",
+        *findings_table(results),
+        "",
+    ]
+    figure = findings_figure(results)
+    if figure is not None:
+        report.figures["findings.png"] = figure
+        md += ["![findings](findings.png)", ""]
+    return md
 
 
 # ------------------------------------------------------------------ training curves
 
 
+def val_curve(group: list[Run], key: str = "val_top1_error") -> tuple[list[int], list[Estimate]]:
+    """Epochs (1-based) that every replicate validated at, and the error there over the seeds."""
+    curves = [{v["epoch"] + 1: v[key] for v in run.of_type("val") if v.get(key) is not None} for run in group]
+    epochs = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+    return epochs, [seed_estimate(np.array([c[e] for c in curves])) for e in epochs]
+
+
+def plot_val_curve(ax: Axes, group: list[Run], label: str, **style: Any) -> None:
+    """The mean over seeds with its 95 % interval as error bars (a plain line for one seed)."""
+    epochs, estimates = val_curve(group)
+    means = [e.mean for e in estimates]
+    if len(group) > 1:
+        errors = [[e.mean - e.low for e in estimates], [e.high - e.mean for e in estimates]]
+        ax.errorbar(epochs, means, yerr=errors, capsize=2, label=f"{label} ({len(group)} seeds)", **style)
+    else:
+        ax.plot(epochs, means, label=label, **style)
+
+
+def _train_losses(group: list[Run]) -> tuple[list[float], list[float]]:
+    """The training loss's running mean, averaged over the replicates at the steps they all logged."""
+    series = [{r["step"]: r["loss"] for r in run.of_type("train")} for run in group]
+    steps = sorted(set.intersection(*(set(s) for s in series)))
+    per_epoch = group[0].steps_per_epoch
+    return [step / per_epoch for step in steps], [float(np.mean([s[step] for s in series])) for step in steps]
+
+
 def curves_figure(study: str, runs: list[Run]) -> Figure:
     fig, (ax_loss, ax_val) = new_figure(1, 2, width=11, height=4)
-    for run in runs:
-        trains, vals = run.of_type("train"), run.of_type("val")
-        per_epoch = run.steps_per_epoch
-        ax_loss.plot([r["step"] / per_epoch for r in trains], [r["loss"] for r in trains], label=run.label)
-        ax_val.plot(
-            [v["epoch"] + 1 for v in vals], [v["val_top1_error"] for v in vals], marker=".", label=run.label
-        )
+    for group in replicate_groups(runs):
+        label = group[0].setting_label
+        ax_loss.plot(*_train_losses(group), label=label)
+        plot_val_curve(ax_val, group, label, marker=".")
     ax_loss.set_title(f"{study}: training loss")
     ax_loss.set_xlabel("epoch")
-    ax_loss.set_ylabel("cross-entropy (train, running mean)")
-    ax_val.set_title(f"{study}: validation error (centre crop)")
+    ax_loss.set_ylabel("cross-entropy (train, running mean, mean over seeds)")
+    ax_val.set_title(f"{study}: validation error (centre crop), 95 % interval over seeds")
     ax_val.set_xlabel("epoch")
     ax_val.set_ylabel("val top-1 error (%)")
     for ax in (ax_loss, ax_val):
@@ -327,9 +507,18 @@ def build_report(
     md = [f"# {title}", ""]
     if command:
         md += ["Made with:", "", "```", command, "```", ""]
+    evidence = Evidence(runs)
+    results = decide_all(runs, evidence=evidence)
+    md += _findings_section(results, report)
     md += ["## Runs", "", *run_table(runs), ""]
-    md += ["## Paper vs ours", ""]
-    tables = [line for key in PAPER_TABLES for line in paper_table_section(key, runs, ensembles)]
+    md += [
+        "## Paper vs ours",
+        "",
+        "Ours: the mean over a run's seeds with the 95 % interval of seeds and test images (one seed: the "
+        "test images' alone).",
+        "",
+    ]
+    tables = [line for key in PAPER_TABLES for line in paper_table_section(key, runs, ensembles, evidence)]
     md += tables or ["No run reproduces a row of the paper's tables.", ""]
     if ensembles:
         md += ["## Ensembles (delving-ensemble)", "", *ensembles_table(ensembles), ""]
@@ -361,8 +550,26 @@ def build_report(
         ],
         "ensembles": ensembles,
         "init_checks": init_checks,
+        "findings": [finding_summary(result) for result in results],
     }
     return report
+
+
+def finding_summary(result: FindingResult) -> dict[str, Any]:
+    finding = result.finding
+    return {
+        "source": finding.source,
+        "claim": finding.claim,
+        "paper": finding.paper,
+        "expect": finding.expect.value,
+        "margin": finding.margin,
+        "a": None if result.a is None else vars(result.a),
+        "b": None if result.b is None else vars(result.b),
+        "difference": None if result.difference is None else vars(result.difference),
+        "seeds": result.seeds,
+        "verdict": None if result.verdict is None else result.verdict.value,
+        "missing": result.missing,
+    }
 
 
 def ensembles_table(ensembles: list[dict[str, Any]]) -> list[str]:

@@ -70,8 +70,10 @@ class Run:
     slopes: list[SlopeStats] = field(default_factory=list)
     weight_norms: dict[str, float] = field(default_factory=dict)  # ||w|| of every conv/fc weight at the end
     overrides: list[str] = field(default_factory=list)  # the command line's overrides (.hydra/overrides.yaml)
-    # What tells this run apart from others of the same experiment name (set by label_runs).
+    # What tells this run apart from others of the same experiment name (set by label_runs), and the same
+    # without its seed: what tells its replicates (runs that differ only in the seed) apart from others.
     tag: str = ""
+    setting_tag: str = ""
 
     @property
     def name(self) -> str:
@@ -91,6 +93,13 @@ class Run:
         """The title, or the experiment name with the init where a study compares inits."""
         if self.tag:
             return self.title
+        return f"{self.name} ({self.model.get('init')})" if self.study.startswith("fig") else self.name
+
+    @property
+    def setting_label(self) -> str:
+        """The label of this run's replicates together (the seed left out)."""
+        if self.setting_tag:
+            return f"{self.name} [{self.setting_tag}]"
         return f"{self.name} ({self.model.get('init')})" if self.study.startswith("fig") else self.name
 
     @property
@@ -218,7 +227,7 @@ def load_run(path: str | Path) -> Run:
     return run
 
 
-def _override_items(run: Run) -> dict[str, str]:
+def override_items(run: Run) -> dict[str, str]:
     items = {}
     for override in run.overrides:
         key, _, value = override.lstrip("+~").partition("=")
@@ -227,7 +236,7 @@ def _override_items(run: Run) -> dict[str, str]:
     return items
 
 
-def _config_value(config: dict[str, Any], key: str) -> str | None:
+def config_value(config: dict[str, Any], key: str) -> str | None:
     node: Any = config
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
@@ -244,15 +253,16 @@ def label_runs(runs: list[Run]) -> None:
     for run in runs:
         groups[run.name].append(run)
     for group in (g for g in groups.values() if len(g) > 1):
-        items = [_override_items(run) for run in group]
+        items = [override_items(run) for run in group]
         keys = list(dict.fromkeys(key for run_items in items for key in run_items))
         differ = [key for key in keys if len({run_items.get(key) for run_items in items}) > 1]
         for run, run_items in zip(group, items, strict=True):
-            values = [
-                f"{key}={run_items[key] if key in run_items else _config_value(run.config, key) or '–'}"
+            values = {
+                key: f"{key}={run_items[key] if key in run_items else config_value(run.config, key) or '–'}"
                 for key in differ
-            ]
-            run.tag = " ".join(values) if values else run.path.name
+            }
+            run.tag = " ".join(values.values()) if values else run.path.name
+            run.setting_tag = " ".join(v for k, v in values.items() if k != "seed")
 
 
 def find_runs(paths: list[str | Path]) -> list[Path]:
