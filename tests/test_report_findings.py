@@ -161,6 +161,7 @@ def test_the_ensemble_finding_combines_each_seeds_members(tmp_path: Path) -> Non
         "Table 7", "the ensemble of A-ReLU, A-PReLU, B, C (mean softmax) beats its best member (multi-scale)"
     ]
     assert result.b.mean == pytest.approx(40.0) and result.seeds == [0, 1]
+    assert result.b_note == " (table4_model_a_relu)"  # all four tie at 40 %: the first named wins
     assert result.a.mean < 10.0 and result.verdict is Verdict.HOLDS
 
 
@@ -187,6 +188,7 @@ def test_the_report_leads_with_the_verdicts_and_plots_them(table2_runs: list[Run
     assert "**holds**" in md and "**contradicted**" in md and "not run: no run of fig3_deep30" in md
     # Paper table: the seeds' mean with its interval, named as three seeds.
     assert "table2_net14_prelu_mini, 3 seeds" in md
+    assert "| table2_net14_prelu_mini | ten_view 256 | 3 | 29.03 [" in md  # every test of every setting
     [axes] = report.figures["findings.png"].axes
     assert len(axes.get_yticklabels()) == 3 and axes.containers  # three decided error findings, error bars
     verdicts = {f["claim"]: f["verdict"] for f in report.summary["findings"]}

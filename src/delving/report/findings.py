@@ -89,6 +89,7 @@ class FindingResult:
     verdict: Verdict | None = None  # None: not run (the runs are missing)
     missing: str = ""
     seeds: list[int] = field(default_factory=list)
+    b_note: str = ""  # which member was the best, for a "best" measure
 
 
 def _error(experiment: str, protocol: str, scales: tuple[int, ...] = (256,), **where: str) -> Measure:
@@ -476,6 +477,8 @@ def decide(finding: Finding, evidence: Evidence) -> FindingResult:
                 result.b = error_estimate(wrong_b)
                 same_runs = seeds_a == seeds_b and bool(runs_a & runs_b)
                 result.difference = error_difference(wrong_a, wrong_b, same_runs=same_runs)
+                if b.kind == "best":
+                    result.b_note = f" ({evidence.best_member(b).experiment})"
             else:
                 value = evidence.chance(b) if b.kind == "chance" else 0.0
                 result.b = _constant(value)
