@@ -1,12 +1,21 @@
-"""Times training steps side by side and prints ratios against a named baseline.
+"""Times training steps: the Trainer against a bare loop on the CPU, or the training throughput on a GPU.
 
 CPU (default): the Trainer's step loop against a bare PyTorch loop (same model, same TrainLoader
 batches, torch.optim.SGD), alternating A/B rounds; target ratio >= 0.95.
-GPU (--gpu): eager fp32 (baseline) vs bf16 + channels_last (+ torch.compile), model A at 224 on
-device-resident batches, so the numbers are the model's step and not JPEG decoding.
 
-    python scripts/bench_train.py                 # CPU, the demo net on synthetic data
-    python scripts/bench_train.py --gpu --steps 20
+--gpu: models A and C at 224 on device-resident batches (the model's step, not JPEG decoding), per-GPU
+batches 16, 32 and 64, for eager fp32, bf16 + channels_last and bf16 + channels_last + torch.compile. Each row:
+ms/step, images/s, TFLOP/s (FlopCounterMode's count of the step), MFU against the bf16 matmul peak measured
+at the start of the same run, peak memory. The whole run keeps to --budget-s (default 210 s, for the
+4-minute device slot): compiled rows that no longer fit are skipped and listed. --profile DIR also writes a
+profiler table per row (and prints where the time goes).
+
+--cpu-smoke: the --gpu code at tiny sizes on the CPU (narrow nets at 64 px, batches 2 and 4), to try it
+without a GPU.
+
+    python scripts/bench_train.py                           # CPU: Trainer vs bare loop, the demo net
+    python scripts/bench_train.py --gpu [--profile DIR]     # one GPU, < 4 minutes
+    python scripts/bench_train.py --cpu-smoke [--compile]   # the same code on the CPU, tiny
 """
 
 from __future__ import annotations
@@ -15,26 +24,45 @@ import argparse
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
+from PIL import Image
 
 from delving.cli.common import CONFIG_DIR, register_resolvers
 from delving.config import register_all
+from delving.dist import DistributedContext, pick_device
+from delving.engine.throughput import (
+    matmul_peak_flops,
+    peak_memory_gib,
+    profile_table,
+    reset_peak_memory,
+    time_per_step,
+    train_step_flops,
+)
 from delving.engine.trainer import Trainer
 from delving.models import build_model
 
 register_all()
 register_resolvers()
 
+VARIANTS = {
+    "eager fp32": [],
+    "bf16 + channels_last": ["train.precision=bf16", "train.channels_last=true"],
+    "bf16 + cl + compile": ["train.precision=bf16", "train.channels_last=true", "train.compile=true"],
+}
 
-def make_trainer(overrides: list[str]) -> Trainer:
+
+def make_trainer(overrides: list[str], device: str) -> Trainer:
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
-    return Trainer(cfg, tempfile.mkdtemp(prefix="bench_train_"))
+        cfg = compose(config_name="train", overrides=[*overrides, f"train.device={device}", "resume=null"])
+    ctx = DistributedContext(0, 1, 0, pick_device(device, 0))
+    return Trainer(cfg, tempfile.mkdtemp(prefix="bench_train_"), ctx)
 
 
+# ---------------------------------------------------------------- CPU: Trainer vs bare loop
 def bare_loop_seconds(trainer: Trainer, steps: int) -> float:
     """The loop everyone writes first: forward, loss, backward, SGD step; nothing else."""
     torch.manual_seed(0)
@@ -52,18 +80,20 @@ def bare_loop_seconds(trainer: Trainer, steps: int) -> float:
 
 
 def trainer_seconds(trainer: Trainer, steps: int) -> float:
-    trainer.epoch, trainer.step_in_epoch = 0, 0
+    """The Trainer's own loop (train_epoch) over the last `steps` steps of epoch 0."""
+    trainer.state.epoch = 0
+    trainer.state.step_in_epoch = trainer.train_loader.steps_per_epoch - steps
     start = time.perf_counter()
-    trainer.train_epoch(max_steps=steps)
+    trainer.train_epoch()
     return time.perf_counter() - start
 
 
 def cpu_bench(args: argparse.Namespace) -> None:
     overrides = [
-        "experiment=demo", "train.device=cpu", "logger.wandb.mode=disabled", "logger.progress_bar=false",
+        "experiment=demo", "logger.wandb.mode=disabled", "logger.progress_bar=false",
         f"data.synthetic_train_per_class={args.per_class}", "data.num_workers=2",
     ]  # fmt: skip
-    trainer = make_trainer(overrides)
+    trainer = make_trainer(overrides, "cpu")
     steps = min(args.steps, trainer.train_loader.steps_per_epoch)
     bare_loop_seconds(trainer, 3), trainer_seconds(trainer, 3)  # warm-up: workers, allocator
     bare, ours = [], []
@@ -78,60 +108,110 @@ def cpu_bench(args: argparse.Namespace) -> None:
     print(f"  ratio Trainer / bare loop  : {b / t:.3f}  (target >= 0.95)")
 
 
-def gpu_step_seconds(overrides: list[str], steps: int, batch: int) -> float:
-    trainer = make_trainer(overrides)
-    size = trainer.cfg.model.input_size
-    images = torch.randn(batch, 3, size, size, device=trainer.device) * 60
-    labels = torch.randint(0, trainer.cfg.model.num_classes, (batch,), device=trainer.device)
-    for _ in range(3):
-        trainer.train_step(images, labels, want_grad_norms=False)
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        trainer.train_step(images, labels, want_grad_norms=False)
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / steps
+# ---------------------------------------------------------------- GPU throughput (and its CPU smoke)
+def class_folders(root: Path, classes: int, size: int) -> Path:
+    """`classes` folders of one tiny JPEG: the Trainer's loaders need a data set with the model's class count
+    (1000, so the head is the paper's), and the benchmark never reads it."""
+    for k in range(classes):
+        (root / "train" / f"c{k:04d}").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (size, size), (k % 256, 0, 0)).save(root / "train" / f"c{k:04d}" / "0.JPEG")
+    return root
+
+
+def bench_row(trainer: Trainer, batch: int, args: argparse.Namespace, flops_per_image: float) -> dict:
+    device, size = trainer.device, trainer.cfg.model.input_size
+    images = torch.randn(batch, 3, size, size, device=device) * 60
+    labels = torch.randint(0, trainer.cfg.model.num_classes, (batch,), device=device)
+    step = lambda: trainer.train_step(images, labels, want_grad_norms=False)  # noqa: E731
+    reset_peak_memory(device)
+    seconds, steps, warmup_s = time_per_step(step, device, args.warmup, args.min_steps, args.min_seconds)
+    row = {"s": seconds, "steps": steps, "warmup_s": warmup_s, "mem": peak_memory_gib(device),
+           "tflops": flops_per_image * batch / seconds / 1e12}  # fmt: skip
+    if args.profile:
+        name = f"{trainer.cfg.model.name}_{'_'.join(args.variant.split())}_b{batch}.txt".replace("+", "")
+        row["profile"] = profile_table(step, device, 3, Path(args.profile) / name)
+    return row
 
 
 def gpu_bench(args: argparse.Namespace) -> None:
+    started = time.perf_counter()
+    smoke = args.cpu_smoke
+    device = "cpu" if smoke else "cuda"
+    size, batches = (64, [2, 4]) if smoke else (224, [16, 32, 64])
+    model_keys = ["model.width=0.125", "model.input_size=64", "model.spp_levels=[2,1]"] if smoke else []
+    peak = matmul_peak_flops(torch.device(device), 512 if smoke else 8192, 0.5 if smoke else 1.5)
+    name = "CPU (smoke: tiny nets, numbers mean nothing)" if smoke else torch.cuda.get_device_name()
+    print(f"{name}: bf16 matmul peak measured {peak / 1e12:.1f} TFLOP/s; {args.min_steps}+ steps and "
+          f"{args.min_seconds}+ s per row after {args.warmup} warm-up steps; budget {args.budget_s:.0f} s")  # fmt: skip
+    print(f"{'model':8} {'variant':22} {'batch':>5} {'ms/step':>8} {'img/s':>8} {'TFLOP/s':>8} {'MFU':>6} "
+          f"{'peak GiB':>8} {'warm-up s':>9}")  # fmt: skip
+    data = class_folders(Path(tempfile.mkdtemp(prefix="bench_classes_")), 1000, 8)
     base = [
-        f"model={args.model}", "model.num_classes=1000", "data=synthetic", "data.synthetic_classes=1000",
-        "data.synthetic_train_per_class=1", "data.synthetic_val_per_class=1", f"train.batch_size={args.batch}",
-        "logger.wandb.mode=disabled", "train.final_eval=false", "data.num_workers=0",
-        "data.crop_size=56", "data.scale_min=64", "data.scale_max=96",
+        "data=folder", f"data.root={data}", "data.val_split=train", "data.num_workers=0", "data.crop_size=8",
+        "data.scale_min=8", "data.scale_max=8", "data.test_scale=8", "model.num_classes=1000",
+        "logger.wandb.mode=disabled", "logger.progress_bar=false", "train.final_eval=false",
+        "train.batch_size=16",
     ]  # fmt: skip
-    variants = {
-        "eager fp32 (baseline)": [],
-        "bf16 + channels_last": ["train.precision=bf16", "train.channels_last=true"],
-    }
-    if not args.no_compile:
-        variants["bf16 + channels_last + compile"] = [*variants["bf16 + channels_last"], "train.compile=true"]
-    print(
-        f"GPU {torch.cuda.get_device_name()}, {args.model} at 224, batch {args.batch}, {args.steps} timed steps"
-    )
-    seconds = {
-        name: gpu_step_seconds(base + extra, args.steps, args.batch) for name, extra in variants.items()
-    }
-    baseline = seconds["eager fp32 (baseline)"]
-    for name, value in seconds.items():
-        print(
-            f"  {name:32s}: {value * 1000:8.1f} ms/step  {args.batch / value:8.0f} images/s  x{baseline / value:.2f}"
-        )
+    variants = {k: v for k, v in VARIANTS.items() if args.compile or "compile" not in k}
+    skipped, compile_guess = [], 90.0  # seconds one compile takes, until one is measured
+    for variant, extra in variants.items():
+        for model in args.models:
+            trainer = make_trainer([*base, f"model={model}", *model_keys, *extra], device)
+            fwd, total = train_step_flops(trainer.model, *_one_image(trainer, size))
+            for batch in batches:
+                left = args.budget_s - (time.perf_counter() - started)
+                need = args.min_seconds + (compile_guess if "compile" in variant else 5)
+                if left < need:
+                    skipped.append(f"{model} {variant} batch {batch}")
+                    continue
+                if "compile" in variant:
+                    torch._dynamo.reset()  # a fresh static-shape graph per batch, as training compiles
+                args.variant = variant
+                row = bench_row(trainer, batch, args, total)
+                if "compile" in variant:
+                    compile_guess = row["warmup_s"]
+                mem = f"{row['mem']:8.2f}" if row["mem"] is not None else f"{'-':>8}"
+                print(f"{model:8} {variant:22} {batch:5d} {row['s'] * 1e3:8.1f} {batch / row['s']:8.0f} "
+                      f"{row['tflops']:8.2f} {row['tflops'] * 1e12 / peak:6.3f} {mem} {row['warmup_s']:9.1f}"
+                      + (f"\n    profile: {row['profile']}" if "profile" in row else ""), flush=True)  # fmt: skip
+            print(f"  {model}: {fwd / 1e9:.2f} GFLOP forward, {total / 1e9:.2f} GFLOP forward + backward per "
+                  f"{size}-px image (x{total / fwd:.2f})", flush=True)  # fmt: skip
+            del trainer
+    if skipped:
+        print(f"skipped for the {args.budget_s:.0f}-s budget: {'; '.join(skipped)}")
+    print(f"total {time.perf_counter() - started:.0f} s")
+
+
+def _one_image(trainer: Trainer, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """FLOPs are counted on one image in eager fp32 (the count is linear in the batch and the same in bf16)."""
+    images = torch.randn(1, 3, size, size, device=trainer.device)
+    return images, torch.zeros(1, dtype=torch.int64, device=trainer.device)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--gpu", action="store_true")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--per-class", type=int, default=20, help="synthetic train images per class (CPU)")
-    parser.add_argument("--model", default="model_a")
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--gpu", action="store_true", help="the GPU throughput table (models A and C)")
+    parser.add_argument("--cpu-smoke", action="store_true", help="--gpu's code on the CPU at tiny sizes")
+    parser.add_argument("--models", nargs="+", default=["model_a", "model_c"])
+    parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip the compiled rows")
+    parser.add_argument("--compile", dest="compile", action="store_true", help="(--cpu-smoke) add them")
+    parser.add_argument("--profile", metavar="DIR", help="write a profiler table per row into DIR")
+    parser.add_argument("--budget-s", type=float, default=210.0, help="the whole run's time budget (--gpu)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per row (compile, autotune)")
+    parser.add_argument("--min-steps", type=int, default=10)
+    parser.add_argument("--min-seconds", type=float, default=2.0)
+    parser.add_argument("--steps", type=int, default=20, help="(CPU) steps per round")
+    parser.add_argument("--rounds", type=int, default=3, help="(CPU) alternating rounds")
+    parser.add_argument("--per-class", type=int, default=20, help="(CPU) synthetic train images per class")
+    parser.set_defaults(compile=None)
     args = parser.parse_args()
-    gpu_bench(args) if args.gpu else cpu_bench(args)
+    if args.compile is None:
+        args.compile = not args.cpu_smoke  # compiling on 2 CPU cores takes minutes: opt in there
+    if args.cpu_smoke:
+        args.min_steps, args.min_seconds, args.warmup = min(args.min_steps, 2), min(args.min_seconds, 0.2), 1
+    gpu_bench(args) if (args.gpu or args.cpu_smoke) else cpu_bench(args)
 
 
 if __name__ == "__main__":
