@@ -1,8 +1,16 @@
-"""Times the paper's train transform (window resample + JPEG draft) against torchvision's
-Resize(s) + RandomCrop(224) + RandomHorizontalFlip with the same draws, single thread, on generated JPEGs,
-and the TrainLoader's throughput with 0 and 2 workers.
+"""Times the training input.
+
+1. The paper's train transform (window resample + JPEG draft) against torchvision's Resize(s) + RandomCrop(224)
+   + RandomHorizontalFlip with the same draws, single thread, on generated JPEGs; the TrainLoader with 0 and 2
+   workers.
+2. --pipeline: ImageNet-like JPEGs (500x375, quality 90) through the TrainLoader with the paper's augmentation
+   at batch 64, on the Pillow path (decode in the workers) and on data.decode_on_device (the workers read
+   bytes; --device decodes and transforms), for each --workers count; set against the model's own speed on
+   synthetic tensors (measured for models A and C with bf16 + channels_last on a GPU, else the issue's targets)
+   to give the CPU cores one GPU needs.
 
     .venv/bin/python scripts/bench_data.py [--images 20] [--repeats 3]
+    .venv/bin/python scripts/bench_data.py --pipeline --device cuda --workers 0 2 4 8 --pipeline-images 1024
 """
 
 from __future__ import annotations
@@ -20,8 +28,12 @@ from delving.data.config import DataConfig, DatasetKind
 from delving.data.decode import decode_image
 from delving.data.loaders import TrainLoader
 from delving.data.transforms import draw_train_params, reference_crop, sample_rng, train_crop
+from delving.engine.throughput import synchronize, time_per_step
+from delving.models import build_model
 
 SIZES = ((500, 375), (1600, 1200))
+# Without a GPU to measure: the issue's targets (A at 0.45 MFU of 989 TFLOP/s, C at 0.29 MFU: 80 epochs in 4 h).
+TARGET_IMAGES_PER_S = {"model_a": 3900.0, "model_c": 900.0}
 
 
 def write_photos(folder: Path, size: tuple[int, int], count: int) -> list[Path]:
@@ -78,6 +90,75 @@ def bench_loader(root: Path, workers: int, batch_size: int, epochs: int) -> floa
     return seen / (time.perf_counter() - start)
 
 
+def pipeline_rate(root: Path, workers: int, on_device: bool, device: str, batch: int, batches: int) -> float:
+    """Images/s of the TrainLoader (the paper's augmentation, crop 224) after its first batch."""
+    cfg = DataConfig(name=DatasetKind.folder, root=str(root), val_split="train", num_workers=workers,
+                     decode_on_device=on_device)  # fmt: skip
+    loader = TrainLoader(cfg, batch_size=batch, seed=0, pin_memory=device == "cuda", device=device)
+    seen, start = 0, 0.0
+    for step, (_, labels) in enumerate(loader.epoch(0)):
+        if step == 0:  # the workers' start-up and the first decode stay outside the timing
+            synchronize(torch.device(device))
+            start = time.perf_counter()
+            continue
+        seen += len(labels)
+        if step == batches:
+            break
+    synchronize(torch.device(device))
+    return seen / (time.perf_counter() - start)
+
+
+def model_step(name: str, device: torch.device, batch: int = 64):
+    """One bf16 + channels_last SGD step of `name` on synthetic tensors already on the device."""
+    model = build_model({"name": name, "num_classes": 1000}).to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    images = (torch.randn(batch, 3, 224, 224, device=device) * 60).contiguous(
+        memory_format=torch.channels_last
+    )
+    labels = torch.randint(0, 1000, (batch,), device=device)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            loss = torch.nn.functional.cross_entropy(model(images), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def model_rates(device: str) -> tuple[dict[str, float], str]:
+    """Images/s of a training step on synthetic tensors (bf16 + channels_last, batch 64), or the targets."""
+    if device != "cuda":
+        return TARGET_IMAGES_PER_S, "the issue's targets (no GPU here)"
+    dev = torch.device(device)
+    rates = {
+        name: 64 / time_per_step(model_step(name, dev), dev, 3, 10, 2.0)[0] for name in TARGET_IMAGES_PER_S
+    }
+    torch.cuda.empty_cache()
+    return rates, f"measured on {torch.cuda.get_device_name()} (bf16 + channels_last, batch 64, eager)"
+
+
+def bench_pipeline(args: argparse.Namespace) -> None:
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        write_photos(Path(tmp) / "train", (500, 375), args.pipeline_images)
+        rates, source = model_rates(args.device)
+        print(f"model speed, {source}: " + ", ".join(f"{k} {v:.0f} images/s" for k, v in rates.items()))
+        print(
+            f"TrainLoader, {args.pipeline_images} JPEGs 500x375 q90, batch {args.batch}, crop 224, s ~ U[256, 512]:"
+        )
+        print(f"{'path':28} {'workers':>7} {'images/s':>9} {'per core':>9} " + " ".join(
+            f"{'cores/GPU ' + k[-1].upper():>12}" for k in rates))  # fmt: skip
+        for on_device in (False, True):
+            path = f"decode on {args.device} (bytes)" if on_device else "Pillow in the workers"
+            for workers in args.workers:
+                rate = pipeline_rate(Path(tmp), workers, on_device, args.device, args.batch, args.batches)
+                per_core = rate / max(workers, 1)  # workers=0: the main process is the one core
+                cores = " ".join(f"{v / per_core:12.1f}" for v in rates.values())
+                print(f"{path:28} {workers:7d} {rate:9.1f} {per_core:9.1f} {cores}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -85,7 +166,16 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=20, help="JPEGs per size")
     parser.add_argument("--repeats", type=int, default=3, help="timing repeats (the best is kept)")
     parser.add_argument("--loader-epochs", type=int, default=2)
+    parser.add_argument("--pipeline", action="store_true", help="the loader against the model's speed")
+    parser.add_argument("--device", default="cpu", help="(--pipeline) where decode_on_device decodes")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="(--pipeline) worker counts")
+    parser.add_argument("--pipeline-images", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--batches", type=int, default=3, help="(--pipeline) timed batches per row")
     args = parser.parse_args()
+    if args.pipeline:
+        bench_pipeline(args)
+        return
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         print(f"train transform, single thread, {args.images} JPEGs per size, best of {args.repeats}:")
