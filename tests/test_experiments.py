@@ -6,10 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from helpers.configs import compose_config
 
 from delving.cli.common import CONFIG_DIR
 from delving.evaluation.paper_results import resolve_reference
+from delving.models import build_model
 
 EXPERIMENTS = Path(CONFIG_DIR) / "experiment"
 STUDIES = sorted(p.stem for p in EXPERIMENTS.glob("*.yaml") if p.stem.startswith(("table", "fig")))
@@ -98,3 +100,17 @@ def test_each_study_has_a_mini_twin_making_the_same_comparison(name: str) -> Non
     assert mini.model.num_classes == mini.data.synthetic_classes
     # Enough validation images that a finding's interval is not all test-set noise (±3 points at 50 %).
     assert mini.data.synthetic_classes * mini.data.synthetic_val_per_class >= 1000
+
+
+@pytest.mark.parametrize("name", ["fig2_model_b", "fig3_deep30"])
+def test_the_init_minis_keep_the_paper_sizes_fc_gain(name: str) -> None:
+    """std * sqrt(fan-in) of each fc layer equals the paper-size net's, so the mini head passes the
+    signal through as the paper's does and only the convs' init differs between He and Xavier."""
+    gains = []
+    for cfg in (compose_experiment(name), compose_experiment(f"{name}_mini")):
+        with torch.device("meta"):
+            head = build_model(cfg.model).head
+        stds = list(cfg.model.fc_init_std or (0.01, 0.01, 0.001))
+        fans = [head.fc1.in_features, head.fc2.in_features, head.fc3.in_features]
+        gains.append([std * fan**0.5 for std, fan in zip(stds, fans, strict=True)])
+    assert gains[1] == pytest.approx(gains[0], rel=2e-3)

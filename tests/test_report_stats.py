@@ -99,18 +99,22 @@ def _interval(low: float, high: float) -> Estimate:
 
 
 @pytest.mark.parametrize(
-    ("low", "high", "expect", "expected"),
+    ("low", "high", "expect", "margin", "expected"),
     [
-        (-3.0, -0.5, Expect.LESS, Verdict.HOLDS),
-        (-3.0, 0.5, Expect.LESS, Verdict.INCONCLUSIVE),
-        (0.5, 3.0, Expect.LESS, Verdict.CONTRADICTED),
-        (0.5, 3.0, Expect.GREATER, Verdict.HOLDS),
-        (-3.0, -0.5, Expect.GREATER, Verdict.CONTRADICTED),
-        (-1.5, 1.5, Expect.EQUAL, Verdict.HOLDS),
-        (-1.5, 2.5, Expect.EQUAL, Verdict.INCONCLUSIVE),
-        (2.5, 4.0, Expect.EQUAL, Verdict.CONTRADICTED),
-        (-4.0, -2.5, Expect.EQUAL, Verdict.CONTRADICTED),
+        (-3.0, -0.5, Expect.LESS, 0.0, Verdict.HOLDS),
+        (-3.0, 0.5, Expect.LESS, 0.0, Verdict.INCONCLUSIVE),
+        (0.5, 3.0, Expect.LESS, 0.0, Verdict.CONTRADICTED),
+        (0.5, 3.0, Expect.GREATER, 0.0, Verdict.HOLDS),
+        (-3.0, -0.5, Expect.GREATER, 0.0, Verdict.CONTRADICTED),
+        # "below chance by more than 2": a stall at chance (an interval of image noise around 0) contradicts
+        (-0.7, 0.7, Expect.LESS, 2.0, Verdict.CONTRADICTED),
+        (-9.5, -2.7, Expect.LESS, 2.0, Verdict.HOLDS),
+        (-3.0, -1.0, Expect.LESS, 2.0, Verdict.INCONCLUSIVE),
+        (-1.5, 1.5, Expect.EQUAL, 2.0, Verdict.HOLDS),
+        (-1.5, 2.5, Expect.EQUAL, 2.0, Verdict.INCONCLUSIVE),
+        (2.5, 4.0, Expect.EQUAL, 2.0, Verdict.CONTRADICTED),
+        (-4.0, -2.5, Expect.EQUAL, 2.0, Verdict.CONTRADICTED),
     ],
 )
-def test_verdicts(low: float, high: float, expect: Expect, expected: Verdict) -> None:
-    assert verdict(_interval(low, high), expect, margin=2.0) is expected
+def test_verdicts(low: float, high: float, expect: Expect, margin: float, expected: Verdict) -> None:
+    assert verdict(_interval(low, high), expect, margin) is expected

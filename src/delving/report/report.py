@@ -369,7 +369,7 @@ def _expected(result: FindingResult) -> str:
     finding = result.finding
     if finding.expect is Expect.EQUAL:
         return f"within ±{finding.margin:g}"
-    return "< 0" if finding.expect is Expect.LESS else "> 0"
+    return f"< {-finding.margin:g}" if finding.expect is Expect.LESS else f"> {finding.margin:g}"
 
 
 def findings_table(results: list[FindingResult]) -> list[str]:

@@ -62,13 +62,25 @@ class Verdict(str, Enum):
 
 def verdict(difference: Estimate, expect: Expect, margin: float = 0.0) -> Verdict:
     """Holds where the whole interval says what the paper says, contradicted where the whole interval says
-    the opposite, inconclusive where it straddles. For EQUAL: holds inside ±margin, contradicted wholly
-    outside it."""
+    the opposite, inconclusive where it straddles. LESS with a margin m means "below -m" (an error below
+    chance by more than m points: a net that learned), GREATER alike; EQUAL: within ±m."""
     low, high = difference.low, difference.high
     if expect is Expect.LESS:
-        return Verdict.HOLDS if high < 0 else Verdict.CONTRADICTED if low >= 0 else Verdict.INCONCLUSIVE
+        return (
+            Verdict.HOLDS
+            if high < -margin
+            else Verdict.CONTRADICTED
+            if low >= -margin
+            else Verdict.INCONCLUSIVE
+        )
     if expect is Expect.GREATER:
-        return Verdict.HOLDS if low > 0 else Verdict.CONTRADICTED if high <= 0 else Verdict.INCONCLUSIVE
+        return (
+            Verdict.HOLDS
+            if low > margin
+            else Verdict.CONTRADICTED
+            if high <= margin
+            else Verdict.INCONCLUSIVE
+        )
     if -margin <= low and high <= margin:
         return Verdict.HOLDS
     return Verdict.CONTRADICTED if high < -margin or low > margin else Verdict.INCONCLUSIVE
