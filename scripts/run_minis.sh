@@ -51,9 +51,12 @@ train() {  # train <run folder> <experiment> [overrides...]
   step "$PY" -m delving.train "experiment=$experiment" "hydra.run.dir=$RUNS/$name" "$@" $EXTRA
 }
 
-evaluate() {  # evaluate <run folder> <predictions suffix> [overrides...]
+evaluate() {  # evaluate <run folder> <predictions suffix> [overrides...]; a finished test is kept unless FORCE=1
   local name=$1 suffix=$2
   shift 2
+  if [[ -f "$RUNS/$name/predictions-$suffix.npz" && -z "${FORCE:-}" ]]; then
+    return
+  fi
   step "$PY" -m delving.cli.eval "checkpoint=$RUNS/$name/last.pt" "output=$RUNS/$name/predictions-$suffix.npz" "$@"
 }
 

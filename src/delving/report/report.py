@@ -366,10 +366,12 @@ VERDICT_COLOURS = {
 
 
 def _expected(result: FindingResult) -> str:
-    finding = result.finding
-    if finding.expect is Expect.EQUAL:
-        return f"within ±{finding.margin:g}"
-    return f"< {-finding.margin:g}" if finding.expect is Expect.LESS else f"> {finding.margin:g}"
+    expect, margin = result.finding.expect, result.finding.margin
+    if expect is Expect.EQUAL:
+        return f"within ±{margin:g}"
+    if expect is Expect.LESS:
+        return f"< -{margin:g}" if margin else "< 0"
+    return f"> {margin:g}"
 
 
 def findings_table(results: list[FindingResult]) -> list[str]:
