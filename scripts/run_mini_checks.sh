@@ -7,7 +7,7 @@
 # $RUNS/summary.json.
 # Measured: 2,512 s (42 min) of wall time on 2 CPU cores shared with other work (nice 19,
 # OMP_NUM_THREADS=1): training 2,070 s, the mean image 9 s, evaluations 316 s and the dense check 95 s
-# (both slowed by other users' un-niced jobs), the init check 22 s, the summary a few seconds.
+# (both slowed by the seeded run_minis.sh holding both cores), the init check 22 s, the summary a few seconds.
 # Each step's time is in $RUNS/times.tsv.
 #   DELVING_DATA_CACHE=/tmp/dcache scripts/run_mini_checks.sh       # finished runs (last.pt) are kept unless FORCE=1
 #   RUNS=/tmp/checks scripts/run_mini_checks.sh
