@@ -3,7 +3,7 @@
 # synthetic set (20 classes, 1,000 val images), evaluates the Tables 4-6 models with the other
 # protocols, ensembles each seed's four Table 4-6 models (Table 7), runs the Sec. 2.2 init check, and
 # writes docs/results/ (report.md with each finding's 95 % interval and verdict, PNGs with error bars,
-# commands.md with every command and its time). About 35 minutes on 2 cores (JOBS=2 trainings at once).
+# commands.md with every command and its time). 28 minutes on 2 cores (JOBS=2 trainings at once).
 #   scripts/run_minis.sh                      # seeds 0 1 2; finished runs (last.pt present) are kept unless FORCE=1
 #   SEEDS="0 1 2 3 4" JOBS=2 RUNS=/tmp/minis OUT=/tmp/report scripts/run_minis.sh
 #   EXTRA="train.epochs=1 data.synthetic_train_per_class=4" ...   # overrides added to every training (a smoke run)

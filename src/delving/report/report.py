@@ -420,9 +420,8 @@ def findings_figure(results: list[FindingResult]) -> Figure | None:
         [f"{r.finding.source}: {r.finding.claim}"[:70] for r in reversed(shown)],
         fontsize=7,
     )
-    ax.set_xlabel(
-        "a − b, top-1 error points (95 % interval); green holds, red contradicted, orange inconclusive"
-    )
+    ax.set_xlabel("a − b, top-1 error points, with its 95 % interval")
+    ax.set_title("The paper's findings: green holds, red contradicted, orange inconclusive", fontsize=9)
     ax.grid(True, axis="x", alpha=0.3)
     fig.tight_layout()
     return fig
