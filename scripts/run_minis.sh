@@ -4,7 +4,7 @@
 # protocols, ensembles each seed's four Table 4-6 models (Table 7), runs the Sec. 2.2 init check, and
 # writes docs/results/ (report.md with each finding's 95 % interval and verdict, PNGs with error bars,
 # commands.md with every command and its time). 28 minutes on 2 cores (JOBS=2 trainings at once).
-#   scripts/run_minis.sh                      # seeds 0 1 2; finished runs (last.pt present) are kept unless FORCE=1
+#   scripts/run_minis.sh                      # seeds 0 1 2; finished runs are kept, killed ones resume, unless FORCE=1
 #   SEEDS="0 1 2 3 4" JOBS=2 RUNS=/tmp/minis OUT=/tmp/report scripts/run_minis.sh
 #   EXTRA="train.epochs=1 data.synthetic_train_per_class=4" ...   # overrides added to every training (a smoke run)
 set -euo pipefail
@@ -39,14 +39,15 @@ step() {  # run and record a command (one short line appended at once, so parall
   printf '%4ds  %s\n' $((SECONDS - start)) "$*" >> "$LOG"
 }
 
-train() {  # train <run folder> <experiment> [overrides...]
+train() {  # train <run folder> <experiment> [overrides...]; a killed run resumes from its last.pt
   local name=$1 experiment=$2
   shift 2
-  if [[ -f "$RUNS/$name/last.pt" && -z "${FORCE:-}" ]]; then
-    echo "keep $RUNS/$name (FORCE=1 retrains)" >&2
+  if [[ -n "${FORCE:-}" ]]; then
+    rm -rf "${RUNS:?}/$name"
+  elif [[ -f "$RUNS/$name/finished.json" ]]; then
+    echo "keep $RUNS/$name (finished; FORCE=1 retrains)" >&2
     return
   fi
-  rm -rf "${RUNS:?}/$name"
   # shellcheck disable=SC2086  # EXTRA is a list of overrides
   step "$PY" -m delving.train "experiment=$experiment" "hydra.run.dir=$RUNS/$name" "$@" $EXTRA
 }

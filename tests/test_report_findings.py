@@ -20,8 +20,11 @@ IMAGES = 1000
 def _predictions(path: Path, wrong: np.ndarray, protocol: str, scales: list[int], shuffle: int) -> EvalRecord:
     """A predictions file whose top-1 is wrong exactly where `wrong` says (image ids in a shuffled order)."""
     labels = np.arange(IMAGES) % CLASSES
-    probs = np.full((IMAGES, CLASSES), 0.1 / (CLASSES - 1), dtype=np.float32)
+    # Right: the label at 0.9. Wrong: another class at 0.9 and the label at 0, last (wrong at top-5 too).
+    probs = np.where(wrong[:, None], 0.1 / (CLASSES - 2), 0.1 / (CLASSES - 1)).astype(np.float32)
+    probs = np.broadcast_to(probs, (IMAGES, CLASSES)).copy()
     guess = np.where(wrong, (labels + 1) % CLASSES, labels)
+    probs[np.arange(IMAGES), labels] = 0.0
     probs[np.arange(IMAGES), guess] = 0.9
     ids = np.array([f"c{label:02d}/img{i:04d}.jpg" for i, label in enumerate(labels)])
     order = np.random.default_rng(shuffle).permutation(IMAGES)  # files need not list images in one order
@@ -158,7 +161,8 @@ def test_the_ensemble_finding_combines_each_seeds_members(tmp_path: Path) -> Non
             wrong[(np.arange(IMAGES) + 250 * number + seed) % IMAGES < 400] = True
             runs.append(_run(tmp_path, name, seed, wrong, "multiscale", (256, 384, 480)))
     result = _by_claim(decide_all(runs))[
-        "Table 7", "the ensemble of A-ReLU, A-PReLU, B, C (mean softmax) beats its best member (multi-scale)"
+        "Table 7",
+        "the ensemble of A-ReLU, A-PReLU, B, C (mean softmax) beats its best member (multi-scale, top-5)",
     ]
     assert result.b.mean == pytest.approx(40.0) and result.seeds == [0, 1]
     assert result.b_note == " (table4_model_a_relu)"  # all four tie at 40 %: the first named wins
@@ -195,3 +199,43 @@ def test_the_report_leads_with_the_verdicts_and_plots_them(table2_runs: list[Run
     assert verdicts["PReLU channel-shared beats ReLU"] == "contradicted"
     assert len(verdicts) == len(FINDINGS)
     assert [len(g) for g in replicate_groups(table2_runs)] == [3, 3, 3]
+
+
+def test_the_two_sides_of_a_finding_must_score_the_same_images(tmp_path: Path) -> None:
+    runs = [_run(tmp_path, "table2_net14_relu_mini", 0, _wrong(0.5, 1))]
+    odd = _run(tmp_path, "table2_net14_prelu_mini", 0, _wrong(0.3, 2))
+    ids = np.char.add(np.load(odd.evals[0].source)["ids"], "x")  # same count, other images
+    pred = Predictions(
+        ids,
+        np.arange(IMAGES) % CLASSES,
+        np.full((IMAGES, CLASSES), 1 / CLASSES, np.float32),
+        {
+            "classes": [f"c{i:02d}" for i in range(CLASSES)],
+            "dataset": {"name": "synthetic", "split": "val"},
+            "protocol": "ten_view",
+            "scales": [256],
+        },
+    )
+    save_predictions(odd.evals[0].source, pred)
+    with pytest.raises(FindingInputError, match="two sides are scored on different validation images"):
+        decide_all([*runs, odd])
+
+
+def test_two_predictions_files_of_one_test_are_refused_not_guessed(tmp_path: Path) -> None:
+    run = _run(tmp_path, "table2_net14_relu_mini", 0, _wrong(0.5, 1))
+    other = _predictions(
+        run.path / "predictions-ten_view-s256-best.npz", _wrong(0.1, 2), "ten_view", [256], 0
+    )
+    run.evals.append(other)
+    with pytest.raises(FindingInputError, match="2 predictions files of the ten_view test"):
+        decide_all([run, _run(tmp_path, "table2_net14_prelu_mini", 0, _wrong(0.3, 2))])
+
+
+def test_one_seed_decides_nothing_on_a_per_seed_number(tmp_path: Path) -> None:
+    run = _run(tmp_path, "table2_net14_prelu_mini", 0, _wrong(0.3, 0))
+    run.slopes = [SlopeStats("conv1", 32, 0.6, 0.1, 0, 1), SlopeStats("conv2_1", 64, 0.2, 0.1, 0, 1)]
+    result = _by_claim(decide_all([run]))[
+        "Table 1",
+        "channel-wise: conv1's learned slope is above the deeper convs' (mean slope, conv1 minus deeper)",
+    ]
+    assert result.a.mean == pytest.approx(0.4) and result.verdict is Verdict.INCONCLUSIVE

@@ -100,7 +100,7 @@ def profile_table(
         for _ in range(steps):
             step()
         synchronize(device)
-    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     averages = prof.key_averages()
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(averages.table(sort_by=sort, row_limit=rows), encoding="utf-8")

@@ -15,6 +15,7 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -63,6 +64,7 @@ class Measure:
     where: tuple[tuple[str, str], ...] = ()  # config key, value the runs must have
     members: tuple[Measure, ...] = ()
     label: str = ""
+    k: int = 1  # top-k error (Table 7's claim is top-5)
 
     @property
     def name(self) -> str:
@@ -113,6 +115,13 @@ XAVIER, HE = {"model.init": "xavier"}, {"model.init": "he_fan_out"}
 A_RELU, A_PRELU = "table4_model_a_relu", "table4_model_a_prelu"
 B_PRELU, C_PRELU = "table6_model_b_prelu", "table6_model_c_prelu"
 MULTI = PAPER_SCALES
+
+
+def _top5(experiment: str) -> Measure:
+    return Measure("error", experiment, "multiscale", MULTI, k=5)
+
+
+TABLE7_MEMBERS = tuple(_top5(e) for e in (A_RELU, A_PRELU, B_PRELU, C_PRELU))
 
 # The paper's findings that the (mini) experiments can test, in the order of the paper.
 FINDINGS: tuple[Finding, ...] = (
@@ -279,16 +288,18 @@ FINDINGS: tuple[Finding, ...] = (
     ),
     Finding(
         "Table 7",
-        "the ensemble of A-ReLU, A-PReLU, B, C (mean softmax) beats its best member (multi-scale)",
+        "the ensemble of A-ReLU, A-PReLU, B, C (mean softmax) beats its best member (multi-scale, top-5)",
         Measure(
             "ensemble",
-            members=tuple(_error(e, "multiscale", MULTI) for e in (A_RELU, A_PRELU, B_PRELU, C_PRELU)),
+            members=TABLE7_MEMBERS,
             label="ensemble",
+            k=5,
         ),
         Measure(
             "best",
-            members=tuple(_error(e, "multiscale", MULTI) for e in (A_RELU, A_PRELU, B_PRELU, C_PRELU)),
+            members=TABLE7_MEMBERS,
             label="best member",
+            k=5,
         ),
         Expect.LESS,
         "4.94 top-5 (6 models) vs C's 5.71 (val)",
@@ -297,6 +308,15 @@ FINDINGS: tuple[Finding, ...] = (
 
 
 # ------------------------------------------------------------------ measuring
+
+
+class ImageErrors(NamedTuple):
+    """A measure's top-k errors image by image: one row per seed, columns in image-id order."""
+
+    seeds: list[int]
+    wrong: np.ndarray  # (seeds, images) bool
+    runs: set[Path]  # the run folders they came from
+    ids: np.ndarray  # (images,) the image ids, sorted
 
 
 class MissingRuns(LookupError):
@@ -362,27 +382,39 @@ class Evidence:
 
     @staticmethod
     def _record(run: Run, measure: Measure) -> EvalRecord:
-        for record in run.evals:
-            if record.protocol == measure.protocol and tuple(record.scales or ()) == measure.scales:
-                return record
+        found = [
+            record
+            for record in run.evals
+            if record.protocol == measure.protocol and tuple(record.scales or ()) == measure.scales
+        ]
         scales = "/".join(map(str, measure.scales))
-        raise MissingRuns(f"{run.path.name} has no {measure.protocol} test at {scales}")
+        if not found:
+            raise MissingRuns(f"{run.path.name} has no {measure.protocol} test at {scales}")
+        if len({(r.top1_error, r.top5_error, r.num_images) for r in found}) > 1:
+            # Another checkpoint, split, flip setting or subset of the same protocol: never guess which
+            # (copies of one file, which agree, are one test).
+            names = ", ".join(Path(record.source).name for record in found)
+            raise FindingInputError(
+                f"{run.path}: {len(found)} predictions files of the {measure.protocol} test at {scales} "
+                f"({names}); move all but the one of last.pt on the full val split out of the run folder"
+            )
+        return found[0]
 
-    def per_image(self, measure: Measure, k: int = 1) -> tuple[list[int], np.ndarray, set[Path]]:
-        """Seeds, (seeds, images) 0/1 errors in image-id order, and the run folders they came from."""
+    def per_image(self, measure: Measure) -> ImageErrors:
+        """The measure's top-k errors image by image (k: measure.k)."""
         if measure.kind == "error":
-            return self.errors(self.replicates(measure), measure, k)
+            return self.errors(self.replicates(measure), measure, measure.k)
         if measure.kind == "ensemble":
-            return self._ensemble(measure, k)
+            return self._ensemble(measure)
         if measure.kind == "best":
-            results = [self.per_image(member, k) for member in measure.members]
-            return min(results, key=lambda result: float(result[1].mean()))
+            return self.per_image(self.best_member(measure))
         raise ValueError(f"{measure.kind} is not measured image by image")
 
     def best_member(self, measure: Measure) -> Measure:
-        return min(measure.members, key=lambda member: float(self.per_image(member)[1].mean()))
+        """The member with the lowest mean error (ties: the first listed)."""
+        return min(measure.members, key=lambda member: float(self.per_image(member).wrong.mean()))
 
-    def _ensemble(self, measure: Measure, k: int) -> tuple[list[int], np.ndarray, set[Path]]:
+    def _ensemble(self, measure: Measure) -> ImageErrors:
         members = [{seed_of(run): run for run in self.replicates(m)} for m in measure.members]
         seeds = sorted(set.intersection(*(set(by_seed) for by_seed in members)))
         if not seeds:
@@ -394,16 +426,16 @@ class Evidence:
                 for by_seed, m in zip(members, measure.members, strict=True)
             ]
             self._check_same_images(preds, [by_seed[seed].path for by_seed in members])
-            rows.append(true_class_rank(combine([p.probs for p in preds]), preds[0].labels) >= k)
+            rows.append(true_class_rank(combine([p.probs for p in preds]), preds[0].labels) >= measure.k)
             folders |= {by_seed[seed].path for by_seed in members}
-        return seeds, np.stack(rows), folders
+        return ImageErrors(seeds, np.stack(rows), folders, preds[0].ids)
 
-    def errors(self, runs: list[Run], test: Measure, k: int = 1) -> tuple[list[int], np.ndarray, set[Path]]:
+    def errors(self, runs: list[Run], test: Measure, k: int = 1) -> ImageErrors:
         """`test`'s top-k errors of each run (replicates), image by image."""
         preds = [self.predictions(run, test) for run in runs]
         self._check_same_images(preds, [run.path for run in runs])
         wrong = np.stack([true_class_rank(p.probs, p.labels) >= k for p in preds])
-        return [seed_of(run) for run in runs], wrong, {run.path for run in runs}
+        return ImageErrors([seed_of(run) for run in runs], wrong, {run.path for run in runs}, preds[0].ids)
 
     def replicates_of(self, run: Run) -> list[Run]:
         """The run and those that differ from it only in their seed."""
@@ -473,13 +505,18 @@ def decide(finding: Finding, evidence: Evidence) -> FindingResult:
     a, b = finding.a, finding.b
     try:
         if a.kind in IMAGE_KINDS:
-            seeds_a, wrong_a, runs_a = evidence.per_image(a)
-            result.a, result.seeds = error_estimate(wrong_a), seeds_a
+            errors_a = evidence.per_image(a)
+            result.a, result.seeds = error_estimate(errors_a.wrong), errors_a.seeds
             if b.kind in IMAGE_KINDS:
-                seeds_b, wrong_b, runs_b = evidence.per_image(b)
-                result.b = error_estimate(wrong_b)
-                same_runs = seeds_a == seeds_b and bool(runs_a & runs_b)
-                result.difference = error_difference(wrong_a, wrong_b, same_runs=same_runs)
+                errors_b = evidence.per_image(b)
+                if not np.array_equal(errors_a.ids, errors_b.ids):
+                    raise FindingInputError(
+                        f"{finding.source}, {finding.claim}: its two sides are scored on different validation "
+                        f"images ({len(errors_a.ids)} and {len(errors_b.ids)}); test both on one val split"
+                    )
+                result.b = error_estimate(errors_b.wrong)
+                same_runs = errors_a.seeds == errors_b.seeds and bool(errors_a.runs & errors_b.runs)
+                result.difference = error_difference(errors_a.wrong, errors_b.wrong, same_runs=same_runs)
                 if b.kind == "best":
                     result.b_note = f" ({evidence.best_member(b).experiment})"
             else:
@@ -493,7 +530,7 @@ def decide(finding: Finding, evidence: Evidence) -> FindingResult:
                 result.b = _constant(0.0)
                 result.difference = result.a
             else:
-                seeds_b, values_b = evidence.per_seed(b)
+                _, values_b = evidence.per_seed(b)
                 result.b = seed_estimate(values_b)
                 result.difference = seed_difference(values_a, values_b)
     except MissingRuns as why:

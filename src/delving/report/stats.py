@@ -122,9 +122,16 @@ def error_estimate(wrong: np.ndarray) -> Estimate:
     return _with_std(Estimate(estimate.mean, low, high, seeds, images, 0.0), per_seed)
 
 
+def _unknown(mean: float, seeds: int) -> Estimate:
+    """A per-seed number from one seed: its spread is unknown, so is its interval (no verdict on it)."""
+    return Estimate(mean, -math.inf, math.inf, seeds, None, 0.0)
+
+
 def seed_estimate(values: np.ndarray) -> Estimate:
     """A number measured once per seed (a learned slope, the mean of a validation curve)."""
     values = np.asarray(values, dtype=np.float64)
+    if len(values) < 2:
+        return _unknown(float(values.mean()), len(values))
     return _with_std(_interval(float(values.mean()), [_seed_part(values)], len(values), None), values)
 
 
@@ -157,5 +164,7 @@ def seed_difference(a: np.ndarray, b: np.ndarray, same_runs: bool = False) -> Es
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if same_runs:
         return seed_estimate(a - b)
+    if len(a) < 2 or len(b) < 2:
+        return _unknown(float(a.mean() - b.mean()), min(len(a), len(b)))
     estimate = _interval(float(a.mean() - b.mean()), [_seed_part(a), _seed_part(b)], len(a), None)
     return _with_std(estimate, a)
