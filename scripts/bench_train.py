@@ -198,7 +198,12 @@ def main() -> None:
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip the compiled rows")
     parser.add_argument("--compile", dest="compile", action="store_true", help="(--cpu-smoke) add them")
     parser.add_argument("--profile", metavar="DIR", help="write a profiler table per row into DIR")
-    parser.add_argument("--budget-s", type=float, default=180.0, help="the whole run's time budget (--gpu); imports and CUDA start-up come on top")
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=180.0,
+        help="the whole run's time budget (--gpu); imports and CUDA start-up come on top",
+    )
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per row (compile, autotune)")
     parser.add_argument("--min-steps", type=int, default=10)
     parser.add_argument("--min-seconds", type=float, default=2.0)
