@@ -360,13 +360,16 @@ class Evidence:
     def __init__(self, runs: list[Run]) -> None:
         self.runs = runs
         self._predictions: dict[str, Predictions] = {}
+        self._ranks: dict[str, np.ndarray] = {}  # the true class's rank per image, per predictions file
+        self._warned: set[str] = set()
 
     def replicates(self, measure: Measure) -> list[Run]:
         groups = replicate_groups([run for run in self.runs if _matches(run, measure)])
         if not groups:
             raise MissingRuns(f"no run of {measure.experiment}")
-        if len(groups) > 1:
+        if len(groups) > 1 and measure.experiment not in self._warned:
             # Several settings of one experiment (an lr sweep...): the one with the most seeds speaks for it.
+            self._warned.add(measure.experiment)
             log.warning(
                 "%s: %d settings among the runs; the findings use the one with the most seeds",
                 measure.experiment,
@@ -434,7 +437,12 @@ class Evidence:
         """`test`'s top-k errors of each run (replicates), image by image."""
         preds = [self.predictions(run, test) for run in runs]
         self._check_same_images(preds, [run.path for run in runs])
-        wrong = np.stack([true_class_rank(p.probs, p.labels) >= k for p in preds])
+        # Ranks once per file: every finding and table that reads it, at top-1 and top-5, shares them.
+        sources = [self._record(run, test).source for run in runs]
+        for source, pred in zip(sources, preds, strict=True):
+            if source not in self._ranks:
+                self._ranks[source] = true_class_rank(pred.probs, pred.labels)
+        wrong = np.stack([self._ranks[source] >= k for source in sources])
         return ImageErrors([seed_of(run) for run in runs], wrong, {run.path for run in runs}, preds[0].ids)
 
     def replicates_of(self, run: Run) -> list[Run]:
