@@ -16,7 +16,8 @@ from delving.data.config import DataConfig
 from delving.data.decode import BadImageError
 from delving.data.device_decode import DeviceTrainTransform, read_for_device
 from delving.data.loaders import TrainLoader
-from delving.data.transforms import PCA_EIGVAL, PCA_EIGVEC, TrainTransform, draw_train_params, sample_rng
+from delving.data.normalize import PCA_EIGVAL, PCA_EIGVEC
+from delving.data.transforms import TrainTransform, draw_train_params, sample_rng
 
 SAMPLES = 96  # draws per statistic: a flip rate off by 0.15 is 3 standard errors away
 # The statistics run at half the paper's sizes (a 250x188 image, crops of 112, s in [128, 256]): the same

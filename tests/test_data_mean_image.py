@@ -13,8 +13,8 @@ import torch
 from helpers.data import make_folder_dataset, tiny_config
 
 from delving.data.config import DataConfigError
-from delving.data.loaders import open_split
 from delving.data.mean_image import compute_mean_image, mean_image_path
+from delving.data.readers import open_split
 from delving.data.transforms import EvalTransform, TrainTransform, normalize_tensor
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,14 +6,12 @@ from PIL import Image
 
 from delving.data.config import DataConfig, Normalize
 from delving.data.decode import decode_image
+from delving.data.normalize import PCA_EIGVAL, PCA_EIGVEC, lighting_offset
 from delving.data.transforms import (
-    PCA_EIGVAL,
-    PCA_EIGVEC,
     TrainDraws,
     TrainTransform,
     center_crop,
     draw_train_params,
-    lighting_offset,
     normalize_tensor,
     reference_crop,
     resize_shorter,

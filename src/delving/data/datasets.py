@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from delving.data.config import DataConfig, DataConfigError, DatasetKind
 from delving.data.imagenet import read_devkit_meta
@@ -12,11 +15,16 @@ from delving.errors import UserError
 # torchvision's IMG_EXTENSIONS: the same files are listed as by ImageFolder, so class indices and order agree.
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 # File names for optional class names, looked up in the root: "<wnid> <name...>" per line.
+_IMG_EXTENSIONS_B = tuple(ext.encode() for ext in IMG_EXTENSIONS)
 CLASS_NAME_FILES = ("classes.txt", "LOC_synset_mapping.txt")
 
 
 class DataSetNotFoundError(UserError, FileNotFoundError):
     """A data root, split folder or class folder that is missing, empty or not a folder."""
+
+
+class DataSetLayoutError(UserError, ValueError):
+    """A folder layout that would list images twice or under another class (symlink loops, aliased classes)."""
 
 
 class ClassListError(UserError, ValueError):
@@ -51,20 +59,114 @@ def check_class_lists(
 
 
 def list_classes(split_dir: Path) -> list[str]:
-    """Sorted sub-folder names (torchvision's order): the class index of a folder is its position here."""
+    """Sorted sub-folder names (torchvision's order): the class index of a folder is its position here.
+
+    A class folder may be a symlink to a folder elsewhere, but not to the split, one of its parents, or the
+    same folder as another class: its images would be counted twice or under another label.
+    """
     if not split_dir.is_dir():
         raise DataSetNotFoundError(f"data split folder not found: {split_dir}")
-    classes = sorted(
-        entry.name for entry in os.scandir(split_dir) if entry.is_dir() and not entry.name.startswith(".")
+    entries = sorted(
+        (entry for entry in os.scandir(split_dir) if entry.is_dir() and not entry.name.startswith(".")),
+        key=lambda entry: entry.name,
     )
-    if not classes:
+    if not entries:
         raise DataSetNotFoundError(
             f"no class folders in {split_dir} (expected {split_dir}/<class>/<image files>)"
         )
-    return classes
+    linked = [entry for entry in entries if entry.is_symlink()]
+    if linked:
+        _check_class_links(split_dir, entries, linked)
+    return [entry.name for entry in entries]
 
 
-def _existing_root(root: str | os.PathLike) -> Path:
+def _check_class_links(split_dir: Path, entries: list[os.DirEntry], linked: list[os.DirEntry]) -> None:
+    split_real = os.path.realpath(split_dir)
+    real = {entry.name: os.path.realpath(entry.path) for entry in entries}
+    for entry in linked:
+        target = real[entry.name]
+        if split_real == target or split_real.startswith(target.rstrip(os.sep) + os.sep):
+            raise DataSetLayoutError(
+                f"{entry.path} -> {os.readlink(entry.path)} links to the split folder or a parent of it: a loop "
+                "that would list every image under one class; remove the link"
+            )
+        twin = next((name for name, path in real.items() if path == target and name != entry.name), None)
+        if twin is not None:
+            raise DataSetLayoutError(
+                f"{entry.path} -> {os.readlink(entry.path)} is the same folder as the class {twin!r}: its images "
+                "would count twice under two labels; remove one of them"
+            )
+
+
+def _is_image_name(name: bytes) -> bool:
+    return not name.startswith(b".") and name.lower().endswith(_IMG_EXTENSIONS_B)
+
+
+def _class_files(class_dir: bytes, prefix: bytes) -> tuple[list[bytes], list[bytes]]:
+    """(`prefix` + the image paths under one class folder relative to it, in torchvision's order (folders by
+    path, files by name); `prefix` + every folder scanned). Sub-folders are walked; a symlink to a folder inside a class folder is refused (it
+    can loop, `a/loop -> .`, or pull in another class's images, `a/up -> ..`); file symlinks are followed."""
+    folders: list[tuple[bytes, list[bytes]]] = []
+    pending = [b""]
+    while pending:
+        relative = pending.pop()
+        files = []
+        with os.scandir(os.path.join(class_dir, relative) if relative else class_dir) as scan:
+            for entry in scan:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(os.path.join(relative, entry.name) if relative else entry.name)
+                elif entry.is_symlink() and entry.is_dir():
+                    path = os.fsdecode(entry.path)
+                    raise DataSetLayoutError(
+                        f"{path} -> {os.fsdecode(os.readlink(entry.path))} is a folder symlink inside a class "
+                        "folder: it can loop or relabel another class's images; replace it by the folder itself "
+                        "or remove it"
+                    )
+                elif _is_image_name(entry.name):
+                    files.append(entry.name)
+        folders.append((relative, sorted(files)))
+    folders.sort()
+    files = [
+        prefix + (os.path.join(folder, name) if folder else name)
+        for folder, names in folders
+        for name in names
+    ]
+    return files, [prefix + folder for folder, _ in folders]
+
+
+@dataclass
+class SplitWalk:
+    """One split folder's listing: what every reader shares (kept in arrays by data/index.py)."""
+
+    classes: list[str]
+    paths: list[bytes]  # relative to the split folder: <class>/<file>
+    labels: np.ndarray  # int64
+    folders: list[bytes]  # every folder scanned, relative (b"" is the split folder): what a change touches
+
+
+def walk_split(split_dir: Path) -> SplitWalk:
+    """The split's classes, images and labels, in torchvision's ImageFolder order."""
+    classes = list_classes(split_dir)
+    split_bytes = os.fsencode(split_dir)
+    paths: list[bytes] = []
+    folders: list[bytes] = [b""]
+    counts = []
+    for name in classes:
+        encoded = os.fsencode(name)
+        found, scanned = _class_files(os.path.join(split_bytes, encoded), encoded + os.fsencode(os.sep))
+        folders.extend(folder.rstrip(os.fsencode(os.sep)) for folder in scanned)
+        if not found:
+            raise DataSetNotFoundError(
+                f"empty class folder (no {'/'.join(IMG_EXTENSIONS)} files): {split_dir / name}"
+            )
+        paths.extend(found)
+        counts.append(len(found))
+    labels = np.repeat(np.arange(len(classes), dtype=np.int64), counts)
+    return SplitWalk(classes, paths, labels, folders)
+
+
+def existing_root(root: str | os.PathLike) -> Path:
+    """The data root as a Path; a missing root or a file instead of a folder is a one-line error."""
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise DataSetNotFoundError(
@@ -76,30 +178,22 @@ def _existing_root(root: str | os.PathLike) -> Path:
 
 
 def list_samples(root: str | os.PathLike, split: str) -> tuple[list[tuple[str, int]], list[str]]:
-    """(path, class index) for every image of `root/split`, sorted as torchvision's ImageFolder, and the classes."""
-    root = _existing_root(root)
-    split_dir = root / split
-    classes = list_classes(split_dir)
-    samples: list[tuple[str, int]] = []
-    for index, name in enumerate(classes):
-        class_dir = split_dir / name
-        found = [
-            os.path.join(dirpath, fname)
-            for dirpath, _, fnames in sorted(os.walk(class_dir, followlinks=True))
-            for fname in sorted(fnames)
-            if fname.lower().endswith(IMG_EXTENSIONS) and not fname.startswith(".")
-        ]
-        if not found:
-            raise DataSetNotFoundError(
-                f"empty class folder (no {'/'.join(IMG_EXTENSIONS)} files): {class_dir}"
-            )
-        samples.extend((path, index) for path in found)
-    return samples, classes
+    """(path, class index) for every image of `root/split`, sorted as torchvision's ImageFolder, and the classes.
+
+    A Python object per sample: for tools and tests. Readers keep the listing in arrays (data/index.py).
+    """
+    split_dir = existing_root(root) / split
+    walk = walk_split(split_dir)
+    prefix = os.fsencode(split_dir) + os.fsencode(os.sep)
+    samples = [
+        (os.fsdecode(prefix + path), int(label)) for path, label in zip(walk.paths, walk.labels, strict=True)
+    ]
+    return samples, walk.classes
 
 
 def check_same_classes(root: str | os.PathLike, train_split: str, val_split: str) -> list[str]:
     """Train and val must index classes identically; a mismatch would silently shift every val label."""
-    root = _existing_root(root)
+    root = existing_root(root)
     train, val = list_classes(root / train_split), list_classes(root / val_split)
     check_class_lists(train, val, train_split, val_split, root)
     return train

@@ -27,15 +27,8 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from delving.data.config import DataConfig
 from delving.data.decode import BadImageError, ImageSource, decode_image, source_name
-from delving.data.mean_image import fit_mean
-from delving.data.transforms import (
-    TrainDraws,
-    _mean_std,
-    crop_origin,
-    lighting_offset,
-    pil_to_uint8,
-    resized_size,
-)
+from delving.data.normalize import InputNormalizer, lighting_offset
+from delving.data.transforms import TrainDraws, crop_origin, pil_to_uint8, resized_size
 
 # JPEG modes decode_jpeg reads (to RGB); CMYK/YCCK JPEGs go through Pillow, whose conversion is the reference.
 DEVICE_DECODABLE_MODES = ("RGB", "L")
@@ -77,11 +70,11 @@ def read_for_device(source: ImageSource) -> EncodedImage:
 class DeviceTrainTransform:
     """Main-process side: a batch of EncodedImages and their draws -> float32 NCHW on `device`."""
 
-    def __init__(self, cfg: DataConfig, device: torch.device | str) -> None:
+    def __init__(
+        self, cfg: DataConfig, device: torch.device | str, normalizer: InputNormalizer | None = None
+    ) -> None:
         self.cfg, self.device = cfg, torch.device(device)
-        mean, std = _mean_std(cfg)
-        self.mean = mean.to(self.device)
-        self.std = None if std is None else std.to(self.device)
+        self.normalizer = (normalizer or InputNormalizer.from_config(cfg)).to(self.device)
 
     def decode(self, images: list[EncodedImage]) -> tuple[list[torch.Tensor | None], list[Failure]]:
         """uint8 CHW on the device for each image (None where it cannot be decoded), and the failures."""
@@ -131,6 +124,5 @@ class DeviceTrainTransform:
         ]
         batch = torch.stack([self.crop(pixels[k], draws[k]) for k in keep])  # type: ignore[arg-type]
         # The lighting shift is computed on the CPU in float64 exactly as the Pillow path's, then moved.
-        shift = torch.stack([lighting_offset(draws[k].alpha) for k in keep]).to(self.device)
-        out = batch + shift[:, :, None, None] - fit_mean(self.mean, *batch.shape[-2:])
-        return (out if self.std is None else out / self.std), labels[keep], failures
+        shift = torch.stack([lighting_offset(draws[k].alpha) for k in keep])
+        return self.normalizer(batch, shift), labels[keep], failures

@@ -9,26 +9,33 @@ workers, because persistent workers keep their own copy of the dataset.
 
 An unreadable file is replaced by the next readable one in the listing (the batch keeps its size), and the
 skips travel back with the batch so the main process counts and logs them exactly once, whatever the workers.
+
+Workers send uint8 crops (and each sample's lighting shift); the lighting, the mean and the std run once per
+batch on the training device (data/normalize.py). The readers' index is in arrays and `gc.freeze()` runs before
+the workers fork, so the workers share the index's pages. Loaders end their workers on `close()`, and at the
+latest when the interpreter exits (the workers ignore SLURM's SIGTERM, which Python's exit would send them).
 """
 
 from __future__ import annotations
 
+import atexit
+import gc
 import logging
 import random
 import signal
+import weakref
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from delving.data.config import DataConfig, DatasetKind, as_data_config, validate
-from delving.data.datasets import check_class_lists, list_classes, list_samples, resolve_root
+from delving.data.config import DataConfig, as_data_config
 from delving.data.decode import BadImageError, ImageSource, TooManyBadImagesError
 from delving.data.device_decode import DeviceTrainTransform, EncodedImage, read_for_device
-from delving.data.shards import ShardReader, index_path, read_index
+from delving.data.normalize import InputNormalizer, lighting_offset
+from delving.data.readers import SampleReader, open_split
 from delving.data.transforms import EvalTransform, TrainDraws, TrainTransform, sample_rng
 
 log = logging.getLogger(__name__)
@@ -36,75 +43,6 @@ log = logging.getLogger(__name__)
 MAX_CONSECUTIVE_BAD = 50  # a run of this many unreadable files in the listing means the data set is broken
 
 Failure = tuple[str, str]  # (file, reason)
-
-
-class SampleReader(Protocol):
-    def __len__(self) -> int: ...
-
-    def label(self, i: int) -> int: ...
-
-    def sample_id(self, i: int) -> str: ...
-
-    def source(self, i: int) -> ImageSource: ...
-
-    def epoch_order(self, seed: int, epoch: int) -> np.ndarray: ...
-
-
-class FolderReader:
-    """Samples of a folder data set, in list_samples order."""
-
-    def __init__(self, samples: list[tuple[str, int]], split_dir: str | Path | None = None) -> None:
-        self.paths = [p for p, _ in samples]
-        self.labels = np.asarray([c for _, c in samples], dtype=np.int64)
-        self.split_dir = None if split_dir is None else Path(split_dir)
-
-    def sample_id(self, i: int) -> str:
-        """The file's path relative to the split folder (`<class>/<file>`), as ImageNet's lists name images."""
-        if self.split_dir is None:
-            return self.paths[i]
-        return Path(self.paths[i]).relative_to(self.split_dir).as_posix()
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def label(self, i: int) -> int:
-        return int(self.labels[i])
-
-    def source(self, i: int) -> ImageSource:
-        return self.paths[i]
-
-    def epoch_order(self, seed: int, epoch: int) -> np.ndarray:
-        return np.random.default_rng((seed, epoch, 0)).permutation(len(self.paths))
-
-
-def open_split(cfg: DataConfig, split: str) -> tuple[SampleReader, list[str]]:
-    """The reader and class list of one split of the configured data set (folders or shards).
-
-    When `split` is the train or the val split and the other one exists, their class lists must be equal:
-    otherwise every val label would index another class (a ClassListError names the first difference).
-    """
-    validate(cfg)
-    root = resolve_root(cfg)
-    if cfg.name == DatasetKind.shards:
-        reader: SampleReader = ShardReader.open(root, split)
-        classes = reader.classes  # type: ignore[attr-defined]
-    else:
-        samples, classes = list_samples(root, split)
-        reader = FolderReader(samples, root / split)
-    other = {cfg.train_split: cfg.val_split, cfg.val_split: cfg.train_split}.get(split)
-    other_classes = None if other is None else _split_classes(cfg, root, other)
-    if other_classes is not None:
-        train_first = split == cfg.train_split
-        train, val = (classes, other_classes) if train_first else (other_classes, classes)
-        check_class_lists(train, val, f"split {cfg.train_split!r}", f"split {cfg.val_split!r}", root)
-    return reader, classes
-
-
-def _split_classes(cfg: DataConfig, root: Path, split: str) -> list[str] | None:
-    """The class list of another split, or None where that split is not there (e.g. a val-only copy)."""
-    if cfg.name == DatasetKind.shards:
-        return list(read_index(root, split)["classes"]) if index_path(root, split).is_file() else None
-    return list_classes(root / split) if (root / split).is_dir() else None
 
 
 class BadFileCounter:
@@ -157,13 +95,26 @@ class _EncodeForDevice:
         return read_for_device(source), draws
 
 
+class _CropForDevice:
+    """The workers' share of the Pillow path: the uint8 crop and its lighting shift (added on the device)."""
+
+    def __init__(self, transform: TrainTransform) -> None:
+        self.transform = transform
+
+    def __call__(self, source: ImageSource, draws: TrainDraws) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transform.crop(source, draws), lighting_offset(draws.alpha)
+
+
 class _TrainSet(Dataset):
     """Map-style set keyed by (epoch, index); replaces an unreadable sample by the next readable one."""
 
-    def __init__(self, reader: SampleReader, cfg: DataConfig, seed: int, rank: int) -> None:
+    def __init__(
+        self, reader: SampleReader, cfg: DataConfig, seed: int, rank: int, normalizer: InputNormalizer
+    ) -> None:
         self.reader = reader
-        self.draw = TrainTransform(cfg).draws
-        self.transform = _EncodeForDevice() if cfg.decode_on_device else TrainTransform(cfg)
+        pillow = TrainTransform(cfg, normalizer)
+        self.draw = pillow.draws
+        self.transform = _EncodeForDevice() if cfg.decode_on_device else _CropForDevice(pillow)
         self.seed = seed
         self.rank = rank
         self.seeded_epoch: int | None = None
@@ -214,13 +165,14 @@ class _EpochBatches:
         return self.steps_per_epoch - self.start_step
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        order = self.reader.epoch_order(self.seed, self.epoch)
+        # A generator: the epoch's order is drawn at the first batch asked for, so the iterator a DataLoader
+        # makes and drops while it starts (it calls iter() twice on the first epoch) costs nothing.
+        epoch, start_step = self.epoch, self.start_step
+        order = self.reader.epoch_order(self.seed, epoch)
         global_batch = self.batch_size * self.world_size
-        batches = []
-        for step in range(self.start_step, self.steps_per_epoch):
+        for step in range(start_step, self.steps_per_epoch):
             first = step * global_batch + self.rank * self.batch_size
-            batches.append([(self.epoch, int(i)) for i in order[first : first + self.batch_size]])
-        return iter(batches)
+            yield [(epoch, int(i)) for i in order[first : first + self.batch_size]]
 
 
 def init_worker_process(_: int = 0) -> None:
@@ -244,10 +196,15 @@ class _WorkerInit:
 
 
 def _collate_train(items: list[tuple[Any, int, list[Failure]]]):
-    if isinstance(items[0][0], tuple):  # data.decode_on_device: (EncodedImage, TrainDraws) pairs, as they are
+    """(uint8 NCHW crops, (N, 3) lighting shifts) or, with data.decode_on_device, the (EncodedImage,
+    TrainDraws) pairs as they are; then the labels and the skipped files."""
+    if isinstance(items[0][0][0], EncodedImage):
         images: Any = [sample for sample, _, _ in items]
     else:
-        images = torch.stack([image for image, _, _ in items])
+        images = (
+            torch.stack([crop for (crop, _), _, _ in items]),
+            torch.stack([shift for (_, shift), _, _ in items]),
+        )
     labels = torch.tensor([label for _, label, _ in items], dtype=torch.int64)
     return images, labels, [f for _, _, failures in items for f in failures]
 
@@ -268,10 +225,58 @@ def _loader_kwargs(cfg: DataConfig, pin_memory: bool, init: _WorkerInit) -> dict
     }
 
 
-class TrainLoader:
-    """The paper's training input for one rank: `epoch(e, start_step)` yields (float32 NCHW, int64) batches.
+_OPEN_LOADERS: weakref.WeakSet[_WorkerOwner] = weakref.WeakSet()
+_exit_hook_registered = False
 
-    With data.decode_on_device the images come decoded and transformed on `device` (data/device_decode.py).
+
+class _WorkerOwner:
+    """Owns a DataLoader whose persistent workers must end on close() or at the interpreter's exit.
+
+    The workers ignore SIGTERM (SLURM's stop goes to the rank); Python's exit handler would send them exactly
+    that and wait forever. So the first iteration registers an exit hook (after multiprocessing's own, so it
+    runs before it) that tells open loaders' workers to finish, as a clean shutdown does.
+    """
+
+    _loader: DataLoader | None
+
+    def _iterate(self) -> Iterator[Any]:
+        global _exit_hook_registered
+        if self._loader is None:
+            raise RuntimeError(f"{type(self).__name__} is closed")
+        if not _exit_hook_registered:
+            atexit.register(_close_open_loaders)
+            _exit_hook_registered = True
+        _OPEN_LOADERS.add(self)
+        if self._loader.num_workers and getattr(self._loader, "_iterator", None) is None:
+            gc.collect()
+            gc.freeze()  # the objects the workers inherit: the collector must not touch (copy) their pages
+        return iter(self._loader)
+
+    def close(self) -> None:
+        """Ends the workers now (they finish the batch in hand); the loader cannot be iterated after."""
+        loader, self._loader = self._loader, None
+        iterator = getattr(loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+        _OPEN_LOADERS.discard(self)
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _close_open_loaders() -> None:
+    for owner in list(_OPEN_LOADERS):
+        owner.close()
+
+
+class TrainLoader(_WorkerOwner):
+    """The paper's training input for one rank: `epoch(e, start_step)` yields (float32 NCHW on `device`, int64).
+
+    The workers send uint8 crops; the lighting, the mean and the std are added per batch on `device`. With
+    data.decode_on_device the images come decoded and transformed on `device` (data/device_decode.py).
     """
 
     def __init__(
@@ -299,9 +304,14 @@ class TrainLoader:
                 f"{len(reader)} training samples are fewer than one global batch of {batch_size * world_size}"
             )
         self.bad_files = BadFileCounter(cfg.max_bad_fraction, self.steps_per_epoch * batch_size)
-        self.on_device = DeviceTrainTransform(cfg, device) if cfg.decode_on_device else None
+        self.device = torch.device(device)
+        normalizer = InputNormalizer.from_config(cfg)
+        self.normalizer = normalizer.to(self.device)
+        self.on_device = (
+            DeviceTrainTransform(cfg, self.device, self.normalizer) if cfg.decode_on_device else None
+        )
         self._loader = DataLoader(
-            _TrainSet(reader, cfg, seed, rank),
+            _TrainSet(reader, cfg, seed, rank, normalizer),
             batch_sampler=self.batches,
             collate_fn=_collate_train,
             **_loader_kwargs(cfg, pin_memory, _WorkerInit(seed, rank, self.batches)),
@@ -312,40 +322,44 @@ class TrainLoader:
         if not 0 <= start_step <= self.steps_per_epoch:
             raise ValueError(f"start_step={start_step} outside [0, {self.steps_per_epoch}]")
         self.batches.set_epoch(epoch, start_step)
-        for images, labels, failures in self._loader:
+        for images, labels, failures in self._iterate():
             failed: list[Failure] = []
             if self.on_device is not None:
                 encoded, draws = zip(*images, strict=True)
                 images, labels, failed = self.on_device(list(encoded), list(draws), labels)
+            else:
+                crops, shifts = images
+                images = self.normalizer(crops.to(self.device, non_blocking=True), shifts)
             # A file the device could not decode was read and skipped; its place holds a repeat.
             self.bad_files.update(len(labels) - len(failed), [*failures, *failed])
             yield images, labels
 
 
 class _EvalSet(Dataset):
-    def __init__(self, reader: SampleReader, cfg: DataConfig) -> None:
+    def __init__(self, reader: SampleReader, cfg: DataConfig, normalizer: InputNormalizer) -> None:
         self.reader = reader
-        self.transform = EvalTransform(cfg)
+        self.transform = EvalTransform(cfg, normalizer)
 
     def __len__(self) -> int:
         return len(self.reader)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor | None, int, Failure | None]:
         try:
-            return self.transform(self.reader.source(index)), self.reader.label(index), None
+            return self.transform.crop(self.reader.source(index)), self.reader.label(index), None
         except BadImageError as err:
             return None, -1, (err.path, err.reason)
 
 
 def _collate_eval(items: list[tuple[torch.Tensor | None, int, Failure | None]]):
     good = [(image, label) for image, label, _ in items if image is not None]
-    images = torch.stack([image for image, _ in good]) if good else torch.empty(0)
+    images = torch.stack([image for image, _ in good]) if good else torch.empty(0, dtype=torch.uint8)
     labels = torch.tensor([label for _, label in good], dtype=torch.int64)
     return images, labels, [f for _, _, f in items if f is not None]
 
 
-class EvalLoader:
+class EvalLoader(_WorkerOwner):
     """Center-crop validation for one rank: rank r takes images r::world_size, each image exactly once overall.
+    Yields (float32 NCHW on `device`, int64): the workers send uint8 crops, the mean runs per batch on `device`.
 
     `max_samples` evaluates a fixed random subset of that size instead of the whole split.
 
@@ -363,6 +377,7 @@ class EvalLoader:
         world_size: int = 1,
         pin_memory: bool = False,
         max_samples: int | None = None,
+        device: torch.device | str = "cpu",
     ) -> None:
         cfg = as_data_config(cfg)  # the data room's entry: typed once here, a DataConfig below
         reader, self.classes = open_split(cfg, split)
@@ -374,9 +389,12 @@ class EvalLoader:
         self.num_samples = len(subset)
         self.indices = subset[rank::world_size].tolist()
         self.bad_files = BadFileCounter(cfg.max_bad_fraction, len(self.indices))
+        self.device = torch.device(device)
+        normalizer = InputNormalizer.from_config(cfg)
+        self.normalizer = normalizer.to(self.device)
         batches = [self.indices[i : i + batch_size] for i in range(0, len(self.indices), batch_size)]
         self._loader = DataLoader(
-            _EvalSet(reader, cfg),
+            _EvalSet(reader, cfg, normalizer),
             batch_sampler=batches,
             collate_fn=_collate_eval,
             **_loader_kwargs(cfg, pin_memory, _WorkerInit(0, rank, None)),
@@ -388,11 +406,13 @@ class EvalLoader:
         return self.bad_files.skipped
 
     def __len__(self) -> int:
+        if self._loader is None:
+            raise RuntimeError("EvalLoader is closed")
         return len(self._loader)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.bad_files.reset()  # per pass: the caller checks each pass's images + skipped == num_samples
-        for images, labels, failures in self._loader:
+        for images, labels, failures in self._iterate():
             self.bad_files.update(len(labels), failures)
             if len(labels):
-                yield images, labels
+                yield self.normalizer(images.to(self.device, non_blocking=True)), labels

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import webdataset as wds
 
-from delving.data.datasets import DataSetNotFoundError, list_samples
+from delving.data.datasets import DataSetNotFoundError, existing_root, walk_split
+from delving.data.index import PackedStrings
 
 INDEX_VERSION = 1
 
@@ -32,7 +33,9 @@ def write_shards(
 ) -> Path:
     """Writes `source_root/split` as shards of at most `max_samples` files in a shuffled order (so that the
     shard-local shuffle at training time mixes classes) and the index; returns the index path."""
-    samples, classes = list_samples(source_root, split)
+    split_dir = existing_root(source_root) / split
+    walk = walk_split(split_dir)
+    classes, base = walk.classes, os.fsencode(split_dir)
     out_root = Path(out_root)
     out_root.mkdir(parents=True, exist_ok=True)
     index = index_path(out_root, split)
@@ -40,15 +43,19 @@ def write_shards(
         raise FileExistsError(
             f"{index} exists: shards for split {split!r} were already written to {out_root}"
         )
-    order = np.random.default_rng(seed).permutation(len(samples))
+    order = np.random.default_rng(seed).permutation(len(walk.paths))
     shards = []
-    for shard_no, start in enumerate(range(0, len(samples), max_samples)):
+    for shard_no, start in enumerate(range(0, len(walk.paths), max_samples)):
         name = f"{split}-{shard_no:06d}.tar"
         with wds.TarWriter(str(out_root / name)) as writer:
             for position in order[start : start + max_samples]:
-                path, label = samples[position]
+                path, label = os.path.join(base, walk.paths[position]), int(walk.labels[position])
                 writer.write(
-                    {"__key__": f"{int(position):08d}", "jpg": Path(path).read_bytes(), "cls": label}
+                    {
+                        "__key__": f"{int(position):08d}",
+                        "jpg": Path(os.fsdecode(path)).read_bytes(),
+                        "cls": label,
+                    }
                 )
         shards.append({"file": name, **_member_table(out_root / name)})
     tmp = index.with_suffix(".json.tmp")
@@ -99,7 +106,7 @@ class ShardReader:
     offsets: np.ndarray
     sizes: np.ndarray
     labels: np.ndarray
-    keys: list[str]
+    keys: PackedStrings
     classes: list[str]
 
     @classmethod
@@ -115,7 +122,7 @@ class ShardReader:
             offsets=np.concatenate([np.asarray(s["offsets"], dtype=np.int64) for s in shards]),
             sizes=np.concatenate([np.asarray(s["sizes"], dtype=np.int64) for s in shards]),
             labels=np.concatenate([np.asarray(s["labels"], dtype=np.int64) for s in shards]),
-            keys=[k for s in shards for k in s["keys"]],
+            keys=PackedStrings.from_strings([k for s in shards for k in s["keys"]]),
             classes=list(meta["classes"]),
         )
 
@@ -145,3 +152,22 @@ class ShardReader:
         )  # samples are grouped by shard
         shard_order = rng.permutation(len(self.files))
         return np.concatenate([rng.permutation(np.arange(bounds[n], bounds[n + 1])) for n in shard_order])
+
+
+_OPENED: dict[
+    str, tuple[tuple[int, int], ShardReader]
+] = {}  # real path of the index -> (size, mtime), reader
+
+
+def open_shards(root: str | os.PathLike, split: str) -> ShardReader:
+    """The split's ShardReader, parsed once per process (preflight, the loaders and the class checks share it)
+    while `<split>.json` is unchanged (same size and modification time)."""
+    path = index_path(root, split)
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return ShardReader.open(root, split)  # raises the one-line "shard index not found"
+    real, version = os.path.realpath(path), (stat.st_size, stat.st_mtime_ns)
+    if real not in _OPENED or _OPENED[real][0] != version:
+        _OPENED[real] = version, ShardReader.open(root, split)
+    return _OPENED[real][1]

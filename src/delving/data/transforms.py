@@ -15,20 +15,9 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from delving.data.config import DataConfig, Normalize
+from delving.data.config import DataConfig
 from delving.data.decode import ImageSource, decode_image_with_size
-from delving.data.mean_image import fit_mean
-
-# AlexNet's colour noise [16] adds sum_i alpha_i * lambda_i * p_i, alpha_i ~ N(0, 0.1), with the eigenvalues
-# lambda_i and eigenvectors p_i of ImageNet's 3x3 RGB pixel covariance. AlexNet never published its numbers; these
-# are fb.resnet.torch's estimate (facebookarchive/fb.resnet.torch, datasets/imagenet.lua, for pixels in [0, 1]),
-# the constants Caffe/Torch/PyTorch reimplementations use. Eigenvalues are x255 below since our pixels are 0-255.
-PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
-PCA_EIGVEC = (  # columns are the eigenvectors, rows are R, G, B
-    (-0.5675, 0.7192, 0.4009),
-    (-0.5808, -0.0045, -0.8140),
-    (-0.5836, -0.6948, 0.4203),
-)
+from delving.data.normalize import InputNormalizer, lighting_offset
 
 
 @dataclass(frozen=True)
@@ -122,70 +111,53 @@ def pil_to_uint8(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1).contiguous()
 
 
-def lighting_offset(alpha: tuple[float, float, float]) -> torch.Tensor:
-    """Per-channel RGB shift of AlexNet's PCA lighting on the 0-255 scale."""
-    eigvec = torch.tensor(PCA_EIGVEC, dtype=torch.float64)
-    eigval = torch.tensor(PCA_EIGVAL, dtype=torch.float64) * 255.0
-    return (eigvec @ (torch.tensor(alpha, dtype=torch.float64) * eigval)).float()
-
-
-def _mean_std(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if cfg.normalize == Normalize.mean_image:
-        from delving.data.mean_image import load_mean_image
-
-        return load_mean_image(cfg), None
-    mean = torch.tensor(list(cfg.mean), dtype=torch.float32).view(3, 1, 1)
-    std = (
-        torch.tensor(list(cfg.std), dtype=torch.float32).view(3, 1, 1)
-        if cfg.normalize == Normalize.mean_std
-        else None
-    )
-    return mean, std
-
-
-def _normalize(
-    pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor | None, shift: torch.Tensor | None
-):
-    mean = fit_mean(mean, *pixels.shape[-2:])
-    offset = -mean if shift is None else shift.view(3, 1, 1) - mean
-    out = pixels.to(torch.float32) + offset.to(pixels.device)
-    return out if std is None else out / std.to(pixels.device)
-
-
 def normalize_tensor(
     pixels: torch.Tensor, cfg: DataConfig, shift: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """0-255 pixels (uint8 or float, CHW or NCHW) -> float32 model input: + shift (lighting), - mean, [/ std]."""
-    return _normalize(pixels, *_mean_std(cfg), shift)
+    """0-255 pixels (uint8 or float, CHW or NCHW) -> float32 model input: + shift (lighting), - mean, [/ std].
+    Builds the normalizer on each call: loops hold one `InputNormalizer` instead."""
+    return InputNormalizer.from_config(cfg)(pixels, shift)
 
 
 def to_model_input(img: Image.Image, cfg: DataConfig) -> torch.Tensor:
-    """A PIL RGB image (already resized/cropped by the caller) -> float32 CHW model input."""
+    """A PIL RGB image (already resized/cropped by the caller) -> float32 CHW model input (one-off use)."""
     return normalize_tensor(pil_to_uint8(img), cfg)
 
 
 class TrainTransform:
-    """The paper's training transform for one file: picklable, holds no random state of its own."""
+    """The paper's training transform for one file: picklable, holds no random state of its own.
 
-    def __init__(self, cfg: DataConfig) -> None:
+    The loader's workers call `crop` (uint8 CHW; the lighting and the mean run per batch on the device);
+    calling the transform gives the per-sample float32 model input, the reference the batched path equals.
+    """
+
+    def __init__(self, cfg: DataConfig, normalizer: InputNormalizer | None = None) -> None:
         self.cfg = cfg
-        self.mean, self.std = _mean_std(self.cfg)
+        self.normalizer = normalizer or InputNormalizer.from_config(cfg)  # a missing mean image fails here
 
     def draws(self, rng: np.random.Generator) -> TrainDraws:
         return draw_train_params(rng, self.cfg)
 
+    def crop(self, path: ImageSource, draws: TrainDraws) -> torch.Tensor:
+        """Decode, scale, crop and flip: uint8 CHW. Raises BadImageError."""
+        return pil_to_uint8(train_crop(path, draws, self.cfg.crop_size, self.cfg.use_draft))
+
     def __call__(self, path: ImageSource, draws: TrainDraws) -> torch.Tensor:
-        crop = train_crop(path, draws, self.cfg.crop_size, self.cfg.use_draft)
-        return _normalize(pil_to_uint8(crop), self.mean, self.std, lighting_offset(draws.alpha))
+        return self.normalizer(self.crop(path, draws), lighting_offset(draws.alpha))
 
 
 class EvalTransform:
-    """Center-crop validation view of one file (resize shorter side to test_scale, crop crop_size)."""
+    """Center-crop validation view of one file (resize shorter side to test_scale, crop crop_size).
 
-    def __init__(self, cfg: DataConfig) -> None:
+    `crop` gives uint8 CHW (what the loader's workers send); calling it gives the float32 model input.
+    """
+
+    def __init__(self, cfg: DataConfig, normalizer: InputNormalizer | None = None) -> None:
         self.cfg = cfg
-        self.mean, self.std = _mean_std(self.cfg)
+        self.normalizer = normalizer or InputNormalizer.from_config(cfg)  # a missing mean image fails here
+
+    def crop(self, path: ImageSource) -> torch.Tensor:
+        return pil_to_uint8(center_crop(path, self.cfg.test_scale, self.cfg.crop_size, self.cfg.use_draft))
 
     def __call__(self, path: ImageSource) -> torch.Tensor:
-        crop = center_crop(path, self.cfg.test_scale, self.cfg.crop_size, self.cfg.use_draft)
-        return _normalize(pil_to_uint8(crop), self.mean, self.std, None)
+        return self.normalizer(self.crop(path))

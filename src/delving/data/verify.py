@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from delving.data.config import DataConfig
 from delving.data.decode import BadImageError, decode_image
-from delving.data.loaders import SampleReader, open_split
+from delving.data.readers import SampleReader, open_split
 
 
 def _check(args: tuple[SampleReader, int]) -> tuple[str, str] | None:

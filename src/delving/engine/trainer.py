@@ -9,7 +9,6 @@ line is due, so a stop is exact and one rank's error stops them all at the same 
 from __future__ import annotations
 
 import contextlib
-import gc
 import math
 import os
 import shutil
@@ -142,6 +141,8 @@ class Trainer:
             rank=self.ctx.rank,
             world_size=self.ctx.world_size,
             max_samples=cfg.train.val_max_images,
+            pin_memory=self.device.type == "cuda",
+            device=self.device,
         )
 
     def _build_ema(self) -> AveragedModel | None:
@@ -185,8 +186,10 @@ class Trainer:
 
     def release_loaders(self) -> None:
         """Ends the training loaders' worker processes (the final evaluation starts its own)."""
+        for loader in (self.train_loader, self.val_loader):
+            if loader is not None:
+                loader.close()
         self.train_loader = self.val_loader = None  # type: ignore[assignment]
-        gc.collect()  # the DataLoaders' persistent iterators shut their workers down when collected
 
     # ---------------------------------------------------------------- resume
     def _resume_path(self) -> Path | None:

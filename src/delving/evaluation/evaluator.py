@@ -31,8 +31,10 @@ from torch.utils.data import DataLoader, Dataset
 from delving.data.config import DataConfig, DatasetKind
 from delving.data.datasets import ClassListError, check_class_lists, class_names, resolve_root
 from delving.data.decode import BadImageError, decode_image
-from delving.data.loaders import BadFileCounter, Failure, SampleReader, init_worker_process, open_split
-from delving.data.transforms import resize_shorter, to_model_input
+from delving.data.loaders import BadFileCounter, Failure, init_worker_process
+from delving.data.normalize import InputNormalizer
+from delving.data.readers import SampleReader, open_split
+from delving.data.transforms import pil_to_uint8, resize_shorter
 from delving.dist import (
     DistributedContext,
     broadcast_from_main,
@@ -115,6 +117,9 @@ class _EvalImages(Dataset):
         self.reader, self.positions, self.data_cfg = reader, positions, data_cfg
         self.protocol, self.scales, self.size = protocol, scales, size
         self.draft_size = max(scales) if draft else None  # eval.draft, not the training's data.use_draft
+        # Built once (a mean image is read here, not per view). The mean is fitted to the whole resized image
+        # before the views are cut, so a mean image stays aligned with each view's place in the image.
+        self.normalizer = InputNormalizer.from_config(data_cfg)
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -126,7 +131,7 @@ class _EvalImages(Dataset):
             return k, None, (err.path, err.reason)
         views = []
         for scale in self.scales:
-            resized = to_model_input(resize_shorter(image, scale), self.data_cfg)
+            resized = self.normalizer(pil_to_uint8(resize_shorter(image, scale)))
             views.extend(view.contiguous() for view in image_views(resized, self.protocol, self.size))
         return k, views, None
 
