@@ -47,8 +47,9 @@ class Progress:
         every_n: int | None = None,
         stream: TextIO | None = None,
         clock: Callable[[], float] = time.monotonic,
+        note: Callable[[], str] | None = None,
     ) -> None:
-        self.total, self.what, self.unit = total, what, unit
+        self.total, self.what, self.unit, self.note = total, what, unit, note
         self.enabled, self.every_s, self.every_n = enabled, every_s, every_n
         self.stream = stream if stream is not None else sys.stderr
         self.clock = clock
@@ -76,6 +77,8 @@ class Progress:
             return
         if self.bar is not None:
             self.bar.update(n)
+            if self.note is not None:
+                self.bar.set_postfix_str(self.note(), refresh=False)
             return
         now = self.clock()
         due_n = self.every_n is not None and self.done - self.last_line_done >= self.every_n
@@ -88,9 +91,10 @@ class Progress:
         rate = self.done / elapsed if elapsed > 0 else float("nan")
         eta = (self.total - self.done) / rate if rate > 0 else float("nan")
         percent = 100.0 * self.done / self.total if self.total else 100.0
+        note = f", {self.note()}" if self.note is not None else ""
         return (
-            f"{self.what}: {self.done:,}/{self.total:,} {self.unit} ({percent:.0f}%), {rate:.3g} {self.unit}/s, "
-            f"ETA {format_duration(eta)}, elapsed {format_duration(elapsed)}"
+            f"{self.what}: {self.done:,}/{self.total:,} {self.unit} ({percent:.0f}%), {rate:.3g} {self.unit}/s"
+            f"{note}, ETA {format_duration(eta)}, elapsed {format_duration(elapsed)}"
         )
 
     def close(self) -> str:
@@ -99,6 +103,8 @@ class Progress:
         line = f"{self.what}: {self.done:,} {self.unit} in {format_duration(elapsed)}"
         if self.done and elapsed > 0:
             line += f" ({self.done / elapsed:.3g} {self.unit}/s)"
+        if self.note is not None:
+            line += f", {self.note()}"
         if self.closed or not self.enabled:
             self.closed = True
             return line

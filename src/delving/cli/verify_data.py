@@ -24,7 +24,7 @@ def _app(cfg: DictConfig) -> None:
     processes = cfg.processes if cfg.processes is not None else max(1, data.num_workers)
     bad = 0
     for split in splits:
-        for path, reason in scan_split(data, split, processes):
+        for path, reason in scan_split(data, split, processes, show_progress=True):
             print(f"BAD {path}: {reason}", flush=True)
             bad += 1
     print(f"{bad} unreadable image(s) in data={data.name.value} splits {splits}")

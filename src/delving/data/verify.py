@@ -1,4 +1,10 @@
-"""Scanning a data set with the training decoder, so a bad file is found before a multi-day run, not in it."""
+"""Scanning a data set with the training decoder, so a bad file is found before a multi-day run, not in it.
+
+The reader (its index in arrays) reaches the worker processes once, through fork; each task is only a range of
+sample positions, so the cost per file does not grow with the data set (pickling the reader per task did).
+Progress goes to stderr: a bar on a terminal, else a line at least every 30 s with the files done, the rate,
+the bad files so far and the ETA.
+"""
 
 from __future__ import annotations
 
@@ -8,24 +14,68 @@ from collections.abc import Iterator
 from delving.data.config import DataConfig
 from delving.data.decode import BadImageError, decode_image
 from delving.data.readers import SampleReader, open_split
+from delving.progress import Progress
+
+TASK_SIZE = 256  # files per task: large enough to amortise the round trip, small enough to balance the workers
+PROGRESS_EVERY_S = 30.0
+
+_reader: SampleReader | None = None  # set in each worker by fork, before any task arrives
 
 
-def _check(args: tuple[SampleReader, int]) -> tuple[str, str] | None:
-    reader, index = args
-    try:
-        decode_image(reader.source(index))  # full-size decode: a draft could stop before a late corruption
-    except BadImageError as err:
-        return err.path, err.reason
-    return None
+def _set_reader(reader: SampleReader) -> None:
+    global _reader
+    _reader = reader
 
 
-def scan_split(cfg: DataConfig, split: str, processes: int) -> Iterator[tuple[str, str]]:
-    """Yields (file, reason) for every unreadable image of `split`; listing errors raise with the path."""
+def check_range(reader: SampleReader, start: int, stop: int) -> list[tuple[str, str]]:
+    """(file, reason) of each unreadable image among samples [start, stop)."""
+    bad = []
+    for index in range(start, stop):
+        try:
+            decode_image(reader.source(index))  # full-size decode: a draft could stop before a late corruption
+        except BadImageError as err:
+            bad.append((err.path, err.reason))
+    return bad
+
+
+def _check_task(task: tuple[int, int]) -> tuple[int, list[tuple[str, str]]]:
+    assert _reader is not None
+    start, stop = task
+    return stop - start, check_range(_reader, start, stop)
+
+
+def task_ranges(count: int, size: int = TASK_SIZE) -> Iterator[tuple[int, int]]:
+    return ((start, min(start + size, count)) for start in range(0, count, size))
+
+
+def scan_split(
+    cfg: DataConfig, split: str, processes: int, show_progress: bool = False
+) -> Iterator[tuple[str, str]]:
+    """Yields (file, reason) for every unreadable image of `split`, in data set order; listing errors raise
+    with the path."""
     reader, _ = open_split(cfg, split)
-    jobs = ((reader, i) for i in range(len(reader)))
-    if processes <= 1:
-        results: Iterator = map(_check, jobs)
-        yield from (r for r in results if r is not None)
-        return
-    with mp.get_context("fork").Pool(processes) as pool:
-        yield from (r for r in pool.imap(_check, jobs, chunksize=64) if r is not None)
+    tasks = task_ranges(len(reader))
+    bad = 0
+    with Progress(
+        len(reader),
+        f"verify {split}",
+        "files",
+        enabled=show_progress,
+        every_s=PROGRESS_EVERY_S,
+        note=lambda: f"{bad:,} bad",
+    ) as progress:
+        if processes <= 1:
+            results: Iterator = ((stop - start, check_range(reader, start, stop)) for start, stop in tasks)
+            pool = None
+        else:
+            pool = mp.get_context("fork").Pool(processes, initializer=_set_reader, initargs=(reader,))
+            results = pool.imap(_check_task, tasks)
+        try:
+            for done, failures in results:
+                bad += len(failures)
+                progress.update(done)
+                yield from failures
+        finally:
+            if pool is not None:
+                pool.terminate()
+                pool.join()
