@@ -123,3 +123,113 @@ def test_eval_loader_drops_bad_images(dataset_with_bad_files):
     for _ in range(2):  # the count is per pass
         labels = torch.cat([labels for _, labels in loader])
         assert sorted(labels.tolist()) == [0, 0, 1, 2, 2] and loader.skipped == 1 and loader.num_samples == 6
+
+
+def _per_sample_reference(loader: TrainLoader, cfg, epoch: int) -> list[torch.Tensor]:
+    """Each batch as the per-sample path builds it: TrainTransform's float32 model input, image by image."""
+    from delving.data.readers import open_split
+    from delving.data.transforms import TrainTransform, sample_rng
+
+    reader, _ = open_split(cfg, cfg.train_split)
+    transform = TrainTransform(cfg)
+    loader.batches.set_epoch(epoch, 0)
+    return [
+        torch.stack([transform(reader.source(i), transform.draws(sample_rng(5, e, i))) for e, i in batch])
+        for batch in loader.batches
+    ]
+
+
+@pytest.mark.parametrize("normalize", ["mean", "mean_std", "mean_image"])
+def test_uint8_workers_and_the_batched_normalizer_equal_the_per_sample_path(dataset, tmp_path, normalize):
+    import numpy as np
+
+    mean_file = tmp_path / "mean.npy"
+    np.save(mean_file, np.random.default_rng(0).uniform(60, 180, (16, 16, 3)).astype(np.float32))
+    cfg = tiny_config(
+        dataset, normalize=normalize, mean_image=str(mean_file), pca_lighting_std=0.1, num_workers=2
+    )
+    loader = TrainLoader(cfg, batch_size=6, seed=5)
+    ours = [images for images, _ in loader.epoch(1)]
+    reference = _per_sample_reference(loader, cfg, 1)
+    assert len(ours) == len(reference) == 6
+    for batch, expected in zip(ours, reference, strict=True):
+        assert batch.dtype == torch.float32
+        assert torch.equal(batch, expected)  # the same float32 operations: equal to the bit
+    loader.close()
+    evaluation = EvalLoader(cfg, "val", batch_size=4)
+    images = torch.cat([images for images, _ in evaluation])
+    expected = torch.stack(
+        [EvalTransform(cfg)(evaluation._loader.dataset.reader.source(i)) for i in range(15)]
+    )
+    assert torch.equal(images, expected)
+
+
+def test_workers_send_uint8_crops_and_the_mean_image_is_read_once(dataset, tmp_path, monkeypatch):
+    import numpy as np
+
+    from delving.data import loaders, normalize
+
+    mean_file = tmp_path / "mean.npy"
+    np.save(mean_file, np.full((16, 16, 3), 100.0, dtype=np.float32))
+    reads = []
+    real_load = normalize.load_mean_image
+    monkeypatch.setattr(normalize, "load_mean_image", lambda cfg: reads.append(1) or real_load(cfg))
+    cfg = tiny_config(dataset, normalize="mean_image", mean_image=str(mean_file))
+    loader = TrainLoader(cfg, batch_size=6, seed=0)
+    (crops, shifts), _, _ = loaders._collate_train(
+        [loader._loader.dataset[(0, i)] for i in range(3)]
+    )
+    assert crops.dtype == torch.uint8 and crops.shape == (3, 3, 16, 16) and shifts.shape == (3, 3)
+    for _ in loader.epoch(0):
+        pass
+    for _ in EvalLoader(cfg, "val", batch_size=4):
+        pass
+    assert len(reads) == 2  # one per loader, none per sample or batch
+
+
+class _CountingOrder:
+    def __init__(self, reader) -> None:
+        self.reader, self.calls = reader, 0
+
+    def __getattr__(self, name):
+        return getattr(self.reader, name)
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def epoch_order(self, seed, epoch):
+        self.calls += 1
+        return self.reader.epoch_order(seed, epoch)
+
+
+def test_the_sampler_draws_each_epochs_order_once(dataset):
+    loader = TrainLoader(tiny_config(dataset, num_workers=2), batch_size=6, seed=0)
+    counting = _CountingOrder(loader.batches.reader)
+    loader.batches.reader = counting
+    for epoch in range(2):
+        assert sum(len(labels) for _, labels in loader.epoch(epoch)) == 36
+    assert counting.calls == 2  # DataLoader calls iter() twice on its first epoch: the second one only runs
+    loader.close()
+
+
+EXIT_WITH_AN_OPEN_ITERATOR = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from helpers.data import tiny_config
+from delving.data.loaders import TrainLoader
+loader = TrainLoader(tiny_config({root!r}, num_workers=2), batch_size=6, seed=0)
+batches = loader.epoch(0)
+next(batches)
+print("one batch", flush=True)
+"""
+
+
+def test_a_script_that_exits_with_a_loader_iterator_open_ends(dataset):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = EXIT_WITH_AN_OPEN_ITERATOR.format(tests=str(Path(__file__).parent), root=str(dataset))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "one batch" in result.stdout
