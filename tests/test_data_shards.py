@@ -107,3 +107,23 @@ def test_train_and_val_shards_with_different_classes_are_refused(tmp_path):
         TrainLoader(cfg, batch_size=2)
     with pytest.raises(ClassListError, match=message):
         EvalLoader(cfg, "val", batch_size=2)
+
+
+def test_each_shard_index_is_parsed_once_per_process(shards, monkeypatch):
+    from delving.data import shards as shards_module
+
+    _source, root = shards
+    shards_module._OPENED.clear()
+    parsed = []
+    real_open = ShardReader.open.__func__
+    monkeypatch.setattr(
+        ShardReader, "open", classmethod(lambda cls, r, s: parsed.append(s) or real_open(cls, r, s))
+    )
+    cfg = tiny_config(root, name=DatasetKind.shards)
+    TrainLoader(cfg, batch_size=4)  # checks val's classes too
+    EvalLoader(cfg, "val", batch_size=4)  # checks train's classes too
+    TrainLoader(cfg, batch_size=4)
+    assert sorted(parsed) == ["train", "val"]
+    (root / "val.json").touch()  # a rewritten index is read again
+    EvalLoader(cfg, "val", batch_size=4)
+    assert sorted(parsed) == ["train", "val", "val"]

@@ -16,7 +16,9 @@ from delving.data.decode import BadImageError, decode_image
 from delving.data.readers import SampleReader, open_split
 from delving.progress import Progress
 
-TASK_SIZE = 256  # files per task: large enough to amortise the round trip, small enough to balance the workers
+TASK_SIZE = (
+    256  # files per task: large enough to amortise the round trip, small enough to balance the workers
+)
 PROGRESS_EVERY_S = 30.0
 
 _reader: SampleReader | None = None  # set in each worker by fork, before any task arrives
@@ -32,7 +34,9 @@ def check_range(reader: SampleReader, start: int, stop: int) -> list[tuple[str, 
     bad = []
     for index in range(start, stop):
         try:
-            decode_image(reader.source(index))  # full-size decode: a draft could stop before a late corruption
+            decode_image(
+                reader.source(index)
+            )  # full-size decode: a draft could stop before a late corruption
         except BadImageError as err:
             bad.append((err.path, err.reason))
     return bad

@@ -8,7 +8,6 @@ folder names and shard indexes only (no image, no full listing), and never gener
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from delving.data.config import DataConfig, DatasetKind, validate
 from delving.data.datasets import check_same_classes
-from delving.data.shards import index_path
+from delving.data.shards import index_path, open_shards
 from delving.data.synthetic import MAX_CLASSES
 from delving.errors import ConfigError, UserError
 from delving.evaluation.config import effective_scales
@@ -288,8 +287,8 @@ def _shard_index(root: Path, split: str, key: str) -> tuple[list[str], int]:
             "scripts/make_shards.py, or check data.root"
         )
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-        return [str(c) for c in meta["classes"]], sum(len(s["keys"]) for s in meta["shards"])
+        reader = open_shards(root, split)  # parsed once per process: the loaders reuse it
+        return [str(c) for c in reader.classes], len(reader)
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ConfigError(
             f"{path}: not a shard index of scripts/make_shards.py ({error!r}); rewrite the shards"

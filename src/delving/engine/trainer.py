@@ -33,7 +33,9 @@ from delving.checkpoint import (
     load_weights,
     restore_rng_state,
 )
+from delving.data.config import as_data_config
 from delving.data.loaders import EvalLoader, TrainLoader
+from delving.data.readers import prepare_listings
 from delving.dist import (
     DistributedContext,
     agree,
@@ -119,6 +121,12 @@ class Trainer:
 
     def _build_loaders(self) -> None:
         cfg, per_rank = self.cfg, self._per_rank_batch()
+        if self.ctx.is_distributed:
+            # Each node's first rank lists the folders (or finds them stored) and stores the listing; the other
+            # ranks read it after this collective instead of walking 1.28 M files again.
+            with failing_together(self.ctx):
+                if self.ctx.local_rank == 0:
+                    prepare_listings(as_data_config(cfg.data))
         self.train_loader = TrainLoader(
             cfg.data,
             batch_size=per_rank * cfg.train.grad_accum_steps,
