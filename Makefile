@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[dev,sweep]'
+	$(PY) -m pip install -q -e '.[dev,sweep,gpu]'
 	touch $@
 
 install: $(VENV)/.installed

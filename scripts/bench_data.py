@@ -9,13 +9,22 @@
    synthetic tensors (measured for models A and C with bf16 + channels_last on a GPU, else the issue's targets)
    to give the CPU cores one GPU needs.
 
+3. --photos DIR: per core on real photos (a folder of JPEGs; none ship with the repository), medians of
+   --rounds alternating rounds in one run: bare decode (Pillow; simplejpeg, a libjpeg-turbo binding, where
+   installed), our train and eval transforms as the loader's workers run them (uint8 out), and the peers'
+   train transforms after the same decode: timm's create_transform(224, is_training=True) and torchvision's
+   reference recipe (RandomResizedCrop, flip, to float, Normalize). --pipeline --photos DIR times the loader
+   on those photos instead of generated ones.
+
     .venv/bin/python scripts/bench_data.py [--images 20] [--repeats 3]
+    .venv/bin/python scripts/bench_data.py --photos /data/photos [--rounds 5]
     .venv/bin/python scripts/bench_data.py --pipeline --device cuda --workers 0 2 4 8 --pipeline-images 1024
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +36,15 @@ from PIL import Image
 from delving.data.config import DataConfig, DatasetKind
 from delving.data.decode import decode_image
 from delving.data.loaders import TrainLoader
-from delving.data.transforms import draw_train_params, reference_crop, sample_rng, train_crop
+from delving.data.normalize import lighting_offset
+from delving.data.transforms import (
+    EvalTransform,
+    TrainTransform,
+    draw_train_params,
+    reference_crop,
+    sample_rng,
+    train_crop,
+)
 from delving.engine.throughput import synchronize, time_per_step
 from delving.models import build_model
 
@@ -139,15 +156,88 @@ def model_rates(device: str) -> tuple[dict[str, float], str]:
     return rates, f"measured on {torch.cuda.get_device_name()} (bf16 + channels_last, batch 64, eager)"
 
 
+def _pillow_decode(path: Path) -> None:
+    with Image.open(path) as img:
+        img.convert("RGB")
+
+
+def photo_contenders(paths: list[Path]) -> dict[str, object]:
+    """name -> fn(path, index): the work one loader worker does per image on each path."""
+    import timm.data
+    from torchvision import transforms as T
+
+    cfg = DataConfig()
+    ours, ours_eval = TrainTransform(cfg), EvalTransform(cfg)
+    draws = [draw_train_params(sample_rng(0, 0, i), cfg) for i in range(len(paths))]
+    timm_train = timm.data.create_transform(224, is_training=True)
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    torchvision_train = T.Compose([
+        T.RandomResizedCrop(224, antialias=True), T.RandomHorizontalFlip(), T.PILToTensor(),
+        T.ConvertImageDtype(torch.float32), T.Normalize(mean, std),
+    ])  # fmt: skip
+    contenders = {
+        "Pillow decode (RGB)": lambda p, i: _pillow_decode(p),
+        "ours: train crop, uint8": lambda p, i: (ours.crop(p, draws[i]), lighting_offset(draws[i].alpha)),
+        "ours: eval centre crop": lambda p, i: ours_eval.crop(p),
+        "timm create_transform": lambda p, i: timm_train(Image.open(p).convert("RGB")),
+        "torchvision reference": lambda p, i: torchvision_train(Image.open(p).convert("RGB")),
+    }
+    try:
+        import simplejpeg
+
+        contenders["simplejpeg decode (RGB)"] = lambda p, i: simplejpeg.decode_jpeg(p.read_bytes(), "RGB")
+    except ImportError:
+        pass
+    return contenders
+
+
+def bench_photos(args: argparse.Namespace) -> None:
+    """Images/s per core of each contender: medians of alternating rounds, so a loaded machine hits all alike."""
+    torch.set_num_threads(1)
+    paths = sorted(p for p in args.photos.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))[: args.images]
+    if not paths:
+        raise SystemExit(f"no JPEGs under {args.photos}")
+    contenders = photo_contenders(paths)
+    rates: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(args.rounds):
+        for name, fn in contenders.items():
+            start = time.perf_counter()
+            for i, path in enumerate(paths):
+                fn(path, i)
+            rates[name].append(len(paths) / (time.perf_counter() - start))
+    sizes = [Image.open(p).size for p in paths[:200]]
+    median_size = tuple(int(v) for v in np.median(np.array(sizes), axis=0))
+    print(f"{len(paths)} photos from {args.photos} (median {median_size[0]}x{median_size[1]}), one core, "
+          f"median of {args.rounds} alternating rounds:")  # fmt: skip
+    decode = float(np.median(rates["Pillow decode (RGB)"]))
+    print(f"{'per worker':26} {'images/s':>9} {'x Pillow decode':>16}")
+    for name, values in rates.items():
+        rate = float(np.median(values))
+        print(f"{name:26} {rate:9.0f} {rate / decode:15.2f}x")
+    train = float(np.median(rates["ours: train crop, uint8"]))
+    print("cores per GPU for our train transform: " + ", ".join(
+        f"{k} at {v:.0f} images/s: {v / train:.1f}" for k, v in TARGET_IMAGES_PER_S.items()))  # fmt: skip
+
+
+def _pipeline_photos(args: argparse.Namespace, folder: Path) -> None:
+    if args.photos is None:
+        write_photos(folder, (500, 375), args.pipeline_images)
+        return
+    photos = sorted(p for p in args.photos.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
+    for i in range(args.pipeline_images):
+        target = folder / f"c{i % 2}" / f"{i:05d}.JPEG"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.link(photos[i % len(photos)], target)
+
+
 def bench_pipeline(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
-        write_photos(Path(tmp) / "train", (500, 375), args.pipeline_images)
+        _pipeline_photos(args, Path(tmp) / "train")
         rates, source = model_rates(args.device)
         print(f"model speed, {source}: " + ", ".join(f"{k} {v:.0f} images/s" for k, v in rates.items()))
-        print(
-            f"TrainLoader, {args.pipeline_images} JPEGs 500x375 q90, batch {args.batch}, crop 224, s ~ U[256, 512]:"
-        )
+        what = f"photos from {args.photos}" if args.photos else "generated JPEGs 500x375 q90"
+        print(f"TrainLoader, {args.pipeline_images} {what}, batch {args.batch}, crop 224, s ~ U[256, 512]:")
         print(f"{'path':28} {'workers':>7} {'images/s':>9} {'per core':>9} " + " ".join(
             f"{'cores/GPU ' + k[-1].upper():>12}" for k in rates))  # fmt: skip
         for on_device in (False, True):
@@ -172,7 +262,13 @@ def main() -> None:
     parser.add_argument("--pipeline-images", type=int, default=256)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--batches", type=int, default=3, help="(--pipeline) timed batches per row")
+    parser.add_argument("--photos", type=Path, help="a folder of real JPEGs: the per-core comparison on them")
+    parser.add_argument("--rounds", type=int, default=5, help="(--photos) alternating rounds, median kept")
     args = parser.parse_args()
+    if args.photos is not None and not args.pipeline:
+        args.images = args.images if args.images != 20 else 400
+        bench_photos(args)
+        return
     if args.pipeline:
         bench_pipeline(args)
         return

@@ -1,9 +1,10 @@
-"""data.decode_on_device: JPEGs decoded by torchvision.io.decode_jpeg and transformed as tensors (on a GPU in
+"""data.decode_on_device: JPEGs decoded by decode_jpeg (TorchCodec's, or torchvision's) and transformed as tensors (on a GPU in
 training; here on the CPU, which runs the same code). Checked against the Pillow path on the same draws: the
 pixels, and the augmentation read back from the pixels of images that encode their own coordinates."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from PIL import Image
 
 from delving.data.config import DataConfig
 from delving.data.decode import BadImageError
-from delving.data.device_decode import DeviceTrainTransform, read_for_device
+from delving.data.device_decode import DeviceTrainTransform, jpeg_decoders, read_for_device
 from delving.data.loaders import TrainLoader
 from delving.data.normalize import PCA_EIGVAL, PCA_EIGVEC
 from delving.data.transforms import TrainTransform, draw_train_params, sample_rng
@@ -26,9 +27,11 @@ HALF = {"crop_size": 112, "scale_min": 128, "scale_max": 256, "test_scale": 128}
 W, H = 250, 188
 
 
-def _both_paths(path: Path, cfg: DataConfig, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _both_paths(
+    path: Path, cfg: DataConfig, count: int, decoder: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(Pillow path, device path) outputs for the draws of samples 0..count-1, each (count, 3, crop, crop)."""
-    pil, device = TrainTransform(cfg), DeviceTrainTransform(cfg, "cpu")
+    pil, device = TrainTransform(cfg), DeviceTrainTransform(cfg, "cpu", decoder=decoder)
     draws = [draw_train_params(sample_rng(0, 0, i), cfg) for i in range(count)]
     reference = torch.stack([pil(path, d) for d in draws])
     encoded = [read_for_device(path)] * count
@@ -70,7 +73,18 @@ def _geometry(out: torch.Tensor, cfg: DataConfig) -> dict[str, np.ndarray]:
     }
 
 
-def test_same_draws_give_the_pillow_paths_pixels(tmp_path: Path) -> None:
+DECODERS = list(jpeg_decoders())  # TorchCodec (where installed) and torchvision's
+
+
+def test_torchcodec_is_preferred_where_installed() -> None:
+    installed = importlib.util.find_spec("torchcodec") is not None
+    assert DeviceTrainTransform(DataConfig(), "cpu").decoder_name == (
+        "torchcodec" if installed else "torchvision"
+    )
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_same_draws_give_the_pillow_paths_pixels(tmp_path: Path, decoder: str) -> None:
     """ImageNet-like 500x375 quality-90 JPEGs, a grayscale one, a CMYK one (Pillow decodes it in the worker)."""
     cfg = DataConfig()
     files = [write_jpeg(tmp_path / f"{i}.JPEG", 500, 375, seed=i) for i in range(3)]
@@ -78,7 +92,7 @@ def test_same_draws_give_the_pillow_paths_pixels(tmp_path: Path) -> None:
     files += [write_jpeg(tmp_path / "cmyk.JPEG", 375, 500, seed=8, mode="CMYK")]
     assert read_for_device(files[-1]).jpeg is None and read_for_device(files[0]).jpeg is not None
     for path in files:
-        reference, on_device = _both_paths(path, cfg, 6)
+        reference, on_device = _both_paths(path, cfg, 6, decoder)
         per_sample = (reference - on_device).abs().mean((1, 2, 3))
         assert per_sample.max() < 1.0, (path.name, per_sample)  # levels of 255
         assert (reference - on_device.flip(-1)).abs().mean() > 5 * per_sample.mean() + 1  # a flip would show
@@ -133,14 +147,18 @@ def test_the_loader_on_the_device_path_gives_the_same_batches(tmp_path: Path) ->
     assert device.bad_files.skipped == pil.bad_files.skipped == 1
 
 
-def test_a_jpeg_the_device_cannot_decode_is_replaced_by_the_next_of_its_batch(tmp_path: Path) -> None:
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_a_jpeg_the_device_cannot_decode_is_replaced_by_the_next_of_its_batch(
+    tmp_path: Path, decoder: str
+) -> None:
     cfg = DataConfig(**HALF)
     whole = write_jpeg(tmp_path / "whole.JPEG", W, H, seed=1).read_bytes()
     (tmp_path / "cut.JPEG").write_bytes(whole[: len(whole) // 3])  # its header reads; its data ends early
     files = [tmp_path / "whole.JPEG", tmp_path / "cut.JPEG", tmp_path / "whole.JPEG"]
     encoded = [read_for_device(f) for f in files]
     draws = [draw_train_params(sample_rng(0, 0, i), cfg) for i in range(3)]
-    images, labels, failures = DeviceTrainTransform(cfg, "cpu")(encoded, draws, torch.tensor([5, 6, 7]))
+    device = DeviceTrainTransform(cfg, "cpu", decoder=decoder)
+    images, labels, failures = device(encoded, draws, torch.tensor([5, 6, 7]))
     assert images.shape == (3, 3, 112, 112) and labels.tolist() == [5, 7, 7]
     assert [name for name, _ in failures] == [str(tmp_path / "cut.JPEG")]
     torch.testing.assert_close(images[1], images[2])  # the next good image, with its own draws

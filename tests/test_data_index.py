@@ -51,7 +51,9 @@ def test_the_listing_is_torchvisions_imagefolder_order(tree: Path) -> None:
     theirs = ImageFolder(str(tree / "train"))
     assert classes == theirs.classes
     assert ours == theirs.samples
-    (tree / "train" / "c2" / ".hidden.JPEG").write_bytes(b"")  # skipped, unlike ImageFolder (an OS's metadata)
+    (tree / "train" / "c2" / ".hidden.JPEG").write_bytes(
+        b""
+    )  # skipped, unlike ImageFolder (an OS's metadata)
     assert list_samples(tree, "train")[0] == ours
     reader, _ = open_split(tiny_config(tree), "train")
     assert [reader.source(i) for i in range(len(reader))] == [p for p, _ in theirs.samples]

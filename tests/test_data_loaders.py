@@ -176,9 +176,7 @@ def test_workers_send_uint8_crops_and_the_mean_image_is_read_once(dataset, tmp_p
     monkeypatch.setattr(normalize, "load_mean_image", lambda cfg: reads.append(1) or real_load(cfg))
     cfg = tiny_config(dataset, normalize="mean_image", mean_image=str(mean_file))
     loader = TrainLoader(cfg, batch_size=6, seed=0)
-    (crops, shifts), _, _ = loaders._collate_train(
-        [loader._loader.dataset[(0, i)] for i in range(3)]
-    )
+    (crops, shifts), _, _ = loaders._collate_train([loader._loader.dataset[(0, i)] for i in range(3)])
     assert crops.dtype == torch.uint8 and crops.shape == (3, 3, 16, 16) and shifts.shape == (3, 3)
     for _ in loader.epoch(0):
         pass

@@ -1,7 +1,8 @@
 """The training input decoded on the training device (`data.decode_on_device=true`).
 
 The workers only read each file and look at its header; the device decodes the JPEGs of a batch in one
-`torchvision.io.decode_jpeg` call (nvJPEG on a GPU) and applies the paper's transform with the same draws as
+`decode_jpeg` call (nvJPEG on a GPU): TorchCodec's where it is installed (the `gpu` extra), else torchvision's,
+which torchvision 0.29 deprecates in TorchCodec's favour and applies the paper's transform with the same draws as
 the Pillow path (data/transforms.py): resize the shorter side to s, the crop at the same origin, the flip,
 8-bit rounding, PCA lighting and the mean. So a GPU needs a fraction of a CPU core per thousand images instead
 of several. On device='cpu' the same tensor code runs, which is how the tests compare it with Pillow's path.
@@ -15,15 +16,17 @@ with it) and counted like any unreadable file.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torchvision.io import ImageReadMode, decode_jpeg
 
 from delving.data.config import DataConfig
 from delving.data.decode import BadImageError, ImageSource, decode_image, source_name
@@ -34,6 +37,30 @@ from delving.data.transforms import TrainDraws, crop_origin, pil_to_uint8, resiz
 DEVICE_DECODABLE_MODES = ("RGB", "L")
 
 Failure = tuple[str, str]
+JpegDecoder = Callable[[list[torch.Tensor], torch.device], list[torch.Tensor]]
+
+
+def _torchcodec_decode(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    from torchcodec.decoders import decode_jpeg
+
+    return decode_jpeg(data, mode="RGB", device=device)
+
+
+def _torchvision_decode(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    with warnings.catch_warnings():  # its deprecation is why TorchCodec comes first; this is the fallback
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+
+
+def jpeg_decoders() -> dict[str, JpegDecoder]:
+    """The batch JPEG decoders installed here, preferred first: TorchCodec, then torchvision's."""
+    decoders: dict[str, JpegDecoder] = {}
+    if importlib.util.find_spec("torchcodec") is not None:
+        decoders["torchcodec"] = _torchcodec_decode
+    decoders["torchvision"] = _torchvision_decode
+    return decoders
 
 
 @dataclass(frozen=True)
@@ -71,9 +98,16 @@ class DeviceTrainTransform:
     """Main-process side: a batch of EncodedImages and their draws -> float32 NCHW on `device`."""
 
     def __init__(
-        self, cfg: DataConfig, device: torch.device | str, normalizer: InputNormalizer | None = None
+        self,
+        cfg: DataConfig,
+        device: torch.device | str,
+        normalizer: InputNormalizer | None = None,
+        decoder: str | None = None,
     ) -> None:
         self.cfg, self.device = cfg, torch.device(device)
+        decoders = jpeg_decoders()
+        self.decoder_name = decoder or next(iter(decoders))
+        self.decode_jpeg = decoders[self.decoder_name]
         self.normalizer = (normalizer or InputNormalizer.from_config(cfg)).to(self.device)
 
     def decode(self, images: list[EncodedImage]) -> tuple[list[torch.Tensor | None], list[Failure]]:
@@ -85,17 +119,19 @@ class DeviceTrainTransform:
                 pixels[i] = pil_to_uint8(Image.fromarray(image.pixels)).to(self.device, non_blocking=True)
         data = [torch.frombuffer(bytearray(images[i].jpeg or b""), dtype=torch.uint8) for i in jpegs]
         try:
-            decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device) if data else []
+            decoded = self.decode_jpeg(data, self.device) if data else []
             for i, image in zip(jpegs, decoded, strict=True):
                 pixels[i] = image
             return pixels, []
-        except RuntimeError:  # one bad file fails the whole call: find it one by one
+        except (RuntimeError, ValueError):  # one bad file fails the whole call: find it one by one
             failures = []
             for i, one in zip(jpegs, data, strict=True):
                 try:
-                    pixels[i] = decode_jpeg(one, mode=ImageReadMode.RGB, device=self.device)
-                except RuntimeError as error:
-                    failures.append((images[i].name, f"decode_jpeg on {self.device}: {error}"))
+                    pixels[i] = self.decode_jpeg([one], self.device)[0]
+                except (RuntimeError, ValueError) as error:
+                    failures.append(
+                        (images[i].name, f"{self.decoder_name} decode_jpeg on {self.device}: {error}")
+                    )
             return pixels, failures
 
     def crop(self, pixels: torch.Tensor, draws: TrainDraws) -> torch.Tensor:
