@@ -11,8 +11,9 @@ never stored). Then, each figure beside its baseline:
    index against the Python list of (path, label) tuples it replaces;
 3. verify-data: files/s over the first --verify-files files with --processes processes, on this tree against
    a 13,000-file tree of the same photos;
-4. delving-train (experiment=demo on the tree) from launch to the end of its first step, with no stored
-   listing and again with it (a relaunch).
+4. the loaders' share of a launch: TrainLoader and EvalLoader built and the first batch out, with no stored
+   listing and again with it (a relaunch);
+5. delving-train (experiment=demo on the tree) from launch to the end of its first step, the same two ways.
 
     .venv/bin/python scripts/bench_index.py --photos /path/to/jpegs --root /tmp/imagenet-links [--train 1281167]
 """
@@ -140,6 +141,18 @@ def verify_rate(cfg: DataConfig, files: int, processes: int) -> float:
     return done / (time.perf_counter() - start)
 
 
+def loaders_to_first_batch(root: Path) -> float:
+    """Seconds to build the trainer's two loaders on the tree and get the first training batch."""
+    from delving.data.loaders import EvalLoader, TrainLoader
+
+    cfg = DataConfig(name=DatasetKind.folder, root=str(root), crop_size=56, scale_min=64, scale_max=96,
+                     test_scale=64, num_workers=2)  # fmt: skip
+    start = time.perf_counter()
+    with TrainLoader(cfg, batch_size=16) as train, EvalLoader(cfg, "val", batch_size=16):
+        next(iter(train.epoch(0)))
+        return time.perf_counter() - start
+
+
 def first_step_seconds(root: Path, run_dir: Path) -> float:
     """delving-train from launch to the end of its first step (the trainer's kill hook ends it there)."""
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -219,6 +232,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"3. verify-data, {args.verify_files:,} files, {args.processes} processes: {big:.0f} files/s on "
           f"{count:,} entries, {small:.0f} on 13,000 (ratio {big / small:.2f}); 1 process {one:.0f} "
           f"(x{big / one:.2f} with {args.processes})")  # fmt: skip
+    for name in ("train", "val"):
+        _cache_file(args.root / name).unlink(missing_ok=True)
+    fresh_in, stored_in = loaders_to_first_batch(args.root), loaders_to_first_batch(args.root)
+    print(f"4. the input side of a launch (TrainLoader + EvalLoader + the first batch, 2 workers): {fresh_in:.2f} s "
+          f"with no stored listing, {stored_in:.2f} s relaunched")  # fmt: skip
     if args.skip_train:
         return
     for name in ("train", "val"):
@@ -226,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
     run_dir = args.root.parent / "delving-bench-run"
     fresh = first_step_seconds(args.root, run_dir)
     relaunch = first_step_seconds(args.root, run_dir)
-    print(f"4. delving-train experiment=demo on the tree, launch to first step: {fresh:.1f} s with no stored "
+    print(f"5. delving-train experiment=demo on the tree, launch to first step: {fresh:.1f} s with no stored "
           f"listing, {relaunch:.1f} s relaunched ({fresh - relaunch:.1f} s saved)")  # fmt: skip
 
 
