@@ -13,7 +13,8 @@
    --rounds alternating rounds in one run: bare decode (Pillow; simplejpeg, a libjpeg-turbo binding, where
    installed), our train and eval transforms as the loader's workers run them (uint8 out), and the peers'
    train transforms after the same decode: timm's create_transform(224, is_training=True) and torchvision's
-   reference recipe (RandomResizedCrop, flip, to float, Normalize). --pipeline --photos DIR times the loader
+   reference recipe (RandomResizedCrop, flip, to float, Normalize), and DALI's CPU pipeline (one thread) where
+   nvidia-dali is installed. --pipeline --photos DIR times the loader
    on those photos instead of generated ones.
 
     .venv/bin/python scripts/bench_data.py [--images 20] [--repeats 3]
@@ -161,8 +162,49 @@ def _pillow_decode(path: Path) -> None:
         img.convert("RGB")
 
 
-def photo_contenders(paths: list[Path]) -> dict[str, object]:
-    """name -> fn(path, index): the work one loader worker does per image on each path."""
+def _per_image(fn, paths: list[Path]):
+    def one_round() -> None:
+        for i, path in enumerate(paths):
+            fn(path, i)
+
+    return one_round
+
+
+def _dali_round(paths: list[Path], batch: int = 32):
+    """DALI's CPU pipeline (one thread), the usual ImageNet training recipe: decode with a random crop, resize to
+    224, flip, normalise to float CHW; None where nvidia-dali is not installed."""
+    try:
+        import nvidia.dali.fn as fn
+        import nvidia.dali.types as types
+        from nvidia.dali import pipeline_def
+    except ImportError:
+        return None
+    names = [str(p) for p in paths]
+
+    @pipeline_def(batch_size=batch, num_threads=1, device_id=None)
+    def train():
+        jpegs, labels = fn.readers.file(files=names, labels=list(range(len(names))), random_shuffle=False)
+        images = fn.decoders.image_random_crop(jpegs, device="cpu", output_type=types.RGB)
+        images = fn.resize(images, resize_x=224, resize_y=224)
+        images = fn.crop_mirror_normalize(
+            images, dtype=types.FLOAT, output_layout="CHW", mirror=fn.random.coin_flip(),
+            mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375],
+        )  # fmt: skip
+        return images, labels
+
+    pipe = train()
+    pipe.build()
+    steps = -(-len(paths) // batch)
+
+    def one_round() -> None:
+        for _ in range(steps):
+            pipe.run()
+
+    return one_round, steps * batch
+
+
+def photo_contenders(paths: list[Path]) -> dict[str, tuple[object, int]]:
+    """name -> (a function doing one round of the per-image work one loader worker does, images per round)."""
     import timm.data
     from torchvision import transforms as T
 
@@ -175,7 +217,7 @@ def photo_contenders(paths: list[Path]) -> dict[str, object]:
         T.RandomResizedCrop(224, antialias=True), T.RandomHorizontalFlip(), T.PILToTensor(),
         T.ConvertImageDtype(torch.float32), T.Normalize(mean, std),
     ])  # fmt: skip
-    contenders = {
+    per_image = {
         "Pillow decode (RGB)": lambda p, i: _pillow_decode(p),
         "ours: train crop, uint8": lambda p, i: (ours.crop(p, draws[i]), lighting_offset(draws[i].alpha)),
         "ours: eval centre crop": lambda p, i: ours_eval.crop(p),
@@ -185,9 +227,13 @@ def photo_contenders(paths: list[Path]) -> dict[str, object]:
     try:
         import simplejpeg
 
-        contenders["simplejpeg decode (RGB)"] = lambda p, i: simplejpeg.decode_jpeg(p.read_bytes(), "RGB")
+        per_image["simplejpeg decode (RGB)"] = lambda p, i: simplejpeg.decode_jpeg(p.read_bytes(), "RGB")
     except ImportError:
         pass
+    contenders = {name: (_per_image(fn, paths), len(paths)) for name, fn in per_image.items()}
+    dali = _dali_round(paths)
+    if dali is not None:
+        contenders["DALI CPU pipeline"] = dali
     return contenders
 
 
@@ -200,11 +246,10 @@ def bench_photos(args: argparse.Namespace) -> None:
     contenders = photo_contenders(paths)
     rates: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(args.rounds):
-        for name, fn in contenders.items():
+        for name, (one_round, count) in contenders.items():
             start = time.perf_counter()
-            for i, path in enumerate(paths):
-                fn(path, i)
-            rates[name].append(len(paths) / (time.perf_counter() - start))
+            one_round()
+            rates[name].append(count / (time.perf_counter() - start))
     sizes = [Image.open(p).size for p in paths[:200]]
     median_size = tuple(int(v) for v in np.median(np.array(sizes), axis=0))
     print(f"{len(paths)} photos from {args.photos} (median {median_size[0]}x{median_size[1]}), one core, "
