@@ -122,8 +122,9 @@ def _shard_index(root: Path, split: str, classes: list[str], keys: int) -> None:
     shard = {
         "file": f"{split}-000000.tar",
         "keys": [f"k{i}" for i in range(keys)],
-        "offsets": [],
-        "sizes": [],
+        "offsets": [512 * i for i in range(keys)],
+        "sizes": [100] * keys,
+        "labels": [i % len(classes) for i in range(keys)],
     }
     (root / f"{split}.json").write_text(json.dumps({"classes": classes, "shards": [shard]}))
 
