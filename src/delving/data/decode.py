@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 from typing import IO
 
+import numpy as np
 from PIL import Image
 
 from delving.errors import UserError
@@ -58,6 +59,7 @@ def decode_image_with_size(
                 if scale > 1:
                     img.draft("RGB", (full_size[0] // scale, full_size[1] // scale))
             img.load()
+            img = _scaled_to_8_bits(img)
             if img.mode in ("P", "PA", "LA", "La"):
                 img = img.convert("RGBA")
             rgb = img if img.mode == "RGB" else img.convert("RGB")  # loaded already: no copy needed
@@ -73,6 +75,30 @@ def decode_image_with_size(
         if _is_empty(path):
             reason = "zero-byte file"
         raise BadImageError(source_name(path), reason) from exc
+
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def _scaled_to_8_bits(img: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit integer or float grey image as 8-bit "L", scaled: convert("RGB") would clip it to 255.
+
+    16-bit modes map 0..65535 onto 0..255. For "I" and "F" the file does not say its range, so it is the
+    smallest of 0..1 (floats only), 0..255 and 0..65535 that holds the brightest pixel, else 0..max;
+    negative and non-finite values become 0. (16-bit RGB files reach us as 8-bit "RGB" already.)
+    """
+    if img.mode not in _SIXTEEN_BIT_MODES and img.mode not in ("I", "F"):
+        return img
+    values = np.asarray(img, dtype=np.float64)
+    values = np.where(np.isfinite(values), np.maximum(values, 0.0), 0.0)
+    if img.mode in _SIXTEEN_BIT_MODES:
+        full_scale = 65535.0
+    else:
+        peak = float(values.max(initial=0.0))
+        ranges = ((1.0,) if img.mode == "F" else ()) + (255.0, 65535.0)
+        full_scale = next((r for r in ranges if peak <= r), peak)
+    scaled = np.rint(values * (255.0 / full_scale))
+    return Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8))
 
 
 def _is_empty(source: ImageSource) -> bool:
