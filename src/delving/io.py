@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +13,8 @@ from typing import BinaryIO
 log = logging.getLogger("delving")
 
 TEMP_SUFFIX = ".tmp"
+# How Python holds the bytes of a file name that are not UTF-8 (os.fsdecode's surrogateescape).
+_UNDECODED_BYTE = re.compile("[\udc80-\udcff]")
 
 
 def temp_path(path: Path) -> Path:
@@ -66,8 +69,15 @@ def _write_temp(path: Path, write: Callable[[BinaryIO], None]) -> Path:
     return tmp
 
 
+def utf8(text: str) -> bytes:
+    """`text` as UTF-8. A file name's bytes that are not UTF-8 (a class folder named on another system), which
+    Python holds as lone surrogates, are written as \\xNN: the text stays valid UTF-8 and names the byte."""
+    escaped = _UNDECODED_BYTE.sub(lambda m: f"\\x{ord(m.group()) - 0xDC00:02x}", text)
+    return escaped.encode("utf-8", "backslashreplace")
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
+    return atomic_write(path, lambda handle: handle.write(utf8(text)))
 
 
 def atomic_write_texts(files: dict[Path, str]) -> None:
@@ -75,9 +85,7 @@ def atomic_write_texts(files: dict[Path, str]) -> None:
     temps: list[tuple[Path, Path]] = []
     try:
         for path, text in files.items():
-            temps.append(
-                (_write_temp(path, lambda handle, text=text: handle.write(text.encode("utf-8"))), path)
-            )
+            temps.append((_write_temp(path, lambda handle, text=text: handle.write(utf8(text))), path))
         for tmp, path in temps:
             os.replace(tmp, path)
             fsync_folder(path.parent)

@@ -19,7 +19,7 @@ from delving.data.datasets import check_same_classes
 from delving.data.shards import index_path
 from delving.data.synthetic import MAX_CLASSES
 from delving.errors import ConfigError, UserError
-from delving.evaluation.config import effective_scales
+from delving.evaluation.config import check_eval
 from delving.models.sppnet import NET_SPECS
 
 __all__ = ["ConfigError", "preflight"]
@@ -192,21 +192,7 @@ def _check_model(cfg: DictConfig) -> None:
 
 
 def _check_eval(cfg: DictConfig) -> None:
-    ev = cfg.eval
-    try:
-        effective_scales(list(ev.scales), cfg.model.input_size)
-    except ValueError as error:
-        raise ConfigError(
-            f"eval.scales={list(ev.scales)} with model.input_size={cfg.model.input_size}: {error}"
-        ) from None
-    _at_least("eval.batch_size", ev.batch_size, 1, "give 1 or more")
-    _at_least("eval.max_pending_views", ev.max_pending_views, 1, "give 1 or more")
-    if ev.limit is not None:
-        _at_least("eval.limit", ev.limit, 1, "evaluate 1 image or more, or null (all)")
-    if ev.num_workers is not None:
-        _at_least(
-            "eval.num_workers", ev.num_workers, 0, "give 0 (decode in the main process) or more, or null"
-        )
+    check_eval(cfg.eval, cfg.model.input_size)
 
 
 def _data_config(node: DictConfig) -> DataConfig:

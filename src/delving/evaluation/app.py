@@ -26,12 +26,12 @@ from delving.checkpoint import Checkpoint, CheckpointError, file_sha256, load_mo
 from delving.data.config import DataConfig, Normalize
 from delving.dist import DistributedContext, fail_together, init_distributed, shutdown_distributed
 from delving.errors import UserError
-from delving.evaluation.config import EvalConfig, Protocol
+from delving.evaluation.config import EvalConfig, Protocol, check_eval
 from delving.evaluation.ensemble import check_weights, member_names
 from delving.evaluation.ensemble_report import EnsembleOptions, EnsembleReport, build_ensemble_report
 from delving.evaluation.evaluator import EvalResult, evaluate
 from delving.evaluation.predictions import Predictions, load_predictions, save_predictions
-from delving.io import atomic_write_texts
+from delving.io import atomic_write_texts, utf8
 from delving.progress import Progress, format_duration
 
 log = logging.getLogger("delving")
@@ -212,6 +212,7 @@ def _eval_checkpoint(
     cfg: DictConfig, checkpoint: Path, eval_cfg: EvalConfig, output: Path, ctx: DistributedContext
 ) -> Path | None:
     model, saved, sha256 = load_model(checkpoint)
+    check_eval(eval_cfg, model.input_size)  # before any image: the scales need the model's input size
     model.to(ctx.device)
     data_cfg, notes = evaluation_data_config(cfg.data, saved)
     if ctx.is_main:
@@ -328,5 +329,5 @@ def _write_ensemble(report: EnsembleReport, first: Predictions, out: Path, with_
     atomic_write_texts(
         {out / "ensemble.md": markdown, out / "ensemble.json": json.dumps(report.to_json(), indent=2) + "\n"}
     )
-    print(markdown)
+    print(utf8(markdown).decode("utf-8"))  # a terminal may refuse a non-UTF-8 class folder's name
     print(f"written: {out / 'ensemble.md'}, {out / 'ensemble.json'}")

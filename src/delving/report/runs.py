@@ -155,7 +155,12 @@ def _read_config(path: Path, checkpoint: Checkpoint | None) -> dict[str, Any]:
         return checkpoint.config
     hydra_config = path / ".hydra" / "config.yaml"
     if hydra_config.is_file():
-        return yaml.safe_load(hydra_config.read_text())
+        config = _read_yaml(hydra_config)
+        if not isinstance(config, dict):
+            raise RunDirectoryError(
+                f"{hydra_config}: not a run config (damaged?); restore it, or remove the run"
+            )
+        return config
     raise RunDirectoryError(
         f"{path}: no last.pt and no .hydra/config.yaml: not a delving-train run directory"
     )
@@ -165,8 +170,24 @@ def _read_overrides(path: Path) -> list[str]:
     overrides = path / ".hydra" / "overrides.yaml"
     if not overrides.is_file():
         return []
-    values = yaml.safe_load(overrides.read_text())
-    return [str(v) for v in values] if isinstance(values, list) else []
+    values = _read_yaml(overrides)
+    if values is not None and not isinstance(values, list):
+        raise RunDirectoryError(
+            f"{overrides}: not a list of overrides (damaged?); restore it, or delete it (the run is then labelled "
+            "by its config alone)"
+        )
+    return [str(v) for v in values or []]
+
+
+def _read_yaml(path: Path) -> Any:
+    """A run's YAML file, or RunDirectoryError naming it when it is damaged (cut, binary, not YAML)."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError) as error:
+        first = " ".join(str(error).split())[:160]
+        raise RunDirectoryError(
+            f"{path}: damaged, not YAML ({first}); restore it, or delete it if it is .hydra/overrides.yaml"
+        ) from None
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
