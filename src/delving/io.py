@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import logging
 import os
 import re
+import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
+
+from delving.errors import UserError
 
 log = logging.getLogger("delving")
 
@@ -106,3 +111,78 @@ def remove_stale_temps(folder: Path, names: tuple[str, ...]) -> list[Path]:
             removed.append(stale)
             log.warning("removed %s (%.1f MB), left by a write that was killed", stale, size / 1e6)
     return removed
+
+
+class OutputSpaceError(UserError, OSError):
+    """The disk (or quota) is full while writing a command's output; what was there before is kept whole."""
+
+
+def is_disk_full(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def write_folder_atomically(
+    folder: str | os.PathLike, write: Callable[[Path], None], replaceable: Callable[[Path], bool]
+) -> Path:
+    """Writes a folder's whole content with `write(temp)` into a hidden temp folder beside it, then puts it
+    in place: renamed when `folder` is new, exchanged with the old one (then removed) when that is empty or
+    holds only files `replaceable` accepts (a previous output of the same command), else each new file is
+    renamed into `folder`, leaving its other files alone. A failure while writing (a full disk, a signal)
+    leaves the previous folder as it was and removes the temp folder."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    temp = folder.with_name(f".{folder.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}")
+    temp.mkdir()
+    try:
+        write(temp)
+        for path in temp.iterdir():
+            _fsync_file(path)
+        fsync_folder(temp)
+        if folder.is_dir():
+            os.chmod(temp, folder.stat().st_mode & 0o7777)
+        _put_in_place(temp, folder, replaceable)
+    except BaseException as error:
+        shutil.rmtree(temp, ignore_errors=True)
+        if is_disk_full(error):
+            raise OutputSpaceError(
+                f"no space left on the disk of {folder} (or over quota): nothing was changed there; free some "
+                "space, or choose another output_dir=, and run the command again"
+            ) from None
+        raise
+    fsync_folder(folder.parent)
+    return folder
+
+
+def _fsync_file(path: Path) -> None:
+    if path.is_file():
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+
+
+def _put_in_place(temp: Path, folder: Path, replaceable: Callable[[Path], bool]) -> None:
+    if not folder.exists():
+        os.rename(temp, folder)
+        return
+    if all(replaceable(path) for path in folder.iterdir()):
+        if _exchange(temp, folder):
+            shutil.rmtree(temp, ignore_errors=True)  # now the old folder
+            return
+        old = temp.with_suffix(".old")
+        os.rename(folder, old)  # no atomic exchange here: a crash between the renames leaves `old` whole
+        os.rename(temp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    for path in sorted(temp.iterdir()):  # a folder with other files: only the new files are replaced
+        os.replace(path, folder / path.name)
+    fsync_folder(folder)
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swaps two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where that is not available."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0

@@ -17,6 +17,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from delving.evaluation.paper_results import PAPER_FIGURES, PAPER_TABLES, PaperRow, find_paper_row
+from delving.io import utf8, write_folder_atomically
 from delving.report.findings import (
     EQUAL_MARGIN,
     Evidence,
@@ -676,13 +677,23 @@ def _init_check_section(init_checks: dict[str, list[dict[str, Any]]]) -> list[st
     ]
 
 
+REPORT_FILES = ("report.md", "report.json")
+
+
 def write_report(report: Report, output_dir: str | Path) -> Path:
-    """report.md, report.json and the PNGs in `output_dir`; returns the markdown path."""
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    for name, fig in report.figures.items():
-        save_figure(fig, output_dir / name)
-    (output_dir / "report.json").write_text(json.dumps(report.summary, indent=1, default=str) + "\n")
-    path = output_dir / "report.md"
-    path.write_text(report.markdown + "\n")
-    return path
+    """report.md, report.json and the PNGs in `output_dir`, all or nothing: written into a temp folder beside
+    it, which then replaces the previous report (a full disk leaves that one whole). Returns report.md."""
+
+    def write(folder: Path) -> None:
+        for name, fig in report.figures.items():
+            save_figure(fig, folder / name)
+        (folder / "report.json").write_bytes(utf8(json.dumps(report.summary, indent=1, default=str) + "\n"))
+        (folder / "report.md").write_bytes(utf8(report.markdown + "\n"))
+
+    folder = write_folder_atomically(output_dir, write, _is_report_file)
+    return folder / "report.md"
+
+
+def _is_report_file(path: Path) -> bool:
+    """A file a previous delving-report wrote (so the whole folder may be replaced)."""
+    return path.is_file() and not path.is_symlink() and (path.name in REPORT_FILES or path.suffix == ".png")
