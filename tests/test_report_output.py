@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+from helpers.evaluation import make_predictions
+from omegaconf import OmegaConf
 
+from delving.evaluation.app import run_ensemble
+from delving.evaluation.config import EnsembleAppConfig
+from delving.evaluation.predictions import save_predictions
 from delving.io import OutputSpaceError
 from delving.report.plots import new_figure
 from delving.report.report import Report, write_report
@@ -84,3 +91,60 @@ def test_a_new_report_replaces_the_old_one_whole_and_keeps_other_files(tmp_path:
     write_report(_report("third", 2), out)
     assert sorted(_contents(out)) == ["notes.txt", "plot_0.png", "plot_1.png", "report.json", "report.md"]
     assert (out / "notes.txt").read_text() == "mine" and (out / "report.md").read_text() == "# third\n"
+
+
+def _ensemble_inputs(folder: Path, images: int = 1500) -> list[Path]:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, images)
+    return [
+        save_predictions(
+            folder / f"m{k}.npz",
+            make_predictions(rng.dirichlet(np.ones(10), images).astype(np.float32), labels),
+        )
+        for k in range(2)
+    ]
+
+
+def _ensemble(files: list[Path], out: Path, save: bool = True) -> None:
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(EnsembleAppConfig),
+        {"files": [str(f) for f in files], "output_dir": str(out), "save_predictions": save},
+    )
+    run_ensemble(cfg)
+
+
+def _used(disk: Path) -> int:
+    stat = os.statvfs(disk)
+    return (stat.f_blocks - stat.f_bfree) * stat.f_frsize
+
+
+def test_ensemble_on_a_full_disk_writes_all_or_nothing(small_disk: Path, tmp_path: Path, capsys) -> None:
+    files = _ensemble_inputs(tmp_path)
+    probe = small_disk / "probe"
+    _ensemble(files, probe)
+    npz = _used(small_disk)
+    (probe / "ensemble.npz").unlink()
+    npz -= _used(small_disk)  # what ensemble.npz takes on this disk, whole pages
+    shutil.rmtree(probe)
+    out = small_disk / "ensemble"
+    _fill(small_disk, leave=npz + 2048)  # room for ensemble.npz, not for it and ensemble.md
+    with pytest.raises(
+        OutputSpaceError, match=r"no space left on the disk of .*ensemble.*none of ensemble\.md"
+    ):
+        _ensemble(files, out)
+    assert not out.exists() or not list(out.iterdir())  # not an ensemble.npz without its .md/.json
+    (small_disk / "filler").unlink()
+    _ensemble(files, out, save=False)
+    before = _contents(out)
+    _fill(small_disk, leave=npz + 2048)
+    with pytest.raises(OutputSpaceError):
+        _ensemble(files[::-1], out)
+    assert _contents(out) == before
+
+
+def test_ensemble_says_every_file_it_wrote(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "ens"
+    _ensemble(_ensemble_inputs(tmp_path, images=20), out)
+    written = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("written: "))
+    assert written == f"written: {out / 'ensemble.md'}, {out / 'ensemble.json'}, {out / 'ensemble.npz'}"
+    assert sorted(_contents(out)) == ["ensemble.json", "ensemble.md", "ensemble.npz"]

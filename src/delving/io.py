@@ -85,15 +85,25 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda handle: handle.write(utf8(text)))
 
 
-def atomic_write_texts(files: dict[Path, str]) -> None:
-    """Several text files, each atomic; none is renamed into place unless every one was written."""
+def atomic_write_files(files: dict[Path, Callable[[BinaryIO], None]]) -> None:
+    """Several files, each written by its function: none is renamed into place unless every one was written,
+    so a full disk changes none of them (and is one line naming the folder)."""
     temps: list[tuple[Path, Path]] = []
     try:
-        for path, text in files.items():
-            temps.append((_write_temp(path, lambda handle, text=text: handle.write(utf8(text))), path))
+        for path, write in files.items():
+            temps.append((_write_temp(path, write), path))
         for tmp, path in temps:
             os.replace(tmp, path)
             fsync_folder(path.parent)
+    except OSError as error:
+        if is_disk_full(error):
+            folders = ", ".join(sorted({str(path.parent) for path in files}))
+            raise OutputSpaceError(
+                f"no space left on the disk of {folders} (or over quota): none of "
+                f"{', '.join(path.name for path in files)} was changed; free some space, or write elsewhere, "
+                "and run the command again"
+            ) from None
+        raise
     finally:
         for tmp, _ in temps:
             tmp.unlink(missing_ok=True)

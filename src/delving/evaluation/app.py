@@ -30,8 +30,8 @@ from delving.evaluation.config import EvalConfig, Protocol, check_eval
 from delving.evaluation.ensemble import check_weights, member_names
 from delving.evaluation.ensemble_report import EnsembleOptions, EnsembleReport, build_ensemble_report
 from delving.evaluation.evaluator import EvalResult, evaluate
-from delving.evaluation.predictions import Predictions, load_predictions, save_predictions
-from delving.io import atomic_write_texts, utf8
+from delving.evaluation.predictions import Predictions, load_predictions, predictions_writer, save_predictions
+from delving.io import atomic_write_files, utf8
 from delving.progress import Progress, format_duration
 
 log = logging.getLogger("delving")
@@ -312,7 +312,14 @@ def run_ensemble(cfg: DictConfig) -> Path:
 
 
 def _write_ensemble(report: EnsembleReport, first: Predictions, out: Path, with_predictions: bool) -> None:
+    """ensemble.md, ensemble.json (and ensemble.npz) all or nothing: a full disk changes none of them."""
     markdown = report.to_markdown()
+    files = {
+        out / "ensemble.md": lambda handle: handle.write(utf8(markdown)),
+        out / "ensemble.json": lambda handle: handle.write(
+            utf8(json.dumps(report.to_json(), indent=2) + "\n")
+        ),
+    }
     if with_predictions:
         meta = {
             **{key: first.metadata.get(key) for key in ("classes", "class_names", "dataset")},
@@ -325,9 +332,8 @@ def _write_ensemble(report: EnsembleReport, first: Predictions, out: Path, with_
         }
         rows = report.rows
         probs = report.probs.astype(np.float32)
-        save_predictions(out / "ensemble.npz", Predictions(first.ids[rows], first.labels[rows], probs, meta))
-    atomic_write_texts(
-        {out / "ensemble.md": markdown, out / "ensemble.json": json.dumps(report.to_json(), indent=2) + "\n"}
-    )
+        npz = out / "ensemble.npz"
+        files[npz] = predictions_writer(npz, Predictions(first.ids[rows], first.labels[rows], probs, meta))
+    atomic_write_files(files)
     print(utf8(markdown).decode("utf-8"))  # a terminal may refuse a non-UTF-8 class folder's name
-    print(f"written: {out / 'ensemble.md'}, {out / 'ensemble.json'}")
+    print(f"written: {', '.join(str(path) for path in files)}")
