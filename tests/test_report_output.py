@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,12 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers.evaluation import make_predictions
+from helpers.runs import cli_env, run_train
 from omegaconf import OmegaConf
 
 from delving.evaluation.app import run_ensemble
 from delving.evaluation.config import EnsembleAppConfig
 from delving.evaluation.predictions import save_predictions
 from delving.io import OutputSpaceError
+from delving.report.app import run_report
 from delving.report.plots import new_figure
 from delving.report.report import Report, write_report
 
@@ -148,3 +151,21 @@ def test_ensemble_says_every_file_it_wrote(tmp_path: Path, capsys) -> None:
     written = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("written: "))
     assert written == f"written: {out / 'ensemble.md'}, {out / 'ensemble.json'}, {out / 'ensemble.npz'}"
     assert sorted(_contents(out)) == ["ensemble.json", "ensemble.md", "ensemble.npz"]
+
+
+def test_report_marks_unfinished_runs_and_lists_runs_without_a_checkpoint(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    planned = ["train.epochs=20", "train.checkpoint_every_steps=0"]
+    for name, kill_at in (("killed_in_epoch_2", 13), ("killed_at_once", 1)):  # 6 steps an epoch
+        killed = run_train(runs / name, planned, check=False, env=cli_env(DELVING_KILL_AT_STEP=str(kill_at)))
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert (runs / "killed_in_epoch_2" / "last.pt").is_file() and not (
+        runs / "killed_at_once" / "last.pt"
+    ).exists()
+    markdown = run_report([str(runs)], [], [], [], str(tmp_path / "report"), "t", "cmd").read_text()
+    rows = {
+        line.split(" | ")[1]: line for line in markdown.splitlines() if line.startswith("| ") and "`" in line
+    }
+    assert "| 2 of 20 (unfinished: no finished.json) |" in rows["`killed_in_epoch_2`"]
+    assert "| 0 of 20 (no checkpoint: stopped before its first save) |" in rows["`killed_at_once`"]
+    assert "Relaunching its command continues it." in markdown

@@ -69,8 +69,24 @@ def _data_line(run: Run) -> str:
         where = f"{name} {data.get('root') or ''}".strip()
     return (
         f"{where}; {model.get('name')} width {model.get('width')}, {model.get('input_size')} px crops, "
-        f"{run.config.get('train', {}).get('epochs')} epochs"
+        f"{epochs_text(run)} epochs"
     )
+
+
+def epochs_text(run: Run) -> str:
+    """The planned epochs; for a run without finished.json, the epochs its last.pt holds of them, and why."""
+    planned = run.config.get("train", {}).get("epochs")
+    if run.finished:
+        return f"{planned}"
+    if not run.has_checkpoint:
+        return f"0 of {planned} (no checkpoint: stopped before its first save)"
+    return f"{run.epochs_done} of {planned} (unfinished: no finished.json)"
+
+
+UNFINISHED_NOTE = (
+    "A run marked unfinished has no finished.json: it was stopped, killed or is still running, and its numbers "
+    "are those of the epochs shown. Relaunching its command continues it."
+)
 
 
 # ------------------------------------------------------------------ tables
@@ -88,9 +104,11 @@ def run_table(runs: list[Run]) -> list[str]:
             f"| {run.title} | `{run.path.name}` | {seed_of(run)} | "
             f"{run.model.get('name')} (width {run.model.get('width')}) | "
             f"{_act(run)} | {run.model.get('init')} | {data.get('name')} | "
-            f"{run.config.get('train', {}).get('epochs')} | "
+            f"{epochs_text(run)} | "
             f"{_num(val.get('val_top1_error'))} / {_num(val.get('val_top5_error'))} |"
         )
+    if not all(run.finished for run in runs):
+        lines += ["", UNFINISHED_NOTE]
     return lines
 
 

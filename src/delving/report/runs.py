@@ -15,6 +15,7 @@ import yaml
 from torch import nn
 
 from delving.checkpoint import Checkpoint, CheckpointError
+from delving.engine.run_dir import FINISHED_FILE
 from delving.errors import UserError
 from delving.evaluation.predictions import load_predictions
 from delving.models import build_model
@@ -70,6 +71,11 @@ class Run:
     slopes: list[SlopeStats] = field(default_factory=list)
     weight_norms: dict[str, float] = field(default_factory=dict)  # ||w|| of every conv/fc weight at the end
     overrides: list[str] = field(default_factory=list)  # the command line's overrides (.hydra/overrides.yaml)
+    finished: bool = (
+        True  # finished.json is there: the run trained all its epochs and ran its final evaluation
+    )
+    has_checkpoint: bool = True  # last.pt is there (a run killed before its first save has none)
+    epochs_done: int | None = None  # the epochs last.pt holds (None: not read)
     # What tells this run apart from others of the same experiment name (set by label_runs), and the same
     # without its seed: what tells its replicates (runs that differ only in the seed) apart from others.
     tag: str = ""
@@ -238,7 +244,14 @@ def load_run(path: str | Path) -> Run:
     path = Path(path)
     last = path / "last.pt"
     checkpoint = Checkpoint.load(last) if last.is_file() else None
-    run = Run(path, _read_config(path, checkpoint), overrides=_read_overrides(path))
+    run = Run(
+        path,
+        _read_config(path, checkpoint),
+        overrides=_read_overrides(path),
+        finished=(path / FINISHED_FILE).is_file(),
+        has_checkpoint=checkpoint is not None,
+        epochs_done=int(checkpoint.train_state.get("epoch", 0)) if checkpoint is not None else 0,
+    )
     metrics = path / "metrics.jsonl"
     if metrics.is_file():
         run.records = read_metrics(metrics)
@@ -286,15 +299,30 @@ def label_runs(runs: list[Run]) -> None:
             run.setting_tag = " ".join(v for k, v in values.items() if k != "seed")
 
 
+def _is_run(path: Path) -> bool:
+    """A delving-train run directory: its metrics or checkpoint, or only its Hydra config (a run stopped
+    before it wrote either)."""
+    return any((path / name).is_file() for name in RUN_MARKERS)
+
+
+RUN_MARKERS = ("metrics.jsonl", "last.pt", ".hydra/config.yaml")
+
+
 def find_runs(paths: list[str | Path]) -> list[Path]:
     """Run directories among `paths`: each one itself, or the run directories below it."""
     found: list[Path] = []
     for entry in map(Path, paths):
-        if (entry / "metrics.jsonl").is_file() or (entry / "last.pt").is_file():
+        if _is_run(entry):
             found.append(entry)
             continue
-        below = sorted({p.parent for p in entry.rglob("metrics.jsonl")})
+        below = sorted(
+            {p.parent for p in entry.rglob("metrics.jsonl")}
+            | {p.parent for p in entry.rglob("last.pt")}
+            | {p.parent.parent for p in entry.rglob("config.yaml") if p.parent.name == ".hydra"}
+        )
         if not below:
-            raise RunDirectoryError(f"{entry}: no run directory (metrics.jsonl or last.pt) in it")
+            raise RunDirectoryError(
+                f"{entry}: no run directory (metrics.jsonl, last.pt or .hydra/config.yaml) in it"
+            )
         found.extend(below)
     return found
