@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -169,3 +170,42 @@ def test_report_marks_unfinished_runs_and_lists_runs_without_a_checkpoint(tmp_pa
     assert "| 2 of 20 (unfinished: no finished.json) |" in rows["`killed_in_epoch_2`"]
     assert "| 0 of 20 (no checkpoint: stopped before its first save) |" in rows["`killed_at_once`"]
     assert "Relaunching its command continues it." in markdown
+
+
+def _without_root_rights(*command: str) -> subprocess.CompletedProcess:
+    """`command` as root without the capabilities that bypass file permissions: a user without rights."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to drop the permission-bypassing capabilities")
+    drop = "-dac_override,-dac_read_search"
+    env = cli_env()
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run(
+        ["setpriv", f"--bounding-set={drop}", f"--inh-caps={drop}", sys.executable, *command],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
+def test_a_read_only_output_dir_is_refused_before_the_work(tmp_path: Path) -> None:
+    files = _ensemble_inputs(tmp_path, images=20)
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text("experiment_name: demo\nmodel: {name: model_a}\n")
+    (run_dir / "metrics.jsonl").write_text('{"type": "val", "epoch": 0, "step": 2, "val_top1_error": 50.0}\n')
+    locked = tmp_path / "locked"
+    (locked / "report").mkdir(parents=True)
+    locked.chmod(0o555)
+    for module, args, out in (
+        ("ensemble", [f"files=[{files[0]},{files[1]}]"], locked / "ensemble"),
+        ("report", [f"runs=[{run_dir}]"], locked / "report"),  # exists, but its temp folder goes beside it
+    ):
+        result = _without_root_rights("-m", f"delving.cli.{module}", *args, f"output_dir={out}")
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert (
+            result.stderr.strip()
+            == f"error: output_dir={out}: no permission to write in {locked}; choose another output_dir="
+        )
+        assert result.stdout == ""  # refused before reading anything
+    assert sorted(p.name for p in locked.iterdir()) == ["report"]

@@ -196,3 +196,30 @@ def _exchange(a: Path, b: Path) -> bool:
         return False
     at_fdcwd, rename_exchange = -100, 2
     return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+class OutputFolderError(UserError):
+    """An output folder that cannot be written (a file, or a place without write permission)."""
+
+
+def check_output_folder(folder: str | os.PathLike, key: str, beside: bool = False) -> Path:
+    """Refuses, before any work, an output folder this user cannot write: it (where it exists) and the folder
+    that will hold it must be writable; with `beside`, also the folder beside it (for write_folder_atomically's
+    temp folder), even where it exists."""
+    folder = Path(folder).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise OutputFolderError(f"{key}={folder} is a file, not a folder: give a folder")
+    places = [folder] if folder.is_dir() else []
+    if beside or not places:
+        existing = folder.parent
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise OutputFolderError(f"{key}={folder}: {existing} is a file, so no folder can be made there")
+        places.append(existing)
+    for place in places:
+        if not os.access(place, os.W_OK | os.X_OK):
+            raise OutputFolderError(
+                f"{key}={folder}: no permission to write in {place}; choose another {key}="
+            )
+    return folder

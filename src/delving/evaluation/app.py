@@ -31,7 +31,7 @@ from delving.evaluation.ensemble import check_weights, member_names
 from delving.evaluation.ensemble_report import EnsembleOptions, EnsembleReport, build_ensemble_report
 from delving.evaluation.evaluator import EvalResult, evaluate
 from delving.evaluation.predictions import Predictions, load_predictions, predictions_writer, save_predictions
-from delving.io import atomic_write_files, utf8
+from delving.io import atomic_write_files, check_output_folder, utf8
 from delving.progress import Progress, format_duration
 
 log = logging.getLogger("delving")
@@ -288,6 +288,7 @@ def run_ensemble(cfg: DictConfig) -> Path:
     files = [Path(f) for f in cfg.files]
     if not files:
         raise UserError("files=[...] lists no predictions files")
+    check_output_folder(cfg.output_dir, "output_dir")
     names = list(cfg.names) if cfg.names is not None else member_names(files)
     if len(names) != len(files):
         raise UserError(f"{len(names)} names for {len(files)} files")
