@@ -7,10 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from helpers.data import make_folder_dataset, write_jpeg
 from PIL import Image
 
+from delving.data.config import DataConfig, DataConfigError, DatasetKind, validate
 from delving.data.decode import BadImageError, decode_image, decode_image_with_size
+from delving.data.transforms import EvalTransform, TrainDraws, TrainTransform
 
 
 @pytest.mark.parametrize("mode", ["L", "CMYK", "RGB"])
@@ -154,3 +157,39 @@ def test_verify_data_reports_nothing_for_16_bit_images(tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "0 unreadable image(s)" in result.stdout and "BAD " not in result.stdout
+
+
+def _oriented_jpeg(path: Path, orientation: int) -> tuple[Path, Image.Image]:
+    """A 48x32 JPEG stored sideways with EXIF orientation 6 (turn 90 degrees clockwise to view), and the same
+    image stored upright without EXIF."""
+    upright = Image.open(write_jpeg(path.with_name("upright.JPEG"), 32, 48, seed=7))
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # what orientation 6 undoes (ROTATE_270)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    stored.save(path, format="JPEG", quality=95, exif=exif)
+    return path, upright
+
+
+def test_exif_orientation_is_ignored_by_default_and_applied_when_asked(tmp_path):
+    path, upright = _oriented_jpeg(tmp_path / "sideways.JPEG", 6)
+    img, full = decode_image_with_size(path)
+    assert img.size == full == (48, 32)  # as stored, like torchvision
+    turned, full = decode_image_with_size(path, exif_transpose=True)
+    assert turned.size == full == (32, 48)
+    assert np.abs(np.asarray(turned, float) - np.asarray(upright, float)).mean() < 3
+    drafted, full = decode_image_with_size(path, draft_size=10, exif_transpose=True)
+    assert full == (32, 48) and drafted.size == (16, 24)  # the size the windows are mapped by turns too
+
+
+def test_exif_transpose_reaches_the_training_and_validation_crops(tmp_path):
+    path, _ = _oriented_jpeg(tmp_path / "sideways.JPEG", 6)
+    plain = tmp_path / "plain.png"  # the same pixels turned by hand, lossless and without EXIF
+    Image.open(path).convert("RGB").transpose(Image.Transpose.ROTATE_270).save(plain)
+    cfg = {"name": DatasetKind.folder, "crop_size": 16, "scale_min": 20, "scale_max": 20, "test_scale": 20}
+    turned, stored = DataConfig(**cfg, exif_transpose=True), DataConfig(**cfg)
+    assert torch.allclose(EvalTransform(turned)(path), EvalTransform(stored)(plain))
+    assert not torch.allclose(EvalTransform(stored)(path), EvalTransform(stored)(plain), atol=4)
+    draws = TrainDraws(scale=20, crop_x=0.1, crop_y=0.9, flip=False, alpha=(0.0, 0.0, 0.0))
+    assert torch.allclose(TrainTransform(turned)(path, draws), TrainTransform(stored)(plain, draws))
+    with pytest.raises(DataConfigError, match=r"data\.exif_transpose=true with data\.decode_on_device=true"):
+        validate(DataConfig(**cfg, exif_transpose=True, decode_on_device=True))

@@ -92,9 +92,11 @@ def crop_origin(draws: TrainDraws, out_w: int, out_h: int, crop_size: int) -> tu
     return left, top
 
 
-def train_crop(path: ImageSource, draws: TrainDraws, crop_size: int, use_draft: bool) -> Image.Image:
+def train_crop(
+    path: ImageSource, draws: TrainDraws, crop_size: int, use_draft: bool, exif: bool = False
+) -> Image.Image:
     """Decode, then resize-to-s + crop + flip in one window resample. Raises BadImageError."""
-    img, full_size = decode_image_with_size(path, draws.scale if use_draft else None)
+    img, full_size = decode_image_with_size(path, draws.scale if use_draft else None, exif)
     out_w, out_h = resized_size(*full_size, draws.scale)
     left, top = crop_origin(draws, out_w, out_h, crop_size)
     window = _window(img, full_size, draws.scale, left, top, crop_size)
@@ -109,9 +111,11 @@ def reference_crop(img: Image.Image, draws: TrainDraws, crop_size: int) -> Image
     return TF.hflip(cropped) if draws.flip else cropped
 
 
-def center_crop(path: ImageSource, shorter: int, crop_size: int, use_draft: bool) -> Image.Image:
+def center_crop(
+    path: ImageSource, shorter: int, crop_size: int, use_draft: bool, exif: bool = False
+) -> Image.Image:
     """Validation view: resize the shorter side to `shorter`, then the center crop (torchvision's rounding)."""
-    img, full_size = decode_image_with_size(path, shorter if use_draft else None)
+    img, full_size = decode_image_with_size(path, shorter if use_draft else None, exif)
     out_w, out_h = resized_size(*full_size, shorter)
     left, top = round((out_w - crop_size) / 2.0), round((out_h - crop_size) / 2.0)
     return _window(img, full_size, shorter, left, top, crop_size)
@@ -175,7 +179,7 @@ class TrainTransform:
         return draw_train_params(rng, self.cfg)
 
     def __call__(self, path: ImageSource, draws: TrainDraws) -> torch.Tensor:
-        crop = train_crop(path, draws, self.cfg.crop_size, self.cfg.use_draft)
+        crop = train_crop(path, draws, self.cfg.crop_size, self.cfg.use_draft, self.cfg.exif_transpose)
         return _normalize(pil_to_uint8(crop), self.mean, self.std, lighting_offset(draws.alpha))
 
 
@@ -187,5 +191,7 @@ class EvalTransform:
         self.mean, self.std = _mean_std(self.cfg)
 
     def __call__(self, path: ImageSource) -> torch.Tensor:
-        crop = center_crop(path, self.cfg.test_scale, self.cfg.crop_size, self.cfg.use_draft)
+        crop = center_crop(
+            path, self.cfg.test_scale, self.cfg.crop_size, self.cfg.use_draft, self.cfg.exif_transpose
+        )
         return _normalize(pil_to_uint8(crop), self.mean, self.std, None)

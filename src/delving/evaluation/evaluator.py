@@ -115,13 +115,14 @@ class _EvalImages(Dataset):
         self.reader, self.positions, self.data_cfg = reader, positions, data_cfg
         self.protocol, self.scales, self.size = protocol, scales, size
         self.draft_size = max(scales) if draft else None  # eval.draft, not the training's data.use_draft
+        self.exif = data_cfg.exif_transpose  # the training's data.exif_transpose
 
     def __len__(self) -> int:
         return len(self.positions)
 
     def __getitem__(self, k: int) -> tuple[int, list[torch.Tensor] | None, Failure | None]:
         try:
-            image = decode_image(self.reader.source(int(self.positions[k])), draft_size=self.draft_size)
+            image = decode_image(self.reader.source(int(self.positions[k])), self.draft_size, self.exif)
         except BadImageError as err:  # dropped and counted in the main process, like validation's
             return k, None, (err.path, err.reason)
         views = []
