@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers.evaluation import make_predictions
-from helpers.runs import cli_env, run_train
+from helpers.runs import REPO, TINY_DATA, TINY_MODEL, TINY_TRAIN, cli_env, run_train
 from omegaconf import OmegaConf
 
 from delving.evaluation.app import run_ensemble
@@ -22,7 +22,8 @@ from delving.evaluation.predictions import save_predictions
 from delving.io import OutputSpaceError
 from delving.report.app import run_report
 from delving.report.plots import new_figure
-from delving.report.report import Report, write_report
+from delving.report.report import Report, curves_figure, write_report
+from delving.report.runs import Run, label_runs
 
 
 def _report(text: str, figures: int) -> Report:
@@ -209,3 +210,65 @@ def test_a_read_only_output_dir_is_refused_before_the_work(tmp_path: Path) -> No
         )
         assert result.stdout == ""  # refused before reading anything
     assert sorted(p.name for p in locked.iterdir()) == ["report"]
+
+
+def _curve_run(tmp_path: Path, seed: int, act: str, steps_per_epoch: int = 10, epochs: int = 4) -> Run:
+    records = []
+    for step in range(1, epochs * steps_per_epoch + 1):
+        records.append({"type": "train", "step": step, "loss": 2.0 - step / 40 + seed / 100})
+        if step % steps_per_epoch == 0:
+            epoch = step // steps_per_epoch - 1
+            records.append(
+                {"type": "val", "epoch": epoch, "step": step, "val_top1_error": 80 - 5 * epoch + seed}
+            )
+    config = {"experiment_name": "table2_net14_prelu_mini", "seed": seed, "model": {"act": act}}
+    return Run(
+        tmp_path / f"{act}{seed}", config, records=records, overrides=[f"seed={seed}", f"model.act={act}"]
+    )
+
+
+def _cut_texts(fig) -> list[str]:
+    """The titles and axis labels that the saved PNG cuts off (any part outside the figure)."""
+    fig.canvas.draw()
+    renderer, box = fig.canvas.get_renderer(), fig.bbox
+    cut = []
+    for ax in fig.axes:
+        for text in (ax.title, ax.xaxis.label, ax.yaxis.label):
+            extent = text.get_window_extent(renderer)
+            outside = extent.x0 < box.x0 or extent.y0 < box.y0 or extent.x1 > box.x1 or extent.y1 > box.y1
+            if text.get_text() and outside:
+                cut.append(text.get_text())
+    return cut
+
+
+@pytest.mark.parametrize("seeds", [1, 3])
+def test_curve_plots_count_epochs_from_0_show_their_labels_and_promise_no_band_for_one_seed(
+    tmp_path: Path, seeds: int
+) -> None:
+    runs = [_curve_run(tmp_path, seed, act) for act in ("prelu", "relu") for seed in range(seeds)]
+    label_runs(runs)
+    fig = curves_figure("table2", runs)
+    assert _cut_texts(fig) == []
+    ax_loss, ax_val = fig.axes
+    assert ax_val.get_xlabel() == ax_loss.get_xlabel() == "epoch (from 0, as the logs count)"
+    first_val = ax_val.get_lines()[0].get_xdata()
+    assert list(first_val) == [0, 1, 2, 3]  # the logs' "epoch 0" .. "epoch 3"
+    assert min(ax_loss.get_lines()[0].get_xdata()) == 0.0 and max(ax_loss.get_lines()[0].get_xdata()) < 4
+    if seeds == 1:
+        assert "one seed: no interval to draw" in ax_val.get_title() and "95 %" not in ax_val.get_title()
+    else:
+        assert "bars: 95 % interval over seeds" in ax_val.get_title()
+
+
+def test_sweep_log_opens_without_plugin_set_up_and_writes_its_results_file(tmp_path: Path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    outputs = tmp_path / "outputs"
+    result = subprocess.run(
+        [sys.executable, "-m", "delving.train", "hparams_search=lr_wd", *TINY_DATA, *TINY_MODEL, *TINY_TRAIN,
+         "train.epochs=1", "hydra.sweeper.n_trials=1", f"paths.outputs={outputs}"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env=cli_env(DELVING_CONFIG_DIR=str(REPO / "configs")),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "setup plugin" not in result.stdout + result.stderr
+    assert "best_value:" in (outputs / "default" / "optimization_results.yaml").read_text()
