@@ -38,7 +38,7 @@ COMMANDS = {
 
 
 class CommandLineError(Exception):
-    """A mistake in the command line's overrides (internal: turned into one line and exit code 2)."""
+    """A command line this check leaves to Hydra (a sweep: its values are checked per job)."""
 
 
 def check_command_line(config_name: str, argv: list[str] | None = None) -> None:
@@ -63,7 +63,7 @@ def check_command_line(config_name: str, argv: list[str] | None = None) -> None:
         return
     try:
         problem = override_problem(args.config_name or config_name, list(args.overrides))
-    except Exception:  # a sweep (CommandLineError), or anything this check does not know: Hydra decides
+    except Exception:  # a sweep (CommandLineError), or a form this check does not know: Hydra decides
         return
     if problem is None:
         return
