@@ -272,3 +272,19 @@ def test_sweep_log_opens_without_plugin_set_up_and_writes_its_results_file(tmp_p
     assert result.returncode == 0, result.stderr[-3000:]
     assert "setup plugin" not in result.stdout + result.stderr
     assert "best_value:" in (outputs / "default" / "optimization_results.yaml").read_text()
+
+
+def test_a_report_into_the_current_folder_or_through_a_symlink_keeps_that_folder(
+    tmp_path: Path, monkeypatch
+) -> None:
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    write_report(_report("first", 1), ".")
+    write_report(_report("second", 1), ".")
+    assert Path.cwd() == here and (here / "report.md").read_text() == "# second\n"
+    target = tmp_path / "target"
+    target.mkdir()
+    (tmp_path / "link").symlink_to(target)
+    write_report(_report("third", 1), tmp_path / "link")
+    assert (tmp_path / "link").is_symlink() and (target / "report.md").read_text() == "# third\n"

@@ -139,7 +139,7 @@ def write_folder_atomically(
     holds only files `replaceable` accepts (a previous output of the same command), else each new file is
     renamed into `folder`, leaving its other files alone. A failure while writing (a full disk, a signal)
     leaves the previous folder as it was and removes the temp folder."""
-    folder = Path(folder)
+    folder = Path(os.path.abspath(folder))  # "." has no name to put a temp folder beside
     folder.parent.mkdir(parents=True, exist_ok=True)
     temp = folder.with_name(f".{folder.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}")
     temp.mkdir()
@@ -173,7 +173,9 @@ def _put_in_place(temp: Path, folder: Path, replaceable: Callable[[Path], bool])
     if not folder.exists():
         os.rename(temp, folder)
         return
-    if all(replaceable(path) for path in folder.iterdir()):
+    # A symlink stays a symlink, and the current folder (or one above it) is never swapped under the user.
+    in_use = folder.is_symlink() or Path.cwd().resolve().is_relative_to(folder.resolve())
+    if not in_use and all(replaceable(path) for path in folder.iterdir()):
         if _exchange(temp, folder):
             shutil.rmtree(temp, ignore_errors=True)  # now the old folder
             return
