@@ -9,6 +9,7 @@ folder names and shard indexes only (no image, no full listing), and never gener
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,7 @@ def _check_knobs(cfg: DictConfig) -> None:
 
 def _check_train(cfg: DictConfig, world_size: int) -> None:
     train, logger = cfg.train, cfg.logger
+    _at_least("seed", cfg.seed, 0, "give a seed from 0 to 4294967295")
     _at_least("train.epochs", train.epochs, 1, "train for at least one epoch (train.epochs=1 or more)")
     _at_least("train.grad_accum_steps", train.grad_accum_steps, 1, "use 1 (no accumulation) or more")
     _at_least("train.val_every_epochs", train.val_every_epochs, 1, "validate every 1 epoch or more")
@@ -151,11 +153,13 @@ def _check_train(cfg: DictConfig, world_size: int) -> None:
 
 def _check_optim(cfg: DictConfig) -> None:
     optim, sched = cfg.optim, cfg.sched
-    if not optim.lr > 0:
-        raise ConfigError(f"optim.lr={optim.lr}: the learning rate must be positive (the paper's: 0.01)")
+    if not 0 < optim.lr < math.inf:
+        raise ConfigError(
+            f"optim.lr={optim.lr}: the learning rate must be positive and finite (the paper's: 0.01)"
+        )
     if not 0 <= optim.momentum < 1:
         raise ConfigError(f"optim.momentum={optim.momentum}: give a value in [0, 1) (the paper's: 0.9)")
-    if optim.weight_decay < 0:
+    if not 0 <= optim.weight_decay < math.inf:
         raise ConfigError(f"optim.weight_decay={optim.weight_decay}: give 0 or more (the paper's: 0.0005)")
     if not 0 < sched.factor <= 1:
         raise ConfigError(
