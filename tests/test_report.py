@@ -95,8 +95,9 @@ def test_report_plots_have_the_expected_axes(report) -> None:
     figures = report.figures
     assert set(figures) >= {"fig3_init.png", "table2_slopes.png", "table2_curves.png", "table6_curves.png"}
     init = _axes_text(figures["fig3_init.png"])
-    assert init[0] == ("fig3: net30, ReLU, He vs Xavier init", "epoch", "val top-1 error (%)")
-    assert init[1][1:] == ("epoch", "||dE/dW|| of the first and last conv")
+    assert init[0][0].startswith("fig3: net30, ReLU, He vs Xavier init\n")
+    assert init[0][1:] == ("epoch (from 0, as the logs count)", "val top-1 error (%)")
+    assert init[1][1:] == ("epoch (from 0, as the logs count)", "||dE/dW|| of the first and last conv")
     assert figures["fig3_init.png"].axes[0].get_legend_handles_labels()[1] == ["xavier", "chance"]
     slopes = figures["table2_slopes.png"].axes[0]
     assert slopes.get_ylabel() == "learned slope a"

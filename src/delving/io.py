@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import logging
 import os
+import re
+import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from delving.errors import UserError
+
 log = logging.getLogger("delving")
 
 TEMP_SUFFIX = ".tmp"
+# How Python holds the bytes of a file name that are not UTF-8 (os.fsdecode's surrogateescape).
+_UNDECODED_BYTE = re.compile("[\udc80-\udcff]")
 
 
 def temp_path(path: Path) -> Path:
@@ -66,21 +74,36 @@ def _write_temp(path: Path, write: Callable[[BinaryIO], None]) -> Path:
     return tmp
 
 
+def utf8(text: str) -> bytes:
+    """`text` as UTF-8. A file name's bytes that are not UTF-8 (a class folder named on another system), which
+    Python holds as lone surrogates, are written as \\xNN: the text stays valid UTF-8 and names the byte."""
+    escaped = _UNDECODED_BYTE.sub(lambda m: f"\\x{ord(m.group()) - 0xDC00:02x}", text)
+    return escaped.encode("utf-8", "backslashreplace")
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
+    return atomic_write(path, lambda handle: handle.write(utf8(text)))
 
 
-def atomic_write_texts(files: dict[Path, str]) -> None:
-    """Several text files, each atomic; none is renamed into place unless every one was written."""
+def atomic_write_files(files: dict[Path, Callable[[BinaryIO], None]]) -> None:
+    """Several files, each written by its function: none is renamed into place unless every one was written,
+    so a full disk changes none of them (and is one line naming the folder)."""
     temps: list[tuple[Path, Path]] = []
     try:
-        for path, text in files.items():
-            temps.append(
-                (_write_temp(path, lambda handle, text=text: handle.write(text.encode("utf-8"))), path)
-            )
+        for path, write in files.items():
+            temps.append((_write_temp(path, write), path))
         for tmp, path in temps:
             os.replace(tmp, path)
             fsync_folder(path.parent)
+    except OSError as error:
+        if is_disk_full(error):
+            folders = ", ".join(sorted({str(path.parent) for path in files}))
+            raise OutputSpaceError(
+                f"no space left on the disk of {folders} (or over quota): none of "
+                f"{', '.join(path.name for path in files)} was changed; free some space, or write elsewhere, "
+                "and run the command again"
+            ) from None
+        raise
     finally:
         for tmp, _ in temps:
             tmp.unlink(missing_ok=True)
@@ -98,3 +121,107 @@ def remove_stale_temps(folder: Path, names: tuple[str, ...]) -> list[Path]:
             removed.append(stale)
             log.warning("removed %s (%.1f MB), left by a write that was killed", stale, size / 1e6)
     return removed
+
+
+class OutputSpaceError(UserError, OSError):
+    """The disk (or quota) is full while writing a command's output; what was there before is kept whole."""
+
+
+def is_disk_full(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def write_folder_atomically(
+    folder: str | os.PathLike, write: Callable[[Path], None], replaceable: Callable[[Path], bool]
+) -> Path:
+    """Writes a folder's whole content with `write(temp)` into a hidden temp folder beside it, then puts it
+    in place: renamed when `folder` is new, exchanged with the old one (then removed) when that is empty or
+    holds only files `replaceable` accepts (a previous output of the same command), else each new file is
+    renamed into `folder`, leaving its other files alone. A failure while writing (a full disk, a signal)
+    leaves the previous folder as it was and removes the temp folder."""
+    folder = Path(os.path.abspath(folder))  # "." has no name to put a temp folder beside
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    temp = folder.with_name(f".{folder.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}")
+    temp.mkdir()
+    try:
+        write(temp)
+        for path in temp.iterdir():
+            _fsync_file(path)
+        fsync_folder(temp)
+        if folder.is_dir():
+            os.chmod(temp, folder.stat().st_mode & 0o7777)
+        _put_in_place(temp, folder, replaceable)
+    except BaseException as error:
+        shutil.rmtree(temp, ignore_errors=True)
+        if is_disk_full(error):
+            raise OutputSpaceError(
+                f"no space left on the disk of {folder} (or over quota): nothing was changed there; free some "
+                "space, or choose another output_dir=, and run the command again"
+            ) from None
+        raise
+    fsync_folder(folder.parent)
+    return folder
+
+
+def _fsync_file(path: Path) -> None:
+    if path.is_file():
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+
+
+def _put_in_place(temp: Path, folder: Path, replaceable: Callable[[Path], bool]) -> None:
+    if not folder.exists():
+        os.rename(temp, folder)
+        return
+    # A symlink stays a symlink, and the current folder (or one above it) is never swapped under the user.
+    in_use = folder.is_symlink() or Path.cwd().resolve().is_relative_to(folder.resolve())
+    if not in_use and all(replaceable(path) for path in folder.iterdir()):
+        if _exchange(temp, folder):
+            shutil.rmtree(temp, ignore_errors=True)  # now the old folder
+            return
+        old = temp.with_suffix(".old")
+        os.rename(folder, old)  # no atomic exchange here: a crash between the renames leaves `old` whole
+        os.rename(temp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    for path in sorted(temp.iterdir()):  # a folder with other files: only the new files are replaced
+        os.replace(path, folder / path.name)
+    fsync_folder(folder)
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swaps two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where that is not available."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+class OutputFolderError(UserError):
+    """An output folder that cannot be written (a file, or a place without write permission)."""
+
+
+def check_output_folder(folder: str | os.PathLike, key: str, beside: bool = False) -> Path:
+    """Refuses, before any work, an output folder this user cannot write: it (where it exists) and the folder
+    that will hold it must be writable; with `beside`, also the folder beside it (for write_folder_atomically's
+    temp folder), even where it exists."""
+    folder = Path(folder).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise OutputFolderError(f"{key}={folder} is a file, not a folder: give a folder")
+    places = [folder] if folder.is_dir() else []
+    if beside or not places:
+        existing = folder.parent
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise OutputFolderError(f"{key}={folder}: {existing} is a file, so no folder can be made there")
+        places.append(existing)
+    for place in places:
+        if not os.access(place, os.W_OK | os.X_OK):
+            raise OutputFolderError(
+                f"{key}={folder}: no permission to write in {place}; choose another {key}="
+            )
+    return folder

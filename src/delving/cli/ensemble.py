@@ -5,6 +5,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from delving.cli.command_line import check_command_line
 from delving.cli.common import CONFIG_PATH, register_all, user_errors
 
 
@@ -18,6 +19,7 @@ def _app(cfg: DictConfig) -> None:
 
 def main() -> None:
     register_all()
+    check_command_line("ensemble")
     _app()
 
 

@@ -8,6 +8,7 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from delving.cli.command_line import check_command_line
 from delving.cli.common import CONFIG_PATH, register_all, user_errors
 
 
@@ -29,6 +30,7 @@ def _app(cfg: DictConfig) -> None:
 
 def main() -> None:
     register_all()
+    check_command_line("init_check")
     _app()
 
 

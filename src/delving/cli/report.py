@@ -8,6 +8,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from delving.cli.command_line import check_command_line
 from delving.cli.common import CONFIG_PATH, register_all, user_errors
 from delving.errors import ConfigError
 
@@ -36,6 +37,7 @@ def _app(cfg: DictConfig) -> None:
 
 def main() -> None:
     register_all()
+    check_command_line("report")
     _app()
 
 

@@ -6,6 +6,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from delving.cli.command_line import check_command_line
 from delving.cli.common import CONFIG_PATH, register_all, user_errors
 
 
@@ -19,6 +20,7 @@ def _app(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     register_all()
+    check_command_line("train")
     _app()
 
 

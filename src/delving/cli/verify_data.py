@@ -7,6 +7,7 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from delving.cli.command_line import check_command_line
 from delving.cli.common import CONFIG_PATH, register_all, user_errors
 from delving.errors import ConfigError
 
@@ -34,6 +35,7 @@ def _app(cfg: DictConfig) -> None:
 
 def main() -> None:
     register_all()
+    check_command_line("verify_data")
     _app()
 
 

@@ -55,6 +55,8 @@ class DataConfig:
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD_RGB))
     mean_image: str | None = None  # normalize=mean_image: the .npy file; None: <root>/mean_image.npy
     use_draft: bool = True  # Pillow's reduced-size JPEG decoding when the reduced image still covers s
+    # Turn images upright by their EXIF orientation tag. false: pixels as stored (torchvision, the paper's Caffe).
+    exif_transpose: bool = False
     # Training input only: the workers send the JPEG bytes and the training device decodes them (nvJPEG on a
     # GPU, via torchvision.io.decode_jpeg) and crops, flips and lights them there (data/device_decode.py).
     # false: Pillow in the workers (the reference path). Files decode_jpeg cannot read are decoded by Pillow.
@@ -90,6 +92,11 @@ def validate(cfg: DataConfig) -> None:
         )
     if not 0.0 <= cfg.max_bad_fraction < 1.0:
         raise DataConfigError(f"data: max_bad_fraction must be in [0, 1), got {cfg.max_bad_fraction}")
+    if cfg.exif_transpose and cfg.decode_on_device:
+        raise DataConfigError(
+            "data.exif_transpose=true with data.decode_on_device=true: the device decoder uses JPEG pixels as "
+            "stored; set one of them to false"
+        )
 
 
 def as_data_config(cfg: DataConfig | DictConfig | dict[str, Any]) -> DataConfig:

@@ -27,6 +27,7 @@ def compute_mean_image(cfg: DataConfig, limit: int | None = None) -> np.ndarray:
     total = np.zeros((cfg.crop_size, cfg.crop_size, 3), dtype=np.float64)
     for i in range(count):
         total += np.asarray(
-            center_crop(reader.source(i), cfg.test_scale, cfg.crop_size, False), dtype=np.float64
+            center_crop(reader.source(i), cfg.test_scale, cfg.crop_size, False, cfg.exif_transpose),
+            dtype=np.float64,
         )
     return (total / count).astype(np.float32)

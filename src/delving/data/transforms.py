@@ -81,9 +81,11 @@ def crop_origin(draws: TrainDraws, out_w: int, out_h: int, crop_size: int) -> tu
     return left, top
 
 
-def train_crop(path: ImageSource, draws: TrainDraws, crop_size: int, use_draft: bool) -> Image.Image:
+def train_crop(
+    path: ImageSource, draws: TrainDraws, crop_size: int, use_draft: bool, exif: bool = False
+) -> Image.Image:
     """Decode, then resize-to-s + crop + flip in one window resample. Raises BadImageError."""
-    img, full_size = decode_image_with_size(path, draws.scale if use_draft else None)
+    img, full_size = decode_image_with_size(path, draws.scale if use_draft else None, exif)
     out_w, out_h = resized_size(*full_size, draws.scale)
     left, top = crop_origin(draws, out_w, out_h, crop_size)
     window = _window(img, full_size, draws.scale, left, top, crop_size)
@@ -98,9 +100,11 @@ def reference_crop(img: Image.Image, draws: TrainDraws, crop_size: int) -> Image
     return TF.hflip(cropped) if draws.flip else cropped
 
 
-def center_crop(path: ImageSource, shorter: int, crop_size: int, use_draft: bool) -> Image.Image:
+def center_crop(
+    path: ImageSource, shorter: int, crop_size: int, use_draft: bool, exif: bool = False
+) -> Image.Image:
     """Validation view: resize the shorter side to `shorter`, then the center crop (torchvision's rounding)."""
-    img, full_size = decode_image_with_size(path, shorter if use_draft else None)
+    img, full_size = decode_image_with_size(path, shorter if use_draft else None, exif)
     out_w, out_h = resized_size(*full_size, shorter)
     left, top = round((out_w - crop_size) / 2.0), round((out_h - crop_size) / 2.0)
     return _window(img, full_size, shorter, left, top, crop_size)
@@ -140,7 +144,9 @@ class TrainTransform:
 
     def crop(self, path: ImageSource, draws: TrainDraws) -> torch.Tensor:
         """Decode, scale, crop and flip: uint8 CHW. Raises BadImageError."""
-        return pil_to_uint8(train_crop(path, draws, self.cfg.crop_size, self.cfg.use_draft))
+        return pil_to_uint8(
+            train_crop(path, draws, self.cfg.crop_size, self.cfg.use_draft, self.cfg.exif_transpose)
+        )
 
     def __call__(self, path: ImageSource, draws: TrainDraws) -> torch.Tensor:
         return self.normalizer(self.crop(path, draws), lighting_offset(draws.alpha))
@@ -157,7 +163,10 @@ class EvalTransform:
         self.normalizer = normalizer or InputNormalizer.from_config(cfg)  # a missing mean image fails here
 
     def crop(self, path: ImageSource) -> torch.Tensor:
-        return pil_to_uint8(center_crop(path, self.cfg.test_scale, self.cfg.crop_size, self.cfg.use_draft))
+        cfg = self.cfg
+        return pil_to_uint8(
+            center_crop(path, cfg.test_scale, cfg.crop_size, cfg.use_draft, cfg.exif_transpose)
+        )
 
     def __call__(self, path: ImageSource) -> torch.Tensor:
         return self.normalizer(self.crop(path))

@@ -8,6 +8,7 @@ folder names and shard indexes only (no image, no full listing), and never gener
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from delving.data.datasets import check_same_classes
 from delving.data.shards import index_path, open_shards
 from delving.data.synthetic import MAX_CLASSES
 from delving.errors import ConfigError, UserError
-from delving.evaluation.config import effective_scales
+from delving.evaluation.config import check_eval
 from delving.models.sppnet import NET_SPECS
 
 __all__ = ["ConfigError", "preflight"]
@@ -117,6 +118,7 @@ def _check_knobs(cfg: DictConfig) -> None:
 
 def _check_train(cfg: DictConfig, world_size: int) -> None:
     train, logger = cfg.train, cfg.logger
+    _at_least("seed", cfg.seed, 0, "give a seed from 0 to 4294967295")
     _at_least("train.epochs", train.epochs, 1, "train for at least one epoch (train.epochs=1 or more)")
     _at_least("train.grad_accum_steps", train.grad_accum_steps, 1, "use 1 (no accumulation) or more")
     _at_least("train.val_every_epochs", train.val_every_epochs, 1, "validate every 1 epoch or more")
@@ -150,11 +152,13 @@ def _check_train(cfg: DictConfig, world_size: int) -> None:
 
 def _check_optim(cfg: DictConfig) -> None:
     optim, sched = cfg.optim, cfg.sched
-    if not optim.lr > 0:
-        raise ConfigError(f"optim.lr={optim.lr}: the learning rate must be positive (the paper's: 0.01)")
+    if not 0 < optim.lr < math.inf:
+        raise ConfigError(
+            f"optim.lr={optim.lr}: the learning rate must be positive and finite (the paper's: 0.01)"
+        )
     if not 0 <= optim.momentum < 1:
         raise ConfigError(f"optim.momentum={optim.momentum}: give a value in [0, 1) (the paper's: 0.9)")
-    if optim.weight_decay < 0:
+    if not 0 <= optim.weight_decay < math.inf:
         raise ConfigError(f"optim.weight_decay={optim.weight_decay}: give 0 or more (the paper's: 0.0005)")
     if not 0 < sched.factor <= 1:
         raise ConfigError(
@@ -191,21 +195,7 @@ def _check_model(cfg: DictConfig) -> None:
 
 
 def _check_eval(cfg: DictConfig) -> None:
-    ev = cfg.eval
-    try:
-        effective_scales(list(ev.scales), cfg.model.input_size)
-    except ValueError as error:
-        raise ConfigError(
-            f"eval.scales={list(ev.scales)} with model.input_size={cfg.model.input_size}: {error}"
-        ) from None
-    _at_least("eval.batch_size", ev.batch_size, 1, "give 1 or more")
-    _at_least("eval.max_pending_views", ev.max_pending_views, 1, "give 1 or more")
-    if ev.limit is not None:
-        _at_least("eval.limit", ev.limit, 1, "evaluate 1 image or more, or null (all)")
-    if ev.num_workers is not None:
-        _at_least(
-            "eval.num_workers", ev.num_workers, 0, "give 0 (decode in the main process) or more, or null"
-        )
+    check_eval(cfg.eval, cfg.model.input_size)
 
 
 def _data_config(node: DictConfig) -> DataConfig:

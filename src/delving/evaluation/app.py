@@ -26,12 +26,12 @@ from delving.checkpoint import Checkpoint, CheckpointError, file_sha256, load_mo
 from delving.data.config import DataConfig, Normalize
 from delving.dist import DistributedContext, fail_together, init_distributed, shutdown_distributed
 from delving.errors import UserError
-from delving.evaluation.config import EvalConfig, Protocol
+from delving.evaluation.config import EvalConfig, Protocol, check_eval
 from delving.evaluation.ensemble import check_weights, member_names
 from delving.evaluation.ensemble_report import EnsembleOptions, EnsembleReport, build_ensemble_report
 from delving.evaluation.evaluator import EvalResult, evaluate
-from delving.evaluation.predictions import Predictions, load_predictions, save_predictions
-from delving.io import atomic_write_texts
+from delving.evaluation.predictions import Predictions, load_predictions, predictions_writer, save_predictions
+from delving.io import atomic_write_files, check_output_folder, utf8
 from delving.progress import Progress, format_duration
 
 log = logging.getLogger("delving")
@@ -212,6 +212,7 @@ def _eval_checkpoint(
     cfg: DictConfig, checkpoint: Path, eval_cfg: EvalConfig, output: Path, ctx: DistributedContext
 ) -> Path | None:
     model, saved, sha256 = load_model(checkpoint)
+    check_eval(eval_cfg, model.input_size)  # before any image: the scales need the model's input size
     model.to(ctx.device)
     data_cfg, notes = evaluation_data_config(cfg.data, saved)
     if ctx.is_main:
@@ -287,6 +288,7 @@ def run_ensemble(cfg: DictConfig) -> Path:
     files = [Path(f) for f in cfg.files]
     if not files:
         raise UserError("files=[...] lists no predictions files")
+    check_output_folder(cfg.output_dir, "output_dir")
     names = list(cfg.names) if cfg.names is not None else member_names(files)
     if len(names) != len(files):
         raise UserError(f"{len(names)} names for {len(files)} files")
@@ -311,7 +313,14 @@ def run_ensemble(cfg: DictConfig) -> Path:
 
 
 def _write_ensemble(report: EnsembleReport, first: Predictions, out: Path, with_predictions: bool) -> None:
+    """ensemble.md, ensemble.json (and ensemble.npz) all or nothing: a full disk changes none of them."""
     markdown = report.to_markdown()
+    files = {
+        out / "ensemble.md": lambda handle: handle.write(utf8(markdown)),
+        out / "ensemble.json": lambda handle: handle.write(
+            utf8(json.dumps(report.to_json(), indent=2) + "\n")
+        ),
+    }
     if with_predictions:
         meta = {
             **{key: first.metadata.get(key) for key in ("classes", "class_names", "dataset")},
@@ -324,9 +333,8 @@ def _write_ensemble(report: EnsembleReport, first: Predictions, out: Path, with_
         }
         rows = report.rows
         probs = report.probs.astype(np.float32)
-        save_predictions(out / "ensemble.npz", Predictions(first.ids[rows], first.labels[rows], probs, meta))
-    atomic_write_texts(
-        {out / "ensemble.md": markdown, out / "ensemble.json": json.dumps(report.to_json(), indent=2) + "\n"}
-    )
-    print(markdown)
-    print(f"written: {out / 'ensemble.md'}, {out / 'ensemble.json'}")
+        npz = out / "ensemble.npz"
+        files[npz] = predictions_writer(npz, Predictions(first.ids[rows], first.labels[rows], probs, meta))
+    atomic_write_files(files)
+    print(utf8(markdown).decode("utf-8"))  # a terminal may refuse a non-UTF-8 class folder's name
+    print(f"written: {', '.join(str(path) for path in files)}")

@@ -8,6 +8,7 @@ from enum import Enum
 from omegaconf import MISSING
 
 from delving.data.config import DataConfig
+from delving.errors import ConfigError
 from delving.paths import PathsConfig
 
 PAPER_CROP = 224  # the paper's training crop; test scales are given for it and rescaled for smaller models
@@ -46,6 +47,11 @@ def effective_scales(scales: list[int], input_size: int) -> list[int]:
     """Shorter sides in this model's pixels: the paper's 256/384/480 for a 224 crop, scaled to `input_size`."""
     if not scales:
         raise ValueError("eval.scales is empty: give at least one test scale, e.g. eval.scales=[256]")
+    if any(s <= 0 for s in scales):
+        raise ValueError(
+            "scales are shorter sides in the paper's pixels and must be positive: e.g. eval.scales=[256] or "
+            "[256,384,480]"
+        )
     resolved = [round(s * input_size / PAPER_CROP) for s in scales]
     too_small = [s for s, r in zip(scales, resolved, strict=True) if r < input_size]
     if too_small:
@@ -54,6 +60,25 @@ def effective_scales(scales: list[int], input_size: int) -> list[int]:
             f"not hold one {input_size}x{input_size} view of this model (scales are in paper pixels)"
         )
     return resolved
+
+
+def check_eval(ev: EvalConfig, input_size: int) -> None:
+    """Refuses eval values that cannot work, in one line naming the key (delving-train's preflight and
+    delving-eval, once it knows the model's input size)."""
+    try:
+        effective_scales(list(ev.scales), input_size)
+    except ValueError as error:
+        raise ConfigError(
+            f"eval.scales={list(ev.scales)} with model.input_size={input_size}: {error}"
+        ) from None
+    for key, value, minimum, what in (
+        ("eval.batch_size", ev.batch_size, 1, "give 1 or more"),
+        ("eval.max_pending_views", ev.max_pending_views, 1, "give 1 or more"),
+        ("eval.limit", ev.limit, 1, "evaluate 1 image or more, or null (all)"),
+        ("eval.num_workers", ev.num_workers, 0, "give 0 (decode in the main process) or more, or null"),
+    ):
+        if value is not None and value < minimum:
+            raise ConfigError(f"{key}={value}: {what}")
 
 
 @dataclass

@@ -120,13 +120,14 @@ class _EvalImages(Dataset):
         # Built once (a mean image is read here, not per view). The mean is fitted to the whole resized image
         # before the views are cut, so a mean image stays aligned with each view's place in the image.
         self.normalizer = InputNormalizer.from_config(data_cfg)
+        self.exif = data_cfg.exif_transpose  # the training's data.exif_transpose
 
     def __len__(self) -> int:
         return len(self.positions)
 
     def __getitem__(self, k: int) -> tuple[int, list[torch.Tensor] | None, Failure | None]:
         try:
-            image = decode_image(self.reader.source(int(self.positions[k])), draft_size=self.draft_size)
+            image = decode_image(self.reader.source(int(self.positions[k])), self.draft_size, self.exif)
         except BadImageError as err:  # dropped and counted in the main process, like validation's
             return k, None, (err.path, err.reason)
         views = []

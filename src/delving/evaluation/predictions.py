@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -132,6 +133,13 @@ def check_predictions(pred: Predictions, where: str | os.PathLike = "predictions
 def save_predictions(path: str | os.PathLike, pred: Predictions) -> Path:
     """Checks, then writes atomically (a temp file in the same folder, renamed), so no reader sees half a file."""
     path = Path(path)
+    atomic_write(path, predictions_writer(path, pred))
+    return path
+
+
+def predictions_writer(path: str | os.PathLike, pred: Predictions) -> Callable[[BinaryIO], None]:
+    """Checks `pred` and returns what writes it as a predictions file into an open handle (for atomic writers
+    that put several files in place together)."""
     pred = Predictions(
         ids=np.asarray(pred.ids, dtype=str),
         labels=np.asarray(pred.labels, dtype=np.int64),
@@ -141,8 +149,7 @@ def save_predictions(path: str | os.PathLike, pred: Predictions) -> Path:
     check_predictions(pred, path)
     metadata = np.array(json.dumps(pred.metadata, sort_keys=True))
     arrays = {"ids": pred.ids, "labels": pred.labels, "probs": pred.probs, "metadata": metadata}
-    atomic_write(path, lambda handle: np.savez(handle, **arrays))
-    return path
+    return lambda handle: np.savez(handle, **arrays)
 
 
 def load_predictions(path: str | os.PathLike) -> Predictions:

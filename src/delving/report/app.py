@@ -8,6 +8,7 @@ from typing import Any
 
 from delving.errors import UserError
 from delving.evaluation.predictions import load_predictions
+from delving.io import check_output_folder
 from delving.report.report import build_report, write_report
 from delving.report.runs import eval_record_from_predictions, find_runs, load_run
 
@@ -57,6 +58,7 @@ def run_report(
     title: str,
     command: str,
 ) -> Path:
+    check_output_folder(output_dir, "output_dir", beside=True)
     loaded = [load_run(path) for path in find_runs(runs)]
     for file in map(Path, predictions):
         run = _owner(file, loaded)

@@ -15,8 +15,10 @@ from typing import Any
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from delving.evaluation.paper_results import PAPER_FIGURES, PAPER_TABLES, PaperRow, find_paper_row
+from delving.io import utf8, write_folder_atomically
 from delving.report.findings import (
     EQUAL_MARGIN,
     Evidence,
@@ -68,8 +70,24 @@ def _data_line(run: Run) -> str:
         where = f"{name} {data.get('root') or ''}".strip()
     return (
         f"{where}; {model.get('name')} width {model.get('width')}, {model.get('input_size')} px crops, "
-        f"{run.config.get('train', {}).get('epochs')} epochs"
+        f"{epochs_text(run)} epochs"
     )
+
+
+def epochs_text(run: Run) -> str:
+    """The planned epochs; for a run without finished.json, the epochs its last.pt holds of them, and why."""
+    planned = run.config.get("train", {}).get("epochs")
+    if run.finished:
+        return f"{planned}"
+    if not run.has_checkpoint:
+        return f"0 of {planned} (no checkpoint: stopped before its first save)"
+    return f"{run.epochs_done} of {planned} (unfinished: no finished.json)"
+
+
+UNFINISHED_NOTE = (
+    "A run marked unfinished has no finished.json: it was stopped, killed or is still running, and its numbers "
+    "are those of the epochs shown. Relaunching its command continues it."
+)
 
 
 # ------------------------------------------------------------------ tables
@@ -87,9 +105,11 @@ def run_table(runs: list[Run]) -> list[str]:
             f"| {run.title} | `{run.path.name}` | {seed_of(run)} | "
             f"{run.model.get('name')} (width {run.model.get('width')}) | "
             f"{_act(run)} | {run.model.get('init')} | {data.get('name')} | "
-            f"{run.config.get('train', {}).get('epochs')} | "
+            f"{epochs_text(run)} | "
             f"{_num(val.get('val_top1_error'))} / {_num(val.get('val_top5_error'))} |"
         )
+    if not all(run.finished for run in runs):
+        lines += ["", UNFINISHED_NOTE]
     return lines
 
 
@@ -197,18 +217,20 @@ def init_study_figure(study: str, runs: list[Run]) -> Figure:
         per_epoch = run.steps_per_epoch
         for conv, style in ((convs[0], "-"), (convs[-1], ":")) if convs else ():
             key = f"grad_norm/{conv}"
-            points = [(r["step"] / per_epoch, r[key]) for r in trains if r.get(key) is not None]
+            points = [
+                (epoch_position(r["step"], per_epoch), r[key]) for r in trains if r.get(key) is not None
+            ]
             if points:
                 xs, ys = zip(*points, strict=True)
                 ax_grad.semilogy(xs, ys, style, label=f"{init} {conv.removeprefix('features.')}")
     if runs:
         ax_err.axhline(_chance(runs[0]), color="grey", linestyle="--", label="chance")
     model = runs[0].model.get("name") if runs else "?"
-    ax_err.set_title(f"{study}: {model}, ReLU, He vs Xavier init")
-    ax_err.set_xlabel("epoch")
+    ax_err.set_title(f"{study}: {model}, ReLU, He vs Xavier init\n{interval_note(replicate_groups(runs))}")
+    ax_err.set_xlabel(EPOCH_AXIS)
     ax_err.set_ylabel("val top-1 error (%)")
-    ax_grad.set_title("loss-gradient norm (weight decay excluded), first seed")
-    ax_grad.set_xlabel("epoch")
+    ax_grad.set_title("loss-gradient norm (weight decay excluded)\nfirst seed")
+    ax_grad.set_xlabel(EPOCH_AXIS)
     ax_grad.set_ylabel("||dE/dW|| of the first and last conv")
     for ax in (ax_err, ax_grad):
         ax.grid(True, alpha=0.3)
@@ -453,9 +475,14 @@ def _findings_section(results: list[FindingResult], report: Report) -> list[str]
 # ------------------------------------------------------------------ training curves
 
 
+# The x-axis of every per-epoch plot: epoch e is the logs' "epoch e" (validated at its end; its training steps
+# lie in [e, e + 1)).
+EPOCH_AXIS = "epoch (from 0, as the logs count)"
+
+
 def val_curve(group: list[Run], key: str = "val_top1_error") -> tuple[list[int], list[Estimate]]:
-    """Epochs (1-based) that every replicate validated at, and the error there over the seeds."""
-    curves = [{v["epoch"] + 1: v[key] for v in run.of_type("val") if v.get(key) is not None} for run in group]
+    """Epochs (0-based, as logged) that every replicate validated at, and the error there over the seeds."""
+    curves = [{v["epoch"]: v[key] for v in run.of_type("val") if v.get(key) is not None} for run in group]
     epochs = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
     return epochs, [seed_estimate(np.array([c[e] for c in curves])) for e in epochs]
 
@@ -471,27 +498,46 @@ def plot_val_curve(ax: Axes, group: list[Run], label: str, **style: Any) -> None
         ax.plot(epochs, means, label=label, **style)
 
 
+def interval_note(groups: list[list[Run]]) -> str:
+    """What the error bars of a plot of these replicate groups are, or that a group of one seed has none."""
+    seeds = sorted({len(group) for group in groups})
+    if seeds == [1]:
+        return "one seed: no interval to draw"
+    if seeds[0] == 1:
+        return "bars: 95 % interval over seeds (none for one seed)"
+    return "bars: 95 % interval over seeds"
+
+
+def epoch_position(step: int, per_epoch: float) -> float:
+    """Where training step `step` (1-based, as logged) lies on EPOCH_AXIS: in [e, e + 1) for epoch e."""
+    return (step - 1) / per_epoch
+
+
 def _train_losses(group: list[Run]) -> tuple[list[float], list[float]]:
     """The training loss's running mean, averaged over the replicates at the steps they all logged."""
     series = [{r["step"]: r["loss"] for r in run.of_type("train")} for run in group]
     steps = sorted(set.intersection(*(set(s) for s in series)))
     per_epoch = group[0].steps_per_epoch
-    return [step / per_epoch for step in steps], [float(np.mean([s[step] for s in series])) for step in steps]
+    xs = [epoch_position(step, per_epoch) for step in steps]
+    return xs, [float(np.mean([s[step] for s in series])) for step in steps]
 
 
 def curves_figure(study: str, runs: list[Run]) -> Figure:
     fig, (ax_loss, ax_val) = new_figure(1, 2, width=11, height=4)
-    for group in replicate_groups(runs):
+    groups = replicate_groups(runs)
+    for group in groups:
         label = group[0].setting_label
         ax_loss.plot(*_train_losses(group), label=label)
         plot_val_curve(ax_val, group, label, marker=".")
-    ax_loss.set_title(f"{study}: training loss")
-    ax_loss.set_xlabel("epoch")
-    ax_loss.set_ylabel("cross-entropy (train, running mean, mean over seeds)")
-    ax_val.set_title(f"{study}: validation error (centre crop), 95 % interval over seeds")
-    ax_val.set_xlabel("epoch")
+    ax_loss.set_title(f"{study}: training loss\nrunning mean, mean over seeds", fontsize=10)
+    ax_loss.set_ylabel("cross-entropy (train)")
+    ax_val.set_title(
+        f"{study}: val error, centre crop, at each epoch's end\n{interval_note(groups)}", fontsize=10
+    )
     ax_val.set_ylabel("val top-1 error (%)")
     for ax in (ax_loss, ax_val):
+        ax.set_xlabel(EPOCH_AXIS)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -676,13 +722,23 @@ def _init_check_section(init_checks: dict[str, list[dict[str, Any]]]) -> list[st
     ]
 
 
+REPORT_FILES = ("report.md", "report.json")
+
+
 def write_report(report: Report, output_dir: str | Path) -> Path:
-    """report.md, report.json and the PNGs in `output_dir`; returns the markdown path."""
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    for name, fig in report.figures.items():
-        save_figure(fig, output_dir / name)
-    (output_dir / "report.json").write_text(json.dumps(report.summary, indent=1, default=str) + "\n")
-    path = output_dir / "report.md"
-    path.write_text(report.markdown + "\n")
-    return path
+    """report.md, report.json and the PNGs in `output_dir`, all or nothing: written into a temp folder beside
+    it, which then replaces the previous report (a full disk leaves that one whole). Returns report.md."""
+
+    def write(folder: Path) -> None:
+        for name, fig in report.figures.items():
+            save_figure(fig, folder / name)
+        (folder / "report.json").write_bytes(utf8(json.dumps(report.summary, indent=1, default=str) + "\n"))
+        (folder / "report.md").write_bytes(utf8(report.markdown + "\n"))
+
+    folder = write_folder_atomically(output_dir, write, _is_report_file)
+    return folder / "report.md"
+
+
+def _is_report_file(path: Path) -> bool:
+    """A file a previous delving-report wrote (so the whole folder may be replaced)."""
+    return path.is_file() and not path.is_symlink() and (path.name in REPORT_FILES or path.suffix == ".png")

@@ -15,6 +15,7 @@ import yaml
 from torch import nn
 
 from delving.checkpoint import Checkpoint, CheckpointError
+from delving.engine.run_dir import FINISHED_FILE
 from delving.errors import UserError
 from delving.evaluation.predictions import load_predictions
 from delving.models import build_model
@@ -70,6 +71,11 @@ class Run:
     slopes: list[SlopeStats] = field(default_factory=list)
     weight_norms: dict[str, float] = field(default_factory=dict)  # ||w|| of every conv/fc weight at the end
     overrides: list[str] = field(default_factory=list)  # the command line's overrides (.hydra/overrides.yaml)
+    finished: bool = (
+        True  # finished.json is there: the run trained all its epochs and ran its final evaluation
+    )
+    has_checkpoint: bool = True  # last.pt is there (a run killed before its first save has none)
+    epochs_done: int | None = None  # the epochs last.pt holds (None: not read)
     # What tells this run apart from others of the same experiment name (set by label_runs), and the same
     # without its seed: what tells its replicates (runs that differ only in the seed) apart from others.
     tag: str = ""
@@ -155,7 +161,12 @@ def _read_config(path: Path, checkpoint: Checkpoint | None) -> dict[str, Any]:
         return checkpoint.config
     hydra_config = path / ".hydra" / "config.yaml"
     if hydra_config.is_file():
-        return yaml.safe_load(hydra_config.read_text())
+        config = _read_yaml(hydra_config)
+        if not isinstance(config, dict):
+            raise RunDirectoryError(
+                f"{hydra_config}: not a run config (damaged?); restore it, or remove the run"
+            )
+        return config
     raise RunDirectoryError(
         f"{path}: no last.pt and no .hydra/config.yaml: not a delving-train run directory"
     )
@@ -165,8 +176,24 @@ def _read_overrides(path: Path) -> list[str]:
     overrides = path / ".hydra" / "overrides.yaml"
     if not overrides.is_file():
         return []
-    values = yaml.safe_load(overrides.read_text())
-    return [str(v) for v in values] if isinstance(values, list) else []
+    values = _read_yaml(overrides)
+    if values is not None and not isinstance(values, list):
+        raise RunDirectoryError(
+            f"{overrides}: not a list of overrides (damaged?); restore it, or delete it (the run is then labelled "
+            "by its config alone)"
+        )
+    return [str(v) for v in values or []]
+
+
+def _read_yaml(path: Path) -> Any:
+    """A run's YAML file, or RunDirectoryError naming it when it is damaged (cut, binary, not YAML)."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError) as error:
+        first = " ".join(str(error).split())[:160]
+        raise RunDirectoryError(
+            f"{path}: damaged, not YAML ({first}); restore it, or delete it if it is .hydra/overrides.yaml"
+        ) from None
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -217,7 +244,14 @@ def load_run(path: str | Path) -> Run:
     path = Path(path)
     last = path / "last.pt"
     checkpoint = Checkpoint.load(last) if last.is_file() else None
-    run = Run(path, _read_config(path, checkpoint), overrides=_read_overrides(path))
+    run = Run(
+        path,
+        _read_config(path, checkpoint),
+        overrides=_read_overrides(path),
+        finished=(path / FINISHED_FILE).is_file(),
+        has_checkpoint=checkpoint is not None,
+        epochs_done=int(checkpoint.train_state.get("epoch", 0)) if checkpoint is not None else 0,
+    )
     metrics = path / "metrics.jsonl"
     if metrics.is_file():
         run.records = read_metrics(metrics)
@@ -265,15 +299,30 @@ def label_runs(runs: list[Run]) -> None:
             run.setting_tag = " ".join(v for k, v in values.items() if k != "seed")
 
 
+def _is_run(path: Path) -> bool:
+    """A delving-train run directory: its metrics or checkpoint, or only its Hydra config (a run stopped
+    before it wrote either)."""
+    return any((path / name).is_file() for name in RUN_MARKERS)
+
+
+RUN_MARKERS = ("metrics.jsonl", "last.pt", ".hydra/config.yaml")
+
+
 def find_runs(paths: list[str | Path]) -> list[Path]:
     """Run directories among `paths`: each one itself, or the run directories below it."""
     found: list[Path] = []
     for entry in map(Path, paths):
-        if (entry / "metrics.jsonl").is_file() or (entry / "last.pt").is_file():
+        if _is_run(entry):
             found.append(entry)
             continue
-        below = sorted({p.parent for p in entry.rglob("metrics.jsonl")})
+        below = sorted(
+            {p.parent for p in entry.rglob("metrics.jsonl")}
+            | {p.parent for p in entry.rglob("last.pt")}
+            | {p.parent.parent for p in entry.rglob("config.yaml") if p.parent.name == ".hydra"}
+        )
         if not below:
-            raise RunDirectoryError(f"{entry}: no run directory (metrics.jsonl or last.pt) in it")
+            raise RunDirectoryError(
+                f"{entry}: no run directory (metrics.jsonl, last.pt or .hydra/config.yaml) in it"
+            )
         found.extend(below)
     return found
