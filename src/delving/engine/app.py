@@ -1,8 +1,9 @@
 """What delving-train does, behind its thin Hydra entry point: a run's whole life on one machine or many.
 
 launch -> check every value -> lock the run directory -> resume or start -> train (a signal saves and
-exits with EXIT_STOPPED, under SLURM requeueing the job) -> final evaluation once -> finished.json, so
-a rerun of a finished run only says so.
+exits with EXIT_STOPPED, under SLURM requeueing the job; Ctrl-C/SIGHUP end on their signal) -> final
+evaluation once (a signal during it ends the run unfinished: the relaunch evaluates again) ->
+finished.json, so a rerun of a finished run only says so.
 """
 
 from __future__ import annotations
@@ -19,18 +20,11 @@ from delving.dist import DistributedContext, agree, failing_together, init_distr
 from delving.engine.logging import log, setup_console_logging
 from delving.engine.preflight import preflight
 from delving.engine.run_dir import RunDirectory, starts_fresh
-from delving.engine.signals import EXIT_STOPPED, StopRequested, StopSignals, requeue_slurm_job
+from delving.engine.signals import RunStopped, StopRequested, StopSignals, requeue_slurm_job
 from delving.errors import UserError
 
 if TYPE_CHECKING:  # the model, loader and evaluation code (timm, torchvision) load only once the checks pass
     from delving.engine.trainer import Trainer
-
-
-class RunStopped(SystemExit):
-    """Raised after a stop signal was handled: the process exits with EXIT_STOPPED."""
-
-    def __init__(self) -> None:
-        super().__init__(EXIT_STOPPED)
 
 
 def check_launcher(cfg: DictConfig) -> None:
@@ -100,6 +94,8 @@ def _train_and_evaluate(
         stop.raise_now = True  # no step boundaries from here: a signal ends the evaluation at once
         summary = _final_eval(cfg, trainer) if cfg.train.final_eval else None
         stop.raise_now = False
+        if agree(ctx, [int(stop.requested)])[0]:  # however late it came, a stop leaves the run unfinished
+            raise StopRequested(stop.received or signal.SIGTERM)
         if ctx.is_main:
             top1 = val.get("val_top1_error")
             run.mark_finished(
@@ -113,9 +109,10 @@ def _train_and_evaluate(
         return val.get("val_top1_error")
     except StopRequested as request:
         request.__traceback__ = None  # its frames hold the loader iterators: free them so the workers end
+        stop.raise_now = False
         trainer.release_loaders()
-        _after_stop(cfg, ctx, request)
-        raise RunStopped() from None
+        _after_stop(cfg, ctx, request, trained=trainer.state.epoch >= cfg.train.epochs)
+        raise RunStopped(request.signum) from None
     finally:
         trainer.close()
 
@@ -134,7 +131,7 @@ def _final_eval(cfg: DictConfig, trainer: Trainer) -> dict[str, Any]:
     return summary
 
 
-def _after_stop(cfg: DictConfig, ctx: DistributedContext, request: StopRequested) -> None:
+def _after_stop(cfg: DictConfig, ctx: DistributedContext, request: StopRequested, trained: bool) -> None:
     """last.pt is saved (or the run had finished training): requeue under SLURM on SIGUSR1, then exit."""
     name = signal.Signals(request.signum).name
     requeued = False
@@ -143,9 +140,11 @@ def _after_stop(cfg: DictConfig, ctx: DistributedContext, request: StopRequested
     agree(ctx, [0])  # no rank exits before rank 0 has requeued (srun --kill-on-bad-exit would kill it)
     if ctx.is_main:
         log.warning(
-            "stopped on %s; last.pt holds the state. %s", name,
+            "stopped on %s%s; last.pt holds the state. %s", name,
+            " before the final evaluation ended (no finished.json)" if trained and cfg.train.final_eval else "",
             "The job is requeued and continues when it starts again." if requeued
-            else "Relaunch the same command (resume=auto) to continue.",
+            else "Relaunch the same command (resume=auto) to continue"
+            + (", it evaluates again." if trained and cfg.train.final_eval else "."),
         )  # fmt: skip
 
 

@@ -1,0 +1,74 @@
+"""Stops and refusals of a real `delving-train` process: signals in every phase, a full disk, wrong places."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers.data import make_folder_dataset, write_jpeg
+from helpers.launch import start_train
+from helpers.runs import TINY_DATA, run_train
+
+from delving.engine.signals import EXIT_STOPPED
+
+VAL_IMAGES = 60
+
+
+@pytest.fixture(scope="module")
+def big_val_images(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """Tiny training images, 2400x1800 val images: the final evaluation (full-size decodes, eval.draft=false)
+    spends its 2-3 s decoding, so a signal lands in the decoder, as it did in the report."""
+    root = make_folder_dataset(
+        tmp_path_factory.mktemp("big_val"), classes=4, train_per_class=12, val_per_class=0
+    )
+    big = write_jpeg(root / "big.jpg", 2400, 1800, seed=0)
+    for i in range(VAL_IMAGES):
+        (root / "val" / f"c{i % 4}").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(big, root / "val" / f"c{i % 4}" / f"{i:03d}.JPEG")
+    big.unlink()
+    return [
+        "data=folder", f"data.root={root}", *TINY_DATA[-5:], "train.epochs=1", "train.final_eval=true",
+        "eval=center", "eval.scales=[256]",
+    ]  # fmt: skip
+
+
+def _read_until(process: subprocess.Popen, text: str, timeout: float = 120) -> str:
+    """The process's output up to the first line holding `text` (it keeps running)."""
+    seen, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            raise AssertionError(f"the run ended before {text!r}:\n{''.join(seen)[-4000:]}")
+        seen.append(line)
+        if text in line:
+            return "".join(seen)
+    raise AssertionError(f"no {text!r} within {timeout} s")
+
+
+@pytest.mark.parametrize("signals", [1, 2], ids=["one_sigterm", "two_quick_sigterms"])
+def test_a_stop_during_the_final_evaluation_is_no_bad_image_and_the_relaunch_evaluates_again(
+    tmp_path: Path, big_val_images: list[str], signals: int
+) -> None:
+    process = start_train([*big_val_images, f"hydra.run.dir={tmp_path}"])
+    output = _read_until(process, "images to go")  # the final evaluation has started
+    time.sleep(0.3)
+    for _ in range(signals):
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.05)
+    output += process.communicate(timeout=120)[0]
+    assert process.returncode == EXIT_STOPPED, output[-3000:]
+    assert "unreadable" not in output and "skipping" not in output, output[-3000:]
+    assert "stopped on SIGTERM before the final evaluation ended" in output
+    assert not (tmp_path / "finished.json").exists()
+    assert not (tmp_path / "predictions-center.npz").exists()
+
+    relaunched = run_train(tmp_path, big_val_images)
+    assert "images to go" in relaunched.stdout + relaunched.stderr  # evaluated again, not "nothing to do"
+    assert (tmp_path / "finished.json").exists()
+    with np.load(tmp_path / "predictions-center.npz") as predictions:
+        assert len(predictions["labels"]) == VAL_IMAGES
