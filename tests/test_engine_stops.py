@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -11,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers.data import make_folder_dataset, write_jpeg
-from helpers.launch import start_train
-from helpers.runs import TINY_DATA, run_train
+from helpers.launch import start_train, train_command, wait_for_step
+from helpers.runs import REPO, TINY_DATA, cli_env, run_train
 
+from delving.checkpoint import Checkpoint
 from delving.engine.signals import EXIT_STOPPED
 
 VAL_IMAGES = 60
@@ -72,3 +74,43 @@ def test_a_stop_during_the_final_evaluation_is_no_bad_image_and_the_relaunch_eva
     assert (tmp_path / "finished.json").exists()
     with np.load(tmp_path / "predictions-center.npz") as predictions:
         assert len(predictions["labels"]) == VAL_IMAGES
+
+
+def _start_in_foreground(run_dir: Path, *overrides: str, step_sleep: str = "0.4") -> subprocess.Popen:
+    """delving-train as a terminal's foreground job gets it: its own process group (its loader workers with
+    it), SIGINT at its default (a background job, as pytest's may be, starts with SIGINT ignored)."""
+    return subprocess.Popen(
+        train_command([*overrides, f"hydra.run.dir={run_dir}"]), cwd=REPO,
+        env=cli_env(DELVING_STEP_SLEEP_S=step_sleep), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP], ids=["ctrl_c", "sighup"])
+def test_ctrl_c_and_sighup_save_at_the_next_step_and_end_on_their_signal(tmp_path: Path, sig: int) -> None:
+    """To the whole process group, as a terminal sends them: the loader workers get the signal too."""
+    process = _start_in_foreground(tmp_path, "train.checkpoint_every_steps=100", "data.num_workers=2")
+    wait_for_step(tmp_path, 2, process)
+    os.killpg(process.pid, sig)
+    output = process.communicate(timeout=120)[0]
+    # Ended on the signal after the save (a shell shows 130 / 129, and a loop around the command stops).
+    assert process.returncode == -sig, output[-3000:]
+    assert "Traceback" not in output and f"stopped on {signal.Signals(sig).name}" in output, output[-3000:]
+    state = Checkpoint.load(tmp_path / "last.pt").train_state
+    assert 2 <= state["global_step"] < 12  # saved mid-run, at the step after the signal
+    relaunched = run_train(tmp_path, [])
+    assert f"resumed from {tmp_path / 'last.pt'}" in relaunched.stdout + relaunched.stderr
+
+
+def test_a_second_ctrl_c_stops_at_once_without_saving(tmp_path: Path) -> None:
+    process = _start_in_foreground(tmp_path, "train.checkpoint_every_steps=100", step_sleep="4")
+    wait_for_step(tmp_path, 2, process)  # then 4 s in the step: the next boundary is far
+    process.send_signal(signal.SIGINT)
+    time.sleep(1.5)
+    sent = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    output = process.communicate(timeout=120)[0]
+    assert time.monotonic() - sent < 1.5, output[-3000:]
+    assert process.returncode == -signal.SIGINT
+    assert "received SIGINT again: stopping now, without saving" in output and "stopped on" not in output
+    assert "Traceback" not in output and not (tmp_path / "last.pt").exists()
