@@ -114,3 +114,20 @@ def test_a_second_ctrl_c_stops_at_once_without_saving(tmp_path: Path) -> None:
     assert process.returncode == -signal.SIGINT
     assert "received SIGINT again: stopping now, without saving" in output and "stopped on" not in output
     assert "Traceback" not in output and not (tmp_path / "last.pt").exists()
+
+
+def test_resuming_on_data_whose_class_names_differ_is_refused_before_any_step(tmp_path: Path) -> None:
+    trained = make_folder_dataset(tmp_path / "data", classes=4, train_per_class=12, val_per_class=2)
+    data = ["data=folder", *TINY_DATA[-5:], "train.checkpoint_every_steps=2"]
+    run_train(tmp_path / "run", [*data, f"data.root={trained}", "train.epochs=1"])
+    renamed = shutil.copytree(trained, tmp_path / "renamed")
+    for split in ("train", "val"):
+        (renamed / split / "c3").rename(renamed / split / "d3")  # the same count, another name
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+    refused = run_train(tmp_path / "run", [*data, f"data.root={renamed}"], check=False)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    (line,) = [x for x in refused.stderr.splitlines() if x.startswith("error:")]
+    assert "the classes of the checkpoint and the data set differ" in line and "['c3']" in line, line
+    assert "Traceback" not in refused.stderr and "epoch 1" not in refused.stdout + refused.stderr
+    assert (tmp_path / "run" / "last.pt").read_bytes() == before
+    assert Checkpoint.load(tmp_path / "run" / "last.pt").classes == ["c0", "c1", "c2", "c3"]

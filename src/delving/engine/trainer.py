@@ -34,6 +34,7 @@ from delving.checkpoint import (
     load_weights,
     restore_rng_state,
 )
+from delving.data.datasets import ClassListError, check_class_lists
 from delving.data.loaders import EvalLoader, TrainLoader
 from delving.dist import (
     DistributedContext,
@@ -222,6 +223,15 @@ class Trainer:
             log.info("resume=auto: %s exists, so init_from=%s is not read again", path, init_from)
         checkpoint = Checkpoint.load(path)
         check_resumable(checkpoint, self.config, path)
+        try:  # before any step: last.pt must keep the class names it was trained on
+            check_class_lists(
+                checkpoint.classes or self.classes, self.classes, "the checkpoint", "the data set", path
+            )
+        except ClassListError as error:
+            raise ClassListError(
+                f"{error}. Resume on the data it was trained on, or start a new run (another run_name=; "
+                f"init_from={path} fine-tunes from its weights)"
+            ) from None
         load_weights(self.model, checkpoint.model, path, "this model")
         self.optimizer.load_state_dict(checkpoint.optimizer)
         self.scheduler.load_state_dict(checkpoint.scheduler)
