@@ -368,10 +368,16 @@ class Trainer:
         local_first_bad = first_step + int(bad[0]) if len(bad) else math.inf
         first_bad = -all_reduce(torch.tensor([-local_first_bad], dtype=torch.float64), "max").item()
         if math.isfinite(first_bad):
+            last = self.run_dir / "last.pt"
+            where = (
+                f"{last} still holds the last good state"
+                if last.is_file()
+                else f"no checkpoint was saved yet ({last} does not exist), so the run starts again from step 0"
+            )
             raise NonFiniteLossError(
                 f"the loss became NaN or Inf at global step {int(first_bad)} (epoch {self.state.epoch}). The "
-                f"run stopped; {self.run_dir / 'last.pt'} still holds the last good state. Lower optim.lr, "
-                "check the data (delving-verify-data) or the init, then relaunch (resume=auto)."
+                f"run stopped; {where}. Lower optim.lr, check the data (delving-verify-data) or the init, then "
+                "relaunch (resume=auto)."
             )
         total = all_reduce(torch.tensor([stacked.sum().item(), len(losses)], dtype=torch.float64), "sum")
         return total[0].item() / max(total[1].item(), 1.0)
