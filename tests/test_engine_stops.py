@@ -131,3 +131,72 @@ def test_resuming_on_data_whose_class_names_differ_is_refused_before_any_step(tm
     assert "Traceback" not in refused.stderr and "epoch 1" not in refused.stdout + refused.stderr
     assert (tmp_path / "run" / "last.pt").read_bytes() == before
     assert Checkpoint.load(tmp_path / "run" / "last.pt").classes == ["c0", "c1", "c2", "c3"]
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A real 4 MB tmpfs (root only; skipped where mount is not allowed)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def _fill(disk: Path) -> Path:
+    """Takes every free byte of `disk`."""
+    filler = disk / "filler"
+    with filler.open("wb") as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def test_a_full_disk_during_training_says_so_in_one_line_and_last_pt_stays_whole(small_disk: Path) -> None:
+    run_dir = small_disk / "run"
+    process = start_train(
+        ["train.checkpoint_every_steps=2", f"hydra.run.dir={run_dir}"], DELVING_STEP_SLEEP_S="0.4"
+    )
+    wait_for_step(run_dir, 2, process)
+    while not (run_dir / "last.pt").exists():
+        time.sleep(0.05)
+    before = Checkpoint.load(run_dir / "last.pt").train_state["global_step"]
+    filler = _fill(small_disk)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 2, output[-3000:]
+    (line,) = [x for x in output.splitlines() if x.startswith("error:")]
+    assert f"the disk at {run_dir} is full: writing " in line, line
+    assert "intact" in line and "relaunch the same command (resume=auto)" in line, line
+    assert "Traceback" not in output and "unexpected pos" not in output, output[-3000:]
+    assert Checkpoint.load(run_dir / "last.pt").train_state["global_step"] >= before
+    assert not list(run_dir.glob(".*.tmp"))
+    filler.unlink()
+    relaunched = run_train(run_dir, ["train.checkpoint_every_steps=2"])
+    assert "resumed from" in relaunched.stdout + relaunched.stderr
+    assert (run_dir / "finished.json").exists()
+
+
+@pytest.mark.parametrize("kind", ["checkpoint", "predictions", "text"])
+def test_a_write_that_fills_the_disk_is_refused_whole_and_named(small_disk: Path, kind: str) -> None:
+    import torch
+
+    from delving.io import DiskFullError, atomic_write
+
+    writers = {
+        "checkpoint": lambda h: torch.save({"w": torch.zeros(2 << 20)}, h),  # RuntimeError, no errno
+        "predictions": lambda h: np.savez(h, probs=np.zeros(2 << 20)),
+        "text": lambda h: h.write(b"x" * (8 << 20)),
+    }
+    target = small_disk / f"file.{kind}"
+    target.write_bytes(b"previous")
+    with pytest.raises(DiskFullError, match=f"the disk at {small_disk} is full: writing file.{kind} failed"):
+        atomic_write(target, writers[kind])
+    assert target.read_bytes() == b"previous" and [p.name for p in small_disk.iterdir()] == [target.name]

@@ -22,6 +22,7 @@ from delving.engine.preflight import preflight
 from delving.engine.run_dir import RunDirectory, starts_fresh
 from delving.engine.signals import RunStopped, StopRequested, StopSignals, requeue_slurm_job
 from delving.errors import UserError
+from delving.io import DiskFullError
 
 if TYPE_CHECKING:  # the model, loader and evaluation code (timm, torchvision) load only once the checks pass
     from delving.engine.trainer import Trainer
@@ -49,6 +50,14 @@ def run_train(cfg: DictConfig, run_dir: str | Path) -> float | None:
                 if ctx.is_main:
                     _claim(run, cfg)
             return _train_and_evaluate(cfg, run, ctx, stop)
+    except DiskFullError as error:  # last.pt, metrics.jsonl, predictions: the same advice
+        kept = (
+            "" if error.path == run.last else f"{run.last} is intact; " if run.last.is_file()
+            else "no last.pt was saved yet; "
+        )  # fmt: skip
+        raise DiskFullError(
+            error.path, f"{kept}free space there, then relaunch the same command (resume=auto) to continue"
+        ) from None
     finally:
         run.unlock()
         shutdown_distributed()
@@ -126,8 +135,9 @@ def _final_eval(cfg: DictConfig, trainer: Trainer) -> dict[str, Any]:
         trainer.model, trainer.config, data_cfg, eval_cfg, trainer.run_dir, trainer.ctx,
         trainer.run_dir / "last.pt", trainer.classes,
     )  # fmt: skip
-    if trainer.metrics is not None:
-        trainer.metrics.write({"type": "final_eval", "step": trainer.state.global_step, **summary})
+    with failing_together(trainer.ctx):  # a full disk on rank 0 stops every rank
+        if trainer.metrics is not None:
+            trainer.metrics.write({"type": "final_eval", "step": trainer.state.global_step, **summary})
     return summary
 
 

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from delving.engine.config import LoggerConfig, WandbMode
 from delving.errors import UserError
-from delving.io import atomic_write_text
+from delving.io import DiskFullError, atomic_write_text, is_disk_full
 from delving.progress import format_duration
 
 if TYPE_CHECKING:
@@ -102,8 +102,13 @@ class MetricsLog:
 
     def write(self, record: dict[str, Any]) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(clean) + "\n")
+        try:
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(clean) + "\n")
+        except OSError as error:  # a torn last line is dropped by the relaunch (truncate_after)
+            if is_disk_full(error, self.path.parent):
+                raise DiskFullError(self.path) from None
+            raise
         if self.wandb_run is not None:
             self.wandb_run.log(
                 {k: v for k, v in record.items() if isinstance(v, int | float)}, step=record["step"]

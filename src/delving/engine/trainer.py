@@ -531,8 +531,9 @@ class Trainer:
         return self.state.last_val
 
     def _write_metrics(self, **record: Any) -> None:
-        if self.metrics is not None:
-            self.metrics.write({"step": self.state.global_step, "epoch": self.state.epoch, **record})
+        with failing_together(self.ctx):  # every rank calls it: a full disk on rank 0 stops them all
+            if self.metrics is not None:
+                self.metrics.write({"step": self.state.global_step, "epoch": self.state.epoch, **record})
 
     def close(self) -> None:
         if self.metrics is not None:
