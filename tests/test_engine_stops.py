@@ -200,3 +200,70 @@ def test_a_write_that_fills_the_disk_is_refused_whole_and_named(small_disk: Path
     with pytest.raises(DiskFullError, match=f"the disk at {small_disk} is full: writing file.{kind} failed"):
         atomic_write(target, writers[kind])
     assert target.read_bytes() == b"previous" and [p.name for p in small_disk.iterdir()] == [target.name]
+
+
+DROP = "-dac_override,-dac_read_search,-fowner"
+
+
+def _without_root_rights(command: list[str]) -> list[str]:
+    """Root drops the rights that let it write anywhere (it then meets file modes as a user does)."""
+    if os.geteuid() != 0:
+        return command
+    if shutil.which("setpriv") is None:
+        pytest.skip("root without setpriv: cannot drop the rights to meet a read-only folder")
+    return ["setpriv", f"--inh-caps={DROP}", f"--bounding-set={DROP}", *command]
+
+
+def _someone_elses(folder: Path, mode: int = 0o755) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        os.chown(folder, 65534, 65534)  # nobody
+    folder.chmod(mode)
+    return folder
+
+
+@pytest.mark.parametrize(
+    "case", ["parent_read_only", "run_folder_of_another_user", "train_log_of_another_user", "cache_read_only",
+             "cache_is_a_file"],
+)  # fmt: skip
+def test_places_that_cannot_be_written_are_refused_in_one_line_before_any_work(
+    tmp_path: Path, case: str
+) -> None:
+    run_dir, env = tmp_path / "runs" / "run", cli_env(DELVING_DATA_CACHE=str(tmp_path / "cache"))
+    if case == "parent_read_only":
+        _someone_elses(tmp_path / "runs")
+        expected = f"{tmp_path / 'runs'}, which belongs to nobody, cannot be written by"
+    elif case == "run_folder_of_another_user":
+        _someone_elses(run_dir)
+        expected = f"{run_dir}, which belongs to nobody, cannot be written by"
+    elif case == "train_log_of_another_user":
+        _someone_elses(run_dir, 0o777)
+        log_file = run_dir / "train.log"
+        log_file.write_text("an old run's log\n")
+        if os.geteuid() == 0:
+            os.chown(log_file, 65534, 65534)
+        log_file.chmod(0o644)
+        expected = f"{log_file}, which belongs to nobody, cannot be written by"
+    elif case == "cache_read_only":
+        _someone_elses(tmp_path / "cache")
+        expected = "data=synthetic is generated on first use into"
+    else:
+        (tmp_path / "cache").write_text("not a folder")
+        expected = f"{tmp_path / 'cache'} is a file, not a folder: set DELVING_DATA_CACHE"
+    command = _without_root_rights(train_command([f"hydra.run.dir={run_dir}"]))
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-3000:]
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("error:")]
+    assert expected in line, line
+    assert "Traceback" not in result.stderr + result.stdout
+    if case.startswith("cache"):
+        assert not (tmp_path / "runs").exists()  # refused before Hydra made the run folder
+    else:
+        assert not (run_dir / ".hydra").exists() and not (run_dir / "last.pt").exists()
+
+
+def test_a_command_that_fails_its_checks_leaves_no_run_folder(tmp_path: Path) -> None:
+    command = train_command(["optim.lr=-1"])  # no hydra.run.dir: Hydra's own outputs/<experiment>/<run>
+    result = subprocess.run(command, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.startswith("error: optim.lr=-1"), result.stderr[-2000:]
+    assert not (tmp_path / "outputs").exists()

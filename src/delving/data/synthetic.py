@@ -27,6 +27,7 @@ from delving.data.config import DataConfig
 
 GENERATOR_VERSION = 1  # bump when the images change, so old caches are not reused
 COMPLETE_MARKER = ".complete"
+CACHE_ENV = "DELVING_DATA_CACHE"  # where generated data sets live (default ~/.cache/delving)
 
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "diamond")
 HUES = {
@@ -93,7 +94,7 @@ def synthetic_classes(params: SyntheticParams) -> list[SyntheticClass]:
 
 
 def default_root(params: SyntheticParams) -> Path:
-    cache = os.environ.get("DELVING_DATA_CACHE") or Path.home() / ".cache" / "delving"
+    cache = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "delving"
     return Path(cache).expanduser() / f"synthetic-{params.digest()}"
 
 

@@ -9,6 +9,7 @@ folder names and shard indexes only (no image, no full listing), and never gener
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from delving.data.config import DataConfig, DatasetKind, validate
 from delving.data.datasets import check_same_classes
 from delving.data.shards import index_path
-from delving.data.synthetic import MAX_CLASSES
+from delving.data.synthetic import CACHE_ENV, COMPLETE_MARKER, MAX_CLASSES, SyntheticParams, default_root
+from delving.engine.run_dir import unwritable_place
 from delving.errors import ConfigError, UserError
 from delving.evaluation.config import effective_scales
 from delving.models.sppnet import NET_SPECS
@@ -249,6 +251,7 @@ def _data_set(data: DataConfig) -> tuple[list[str] | None, int | None]:
             raise ConfigError(
                 f"data.root={data.root} is a file, not a folder: point it at a folder, or leave it out"
             )
+        _check_synthetic_place(data)
         return None, data.synthetic_classes * data.synthetic_train_per_class
     root = Path(data.root).expanduser()  # type: ignore[arg-type]
     kind = data.name.value
@@ -294,6 +297,23 @@ def _shard_index(root: Path, split: str, key: str) -> tuple[list[str], int]:
         raise ConfigError(
             f"{path}: not a shard index of scripts/make_shards.py ({error!r}); rewrite the shards"
         ) from None
+
+
+def _check_synthetic_place(data: DataConfig) -> None:
+    """The synthetic set is generated on first use: its folder (DELVING_DATA_CACHE) must take it."""
+    params = SyntheticParams.from_config(data)
+    root = Path(data.root).expanduser() if data.root else default_root(params)
+    if (root / COMPLETE_MARKER).is_file():
+        return  # generated already: only read
+    why = unwritable_place(root.parent)
+    if why is None:
+        return
+    cache = os.environ.get(CACHE_ENV)
+    fix = (
+        "point data.root= at a folder you can write" if data.root
+        else f"set {CACHE_ENV} (now {cache or 'unset'}) to a folder you can write"
+    )  # fmt: skip
+    raise ConfigError(f"data=synthetic is generated on first use into {root}, but {why}: {fix}")
 
 
 def _complete_num_classes(cfg: DictConfig, data: DataConfig, classes: list[str] | None) -> None:
