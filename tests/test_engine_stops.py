@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -267,3 +268,20 @@ def test_a_command_that_fails_its_checks_leaves_no_run_folder(tmp_path: Path) ->
     result = subprocess.run(command, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stderr.startswith("error: optim.lr=-1"), result.stderr[-2000:]
     assert not (tmp_path / "outputs").exists()
+
+
+def test_a_class_count_mismatch_names_where_the_count_came_from(tmp_path: Path) -> None:
+    def refusal(*overrides: str) -> str:
+        command = [sys.executable, "-m", "delving.train", "experiment=demo", "data.synthetic_classes=20",
+                   "data.synthetic_train_per_class=1", "train.device=cpu", f"hydra.run.dir={tmp_path}", *overrides]  # fmt: skip
+        result = subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2, result.stderr[-2000:]
+        return result.stderr.strip()
+
+    assert refusal("init_from=x.pt") == (
+        "error: model.num_classes=100 (set by experiment=demo) but data=synthetic has 20 classes: add "
+        "model.num_classes=20 (or model.num_classes=null: the data set's count)"
+    )
+    assert "(set by the command line)" in refusal("model.num_classes=30")
+    # The advice works: the count check passes, and the next check (20 images, batch 64) speaks.
+    assert "is more than the 20 training images" in refusal("model.num_classes=null")

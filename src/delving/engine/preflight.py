@@ -15,6 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from delving.config import config_dir
 from delving.data.config import DataConfig, DatasetKind, validate
 from delving.data.datasets import check_same_classes
 from delving.data.shards import index_path
@@ -324,10 +325,33 @@ def _complete_num_classes(cfg: DictConfig, data: DataConfig, classes: list[str] 
         with open_dict(cfg):
             cfg.model.num_classes = found
     elif given != found:
-        raise ConfigError(
-            f"model.num_classes={given} but {where} has {found} classes: leave model.num_classes out to take "
-            f"the data set's count, or set model.num_classes={found}"
+        source = _num_classes_source(cfg)
+        fix = (
+            f"set model.num_classes={found}, or leave it out to take the data set's count"
+            if source == "the command line"
+            else f"add model.num_classes={found} (or model.num_classes=null: the data set's count)"
         )
+        raise ConfigError(
+            f"model.num_classes={given} (set by {source}) but {where} has {found} classes: {fix}"
+        )
+
+
+def _num_classes_source(cfg: DictConfig) -> str:
+    """Where model.num_classes came from: the command line, the experiment file, or the model group."""
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    keys = {o.lstrip("+~").split("=", 1)[0]: o.split("=", 1)[-1] for o in overrides}
+    if "model.num_classes" in keys:
+        return "the command line"
+    experiment = keys.get("experiment")
+    if experiment:
+        path = config_dir() / "experiment" / f"{experiment}.yaml"
+        model = OmegaConf.load(path).get("model") if path.is_file() else None
+        if isinstance(model, DictConfig) and "num_classes" in model:
+            return f"experiment={experiment}"
+        return f"experiment={experiment} (its recipe or model=)"
+    return f"model={keys.get('model', cfg.model.name)}"
 
 
 def _check_resume(cfg: DictConfig) -> None:
