@@ -285,3 +285,24 @@ def test_a_class_count_mismatch_names_where_the_count_came_from(tmp_path: Path) 
     assert "(set by the command line)" in refusal("model.num_classes=30")
     # The advice works: the count check passes, and the next check (20 images, batch 64) speaks.
     assert "is more than the 20 training images" in refusal("model.num_classes=null")
+
+
+def _descendants(pid: int) -> list[int]:
+    children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [c for child in map(int, children.split()) for c in (child, *_descendants(child))]
+
+
+def test_a_stop_that_also_ends_wandbs_service_ends_quietly(tmp_path: Path) -> None:
+    """SIGTERM to every process of the run, as SLURM's scancel sends it: wandb's service dies with the run."""
+    process = start_train(
+        ["logger.wandb.mode=offline", f"hydra.run.dir={tmp_path}"], DELVING_STEP_SLEEP_S="0.4"
+    )
+    wait_for_step(tmp_path, 2, process)
+    everyone = [process.pid, *_descendants(process.pid)]
+    assert len(everyone) > 1  # wandb-core (and its system monitor)
+    for pid in everyone:
+        os.kill(pid, signal.SIGTERM)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == EXIT_STOPPED, output[-3000:]
+    assert "Traceback" not in output and "Error executing job" not in output, output[-3000:]
+    assert output.rstrip().splitlines()[-1].endswith("Relaunch the same command (resume=auto) to continue.")

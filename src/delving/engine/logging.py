@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -47,6 +48,7 @@ class MetricsLog:
     ) -> None:
         self.path = run_dir / "metrics.jsonl"
         self.wandb_run = None
+        self._wandb_run_id: str | None = None
         # WANDB_MODE in the environment wins, as wandb's own tools expect (e.g. a site that forbids online).
         mode = WandbMode(os.environ.get("WANDB_MODE") or cfg.wandb.mode)
         if mode is not WandbMode.disabled:
@@ -70,9 +72,11 @@ class MetricsLog:
                     Path(self.wandb_run.dir).parent,
                 )  # fmt: skip
 
+        self._wandb_run_id = self.wandb_run.id if self.wandb_run is not None else None
+
     @property
     def wandb_run_id(self) -> str | None:
-        return self.wandb_run.id if self.wandb_run is not None else None
+        return self._wandb_run_id
 
     def truncate_after(self, global_step: int, keep_val: bool = True) -> None:
         """Drop records written after the checkpoint this run starts from (no step twice in the log).
@@ -110,16 +114,38 @@ class MetricsLog:
                 raise DiskFullError(self.path) from None
             raise
         if self.wandb_run is not None:
-            self.wandb_run.log(
-                {k: v for k, v in record.items() if isinstance(v, int | float)}, step=record["step"]
-            )
+            try:
+                self.wandb_run.log(
+                    {k: v for k, v in record.items() if isinstance(v, int | float)}, step=record["step"]
+                )
+            except Exception as error:  # its service process died (SLURM's scancel signals it too)
+                self._wandb_gone(error)
+
+    def _wandb_gone(self, error: Exception) -> None:
+        """One line, once: the run goes on with metrics.jsonl alone."""
+        if self.wandb_run is not None:
+            log.warning(
+                "wandb stopped taking records (%s: %s); metrics.jsonl holds every record",
+                type(error).__name__, error,
+            )  # fmt: skip
+        self.wandb_run = None
 
     def close(self) -> None:
-        if self.wandb_run is not None:
-            try:
+        """Finishes the wandb run and shuts wandb down now, not in its atexit hook: on a stop its service may
+        be gone (the same signal reached it), and the hook would then end the process with a traceback."""
+        if self._wandb_run_id is None:
+            return
+        import wandb
+
+        try:
+            if self.wandb_run is not None:
                 self.wandb_run.finish()
-            except Exception as error:  # its service process died (SLURM's SIGTERM reaches it too)
-                log.warning("wandb could not finish its run (%r); metrics.jsonl holds every record", error)
+        except Exception as error:
+            self._wandb_gone(error)
+        finally:
+            self.wandb_run = None
+            with contextlib.suppress(Exception):  # a service that is gone has nothing left to shut down
+                wandb.teardown()  # unregisters its atexit hook before it talks to the service
 
 
 def progress_bar(total: int, initial: int, enabled: bool, description: str) -> tqdm:
