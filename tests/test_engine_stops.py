@@ -306,3 +306,17 @@ def test_a_stop_that_also_ends_wandbs_service_ends_quietly(tmp_path: Path) -> No
     assert process.returncode == EXIT_STOPPED, output[-3000:]
     assert "Traceback" not in output and "Error executing job" not in output, output[-3000:]
     assert output.rstrip().splitlines()[-1].endswith("Relaunch the same command (resume=auto) to continue.")
+
+
+def test_wandb_online_without_a_network_falls_back_to_offline_in_one_line(tmp_path: Path) -> None:
+    started = time.monotonic()
+    result = run_train(
+        tmp_path, ["logger.wandb.mode=online", "logger.wandb.init_timeout_s=3", "train.epochs=1"],
+        env=cli_env(WANDB_API_KEY="0" * 40, WANDB_BASE_URL="http://127.0.0.1:9"),  # a key, no server: no network
+    )  # fmt: skip
+    assert time.monotonic() - started < 60
+    output = result.stdout + result.stderr
+    (line,) = [x for x in output.splitlines() if "could not start" in x]
+    assert "logger.wandb.mode=online: wandb could not start within logger.wandb.init_timeout_s=3 s" in line
+    assert "logging offline instead (set logger.wandb.mode=offline" in line and "Traceback" not in output
+    assert list((tmp_path / "wandb").glob("offline-run-*")) and (tmp_path / "finished.json").exists()

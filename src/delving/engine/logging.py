@@ -55,17 +55,26 @@ class MetricsLog:
             import wandb
 
             os.environ.setdefault("WANDB_SILENT", "true")
-            self.wandb_run = wandb.init(
-                project=cfg.wandb.project,
-                entity=cfg.wandb.entity,
-                tags=list(cfg.wandb.tags),
-                mode=mode.value,
-                dir=str(run_dir),
-                id=wandb_run_id,
-                resume="allow",  # a resumed run continues the same wandb run
-                config=config,
-                name=run_dir.name,
-            )
+            options = {
+                "project": cfg.wandb.project, "entity": cfg.wandb.entity, "tags": list(cfg.wandb.tags),
+                "dir": str(run_dir), "id": wandb_run_id, "config": config, "name": run_dir.name,
+                "resume": "allow",  # a resumed run continues the same wandb run
+            }  # fmt: skip
+            try:
+                self.wandb_run = wandb.init(
+                    mode=mode.value, settings=wandb.Settings(init_timeout=cfg.wandb.init_timeout_s), **options
+                )
+            except Exception as error:  # no network (CommError after init_timeout), no API key (UsageError)
+                if mode is not WandbMode.online:
+                    raise
+                reason = " ".join(str(error).split("Consider increasing")[0].split()) or type(error).__name__
+                log.warning(
+                    "logger.wandb.mode=online: wandb could not start within logger.wandb.init_timeout_s=%g s "
+                    "(%s); logging offline instead (set logger.wandb.mode=offline to skip the attempt)",
+                    cfg.wandb.init_timeout_s, reason,
+                )  # fmt: skip
+                mode = WandbMode.offline
+                self.wandb_run = wandb.init(mode=mode.value, **options)
             if mode is WandbMode.offline:
                 log.info(
                     "wandb offline run in %s; upload it with: wandb sync %s", self.wandb_run.dir,
