@@ -320,3 +320,13 @@ def test_wandb_online_without_a_network_falls_back_to_offline_in_one_line(tmp_pa
     assert "logger.wandb.mode=online: wandb could not start within logger.wandb.init_timeout_s=3 s" in line
     assert "logging offline instead (set logger.wandb.mode=offline" in line and "Traceback" not in output
     assert list((tmp_path / "wandb").glob("offline-run-*")) and (tmp_path / "finished.json").exists()
+
+
+def test_the_synthetic_sets_first_use_says_what_takes_the_time(tmp_path: Path) -> None:
+    env = cli_env(DELVING_DATA_CACHE=str(tmp_path / "cache"))
+    first = run_train(tmp_path / "first", ["train.epochs=1"], env=env)
+    lines = [x for x in (first.stdout + first.stderr).splitlines() if "synthetic data set" in x]
+    assert f"generating the synthetic data set into {tmp_path / 'cache'}" in lines[0], lines
+    assert "synthetic data set, generated on first use (later runs reuse it): 64 images in" in lines[-1], lines
+    again = run_train(tmp_path / "again", ["train.epochs=1"], env=env)
+    assert "synthetic data set" not in again.stdout + again.stderr
