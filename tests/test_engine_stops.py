@@ -327,6 +327,8 @@ def test_the_synthetic_sets_first_use_says_what_takes_the_time(tmp_path: Path) -
     first = run_train(tmp_path / "first", ["train.epochs=1"], env=env)
     lines = [x for x in (first.stdout + first.stderr).splitlines() if "synthetic data set" in x]
     assert f"generating the synthetic data set into {tmp_path / 'cache'}" in lines[0], lines
-    assert "synthetic data set, generated on first use (later runs reuse it): 64 images in" in lines[-1], lines
+    assert "synthetic data set, generated on first use (later runs reuse it): 64 images in" in lines[-1], (
+        lines
+    )
     again = run_train(tmp_path / "again", ["train.epochs=1"], env=env)
     assert "synthetic data set" not in again.stdout + again.stderr
