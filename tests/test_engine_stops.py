@@ -332,3 +332,21 @@ def test_the_synthetic_sets_first_use_says_what_takes_the_time(tmp_path: Path) -
     )
     again = run_train(tmp_path / "again", ["train.epochs=1"], env=env)
     assert "synthetic data set" not in again.stdout + again.stderr
+
+
+@pytest.mark.ddp
+def test_ctrl_c_to_torchrun_and_its_ranks_saves_once_and_the_relaunch_continues(tmp_path: Path) -> None:
+    """A terminal's Ctrl-C reaches torchrun and both ranks; torchrun forwards it to the ranks at once, which
+    must not count as a second press (that would stop them without saving)."""
+    process = subprocess.Popen(
+        train_command(["train.checkpoint_every_steps=100", "model.dropout=0.0", f"hydra.run.dir={tmp_path}"], nproc=2),
+        cwd=REPO, env=cli_env(DELVING_STEP_SLEEP_S="0.4"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    wait_for_step(tmp_path, 2, process)
+    os.killpg(process.pid, signal.SIGINT)
+    output = process.communicate(timeout=120)[0]
+    assert "stopped on SIGINT" in output and "stopping now, without saving" not in output, output[-4000:]
+    assert 2 <= Checkpoint.load(tmp_path / "last.pt").train_state["global_step"] < 12
+    relaunched = run_train(tmp_path, ["model.dropout=0.0"], nproc=2)
+    assert "resumed from" in relaunched.stdout + relaunched.stderr

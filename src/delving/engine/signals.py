@@ -74,9 +74,8 @@ class StopSignals:
             signal.signal(signum, signal.SIG_IGN if self.received is not None else handler)  # type: ignore[arg-type]
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if (
-            os.getpid() != self._pid
-        ):  # a forked loader worker (Ctrl-C reaches the whole group): its rank stops
+        # A forked loader worker inherits this handler (Ctrl-C reaches the whole process group): its rank stops.
+        if os.getpid() != self._pid:
             return
         name = signal.Signals(signum).name
         if self.received is None:
