@@ -61,7 +61,9 @@ def test_folder_class_count_fills_model_num_classes(tmp_path: Path) -> None:
 
 def test_a_set_class_count_that_differs_from_the_data_set_is_refused() -> None:
     message = refusal(*TINY, "model.num_classes=7")
-    assert message.startswith("model.num_classes=7 but data=synthetic has 4 classes")
+    assert (
+        message.startswith("model.num_classes=7 (set by ") and "but data=synthetic has 4 classes" in message
+    )
     assert "model.num_classes=4" in message
 
 

@@ -126,6 +126,8 @@ def test_nan_loss_stops_the_run_naming_the_step(tmp_path: Path) -> None:
     # comes before step 2's checkpoint: no non-finite state is ever saved.
     assert "NaN or Inf at global step 2 " in result.stderr and "resume=auto" in result.stderr
     assert not (tmp_path / "last.pt").exists()
+    # Before the first checkpoint: no claim that last.pt holds anything.
+    assert "no checkpoint was saved yet" in result.stderr and "still holds" not in result.stderr
 
 
 def test_batch_that_does_not_split_over_ranks_is_refused(tmp_path: Path) -> None:

@@ -20,6 +20,33 @@ log = logging.getLogger("delving")
 TEMP_SUFFIX = ".tmp"
 # How Python holds the bytes of a file name that are not UTF-8 (os.fsdecode's surrogateescape).
 _UNDECODED_BYTE = re.compile("[\udc80-\udcff]")
+# Under this much free space, a failed write is taken for a full disk: torch.save reports its short write as
+# a RuntimeError ("unexpected pos ..."), without errno.
+NEARLY_FULL_BYTES = 1 << 20
+
+
+class DiskFullError(UserError):
+    """No space left where a file was being written; the file itself is unchanged (written atomically)."""
+
+    def __init__(self, path: Path, then: str = "free space there and run the same command again") -> None:
+        state = f"the previous {path.name} is intact" if path.is_file() else f"no {path.name} was written"
+        super().__init__(f"the disk at {path.parent} is full: writing {path.name} failed ({state}); {then}")
+        self.path = path
+
+
+def is_disk_full(error: BaseException, folder: Path | None = None) -> bool:
+    """`error` (from a write into `folder`) came from a full disk or an exhausted quota. With `folder`, an
+    error without errno (torch.save's short write) counts when the folder's disk is nearly full."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if folder is None or not isinstance(error, OSError | RuntimeError):
+        return False
+    try:
+        disk = os.statvfs(folder)
+    except OSError:
+        return False
+    free = disk.f_bfree if os.geteuid() == 0 else disk.f_bavail  # root may use the reserved blocks
+    return free * disk.f_frsize < NEARLY_FULL_BYTES
 
 
 def temp_path(path: Path) -> Path:
@@ -68,8 +95,11 @@ def _write_temp(path: Path, write: Callable[[BinaryIO], None]) -> Path:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
-    except BaseException:
+    except BaseException as error:
+        full = is_disk_full(error, path.parent)  # before the unlink frees the space again
         tmp.unlink(missing_ok=True)
+        if full:
+            raise DiskFullError(path) from None
         raise
     return tmp
 
@@ -125,10 +155,6 @@ def remove_stale_temps(folder: Path, names: tuple[str, ...]) -> list[Path]:
 
 class OutputSpaceError(UserError, OSError):
     """The disk (or quota) is full while writing a command's output; what was there before is kept whole."""
-
-
-def is_disk_full(error: BaseException) -> bool:
-    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def write_folder_atomically(

@@ -8,6 +8,7 @@ from omegaconf import DictConfig
 
 from delving.cli.command_line import check_command_line
 from delving.cli.common import CONFIG_PATH, register_all, user_errors
+from delving.engine.signals import RunStopped
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="train", version_base="1.3")
@@ -21,7 +22,10 @@ def _app(cfg: DictConfig) -> float | None:
 def main() -> None:
     register_all()
     check_command_line("train")
-    _app()
+    try:
+        _app()
+    except RunStopped as stopped:  # saved and closed: exit 75, or end on the Ctrl-C/SIGHUP that stopped it
+        stopped.exit()
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import colorsys
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -24,9 +25,13 @@ from filelock import FileLock
 from PIL import Image, ImageDraw
 
 from delving.data.config import DataConfig
+from delving.progress import Progress
+
+log = logging.getLogger("delving")
 
 GENERATOR_VERSION = 1  # bump when the images change, so old caches are not reused
 COMPLETE_MARKER = ".complete"
+CACHE_ENV = "DELVING_DATA_CACHE"  # where generated data sets live (default ~/.cache/delving)
 
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "diamond")
 HUES = {
@@ -93,7 +98,7 @@ def synthetic_classes(params: SyntheticParams) -> list[SyntheticClass]:
 
 
 def default_root(params: SyntheticParams) -> Path:
-    cache = os.environ.get("DELVING_DATA_CACHE") or Path.home() / ".cache" / "delving"
+    cache = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "delving"
     return Path(cache).expanduser() / f"synthetic-{params.digest()}"
 
 
@@ -221,20 +226,24 @@ def encode_jpeg(img: Image.Image, rng: np.random.Generator) -> bytes:
     return buffer.getvalue()
 
 
-def generate(params: SyntheticParams, target: Path) -> None:
+def generate(params: SyntheticParams, target: Path, show_progress: bool = False) -> None:
     """Writes the whole set under `target` (which must not exist), with the completion marker last."""
     classes = synthetic_classes(params)
     wnids = [f"syn{k:04d}" for k in range(len(classes))]
-    for split_code, (split, per_class) in enumerate(
-        (("train", params.train_per_class), ("val", params.val_per_class))
-    ):
-        for k, (wnid, cls) in enumerate(zip(wnids, classes, strict=True)):
-            folder = target / split / wnid
-            folder.mkdir(parents=True)
-            for i in range(per_class):
-                rng = np.random.default_rng((params.seed, split_code, k, i))
-                data = encode_jpeg(render_image(cls, params, rng), rng)
-                (folder / f"{wnid}_{split}_{i:05d}.JPEG").write_bytes(data)
+    total = len(classes) * (params.train_per_class + params.val_per_class)
+    what = "synthetic data set, generated on first use (later runs reuse it)"
+    with Progress(total, what, enabled=show_progress) as progress:
+        for split_code, (split, per_class) in enumerate(
+            (("train", params.train_per_class), ("val", params.val_per_class))
+        ):
+            for k, (wnid, cls) in enumerate(zip(wnids, classes, strict=True)):
+                folder = target / split / wnid
+                folder.mkdir(parents=True)
+                for i in range(per_class):
+                    rng = np.random.default_rng((params.seed, split_code, k, i))
+                    data = encode_jpeg(render_image(cls, params, rng), rng)
+                    (folder / f"{wnid}_{split}_{i:05d}.JPEG").write_bytes(data)
+                progress.update(per_class)
     names = "".join(f"{wnid} {cls.name}\n" for wnid, cls in zip(wnids, classes, strict=True))
     (target / "classes.txt").write_text(names, encoding="utf-8")
     (target / COMPLETE_MARKER).write_text(
@@ -266,7 +275,8 @@ def ensure_synthetic(cfg: DataConfig) -> Path:
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
         try:
-            generate(params, tmp / "set")
+            log.info("generating the synthetic data set into %s (once: later runs reuse it)", root)
+            generate(params, tmp / "set", show_progress=True)
             os.replace(tmp / "set", root)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

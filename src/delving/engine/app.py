@@ -1,36 +1,40 @@
 """What delving-train does, behind its thin Hydra entry point: a run's whole life on one machine or many.
 
 launch -> check every value -> lock the run directory -> resume or start -> train (a signal saves and
-exits with EXIT_STOPPED, under SLURM requeueing the job) -> final evaluation once -> finished.json, so
-a rerun of a finished run only says so.
+exits with EXIT_STOPPED, under SLURM requeueing the job; Ctrl-C/SIGHUP end on their signal) -> final
+evaluation once (a signal during it ends the run unfinished: the relaunch evaluates again) ->
+finished.json, so a rerun of a finished run only says so.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from delving.dist import DistributedContext, agree, failing_together, init_distributed, shutdown_distributed
+from delving.dist import (
+    DistributedContext,
+    agree,
+    environment_ranks,
+    failing_together,
+    init_distributed,
+    shutdown_distributed,
+)
 from delving.engine.logging import log, setup_console_logging
 from delving.engine.preflight import preflight
-from delving.engine.run_dir import RunDirectory, starts_fresh
-from delving.engine.signals import EXIT_STOPPED, StopRequested, StopSignals, requeue_slurm_job
+from delving.engine.run_dir import RunDirectory, check_run_dir_writable, starts_fresh
+from delving.engine.signals import RunStopped, StopRequested, StopSignals, requeue_slurm_job
 from delving.errors import UserError
+from delving.io import DiskFullError
 
 if TYPE_CHECKING:  # the model, loader and evaluation code (timm, torchvision) load only once the checks pass
     from delving.engine.trainer import Trainer
-
-
-class RunStopped(SystemExit):
-    """Raised after a stop signal was handled: the process exits with EXIT_STOPPED."""
-
-    def __init__(self) -> None:
-        super().__init__(EXIT_STOPPED)
 
 
 def check_launcher(cfg: DictConfig) -> None:
@@ -41,9 +45,26 @@ def check_launcher(cfg: DictConfig) -> None:
         )
 
 
+class CheckFirst(Callback):
+    """hydra.callbacks of delving-train: every check before Hydra makes the run folder, its .hydra/ and
+    train.log, so a refused command leaves nothing behind (a single run; a sweep's jobs check in run_train)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from delving.cli.common import user_errors
+
+        HydraConfig.instance().set_config(config)  # the run folder's name reads the overrides
+        task = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+        with user_errors():
+            check_launcher(task)
+            preflight(task, environment_ranks(dict(os.environ))[1])
+            check_run_dir_writable(Path(str(config.hydra.run.dir)).absolute())
+
+
 def run_train(cfg: DictConfig, run_dir: str | Path) -> float | None:
     """Trains (or continues) the run in `run_dir`; returns the last val top-1 error for a sweeper."""
     check_launcher(cfg)
+    if HydraConfig.get().mode == RunMode.MULTIRUN:  # a single run has checked it in CheckFirst
+        check_run_dir_writable(Path(run_dir))
     ctx = init_distributed(cfg.train.device, cfg.train.dist_timeout_s)
     run = RunDirectory(run_dir)
     setup_console_logging(run.path, ctx.is_main)
@@ -55,6 +76,14 @@ def run_train(cfg: DictConfig, run_dir: str | Path) -> float | None:
                 if ctx.is_main:
                     _claim(run, cfg)
             return _train_and_evaluate(cfg, run, ctx, stop)
+    except DiskFullError as error:  # last.pt, metrics.jsonl, predictions: the same advice
+        kept = (
+            "" if error.path == run.last else f"{run.last} is intact; " if run.last.is_file()
+            else "no last.pt was saved yet; "
+        )  # fmt: skip
+        raise DiskFullError(
+            error.path, f"{kept}free space there, then relaunch the same command (resume=auto) to continue"
+        ) from None
     finally:
         run.unlock()
         shutdown_distributed()
@@ -100,6 +129,8 @@ def _train_and_evaluate(
         stop.raise_now = True  # no step boundaries from here: a signal ends the evaluation at once
         summary = _final_eval(cfg, trainer) if cfg.train.final_eval else None
         stop.raise_now = False
+        if agree(ctx, [int(stop.requested)])[0]:  # however late it came, a stop leaves the run unfinished
+            raise StopRequested(stop.received or signal.SIGTERM)
         if ctx.is_main:
             top1 = val.get("val_top1_error")
             run.mark_finished(
@@ -113,9 +144,10 @@ def _train_and_evaluate(
         return val.get("val_top1_error")
     except StopRequested as request:
         request.__traceback__ = None  # its frames hold the loader iterators: free them so the workers end
+        stop.raise_now = False
         trainer.release_loaders()
-        _after_stop(cfg, ctx, request)
-        raise RunStopped() from None
+        _after_stop(cfg, ctx, request, trained=trainer.state.epoch >= cfg.train.epochs)
+        raise RunStopped(request.signum) from None
     finally:
         trainer.close()
 
@@ -129,12 +161,13 @@ def _final_eval(cfg: DictConfig, trainer: Trainer) -> dict[str, Any]:
         trainer.model, trainer.config, data_cfg, eval_cfg, trainer.run_dir, trainer.ctx,
         trainer.run_dir / "last.pt", trainer.classes,
     )  # fmt: skip
-    if trainer.metrics is not None:
-        trainer.metrics.write({"type": "final_eval", "step": trainer.state.global_step, **summary})
+    with failing_together(trainer.ctx):  # a full disk on rank 0 stops every rank
+        if trainer.metrics is not None:
+            trainer.metrics.write({"type": "final_eval", "step": trainer.state.global_step, **summary})
     return summary
 
 
-def _after_stop(cfg: DictConfig, ctx: DistributedContext, request: StopRequested) -> None:
+def _after_stop(cfg: DictConfig, ctx: DistributedContext, request: StopRequested, trained: bool) -> None:
     """last.pt is saved (or the run had finished training): requeue under SLURM on SIGUSR1, then exit."""
     name = signal.Signals(request.signum).name
     requeued = False
@@ -143,9 +176,11 @@ def _after_stop(cfg: DictConfig, ctx: DistributedContext, request: StopRequested
     agree(ctx, [0])  # no rank exits before rank 0 has requeued (srun --kill-on-bad-exit would kill it)
     if ctx.is_main:
         log.warning(
-            "stopped on %s; last.pt holds the state. %s", name,
+            "stopped on %s%s; last.pt holds the state. %s", name,
+            " before the final evaluation ended (no finished.json)" if trained and cfg.train.final_eval else "",
             "The job is requeued and continues when it starts again." if requeued
-            else "Relaunch the same command (resume=auto) to continue.",
+            else "Relaunch the same command (resume=auto) to continue"
+            + (", it evaluates again." if trained and cfg.train.final_eval else "."),
         )  # fmt: skip
 
 

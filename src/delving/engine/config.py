@@ -82,6 +82,8 @@ class WandbConfig:
     project: str = "delving"
     entity: str | None = None
     tags: list[str] = field(default_factory=list)
+    # mode=online: how long wandb may try to reach its server before the run logs offline instead.
+    init_timeout_s: float = 15.0
 
 
 @dataclass

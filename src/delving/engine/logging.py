@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -15,7 +16,7 @@ from tqdm import tqdm
 
 from delving.engine.config import LoggerConfig, WandbMode
 from delving.errors import UserError
-from delving.io import atomic_write_text
+from delving.io import DiskFullError, atomic_write_text, is_disk_full
 from delving.progress import format_duration
 
 if TYPE_CHECKING:
@@ -47,32 +48,44 @@ class MetricsLog:
     ) -> None:
         self.path = run_dir / "metrics.jsonl"
         self.wandb_run = None
+        self._wandb_run_id: str | None = None
         # WANDB_MODE in the environment wins, as wandb's own tools expect (e.g. a site that forbids online).
         mode = WandbMode(os.environ.get("WANDB_MODE") or cfg.wandb.mode)
         if mode is not WandbMode.disabled:
             import wandb
 
             os.environ.setdefault("WANDB_SILENT", "true")
-            self.wandb_run = wandb.init(
-                project=cfg.wandb.project,
-                entity=cfg.wandb.entity,
-                tags=list(cfg.wandb.tags),
-                mode=mode.value,
-                dir=str(run_dir),
-                id=wandb_run_id,
-                resume="allow",  # a resumed run continues the same wandb run
-                config=config,
-                name=run_dir.name,
-            )
+            options = {
+                "project": cfg.wandb.project, "entity": cfg.wandb.entity, "tags": list(cfg.wandb.tags),
+                "dir": str(run_dir), "id": wandb_run_id, "config": config, "name": run_dir.name,
+                "resume": "allow",  # a resumed run continues the same wandb run
+            }  # fmt: skip
+            try:
+                self.wandb_run = wandb.init(
+                    mode=mode.value, settings=wandb.Settings(init_timeout=cfg.wandb.init_timeout_s), **options
+                )
+            except Exception as error:  # no network (CommError after init_timeout), no API key (UsageError)
+                if mode is not WandbMode.online:
+                    raise
+                reason = " ".join(str(error).split("Consider increasing")[0].split()) or type(error).__name__
+                log.warning(
+                    "logger.wandb.mode=online: wandb could not start within logger.wandb.init_timeout_s=%g s "
+                    "(%s); logging offline instead (set logger.wandb.mode=offline to skip the attempt)",
+                    cfg.wandb.init_timeout_s, reason,
+                )  # fmt: skip
+                mode = WandbMode.offline
+                self.wandb_run = wandb.init(mode=mode.value, **options)
             if mode is WandbMode.offline:
                 log.info(
                     "wandb offline run in %s; upload it with: wandb sync %s", self.wandb_run.dir,
                     Path(self.wandb_run.dir).parent,
                 )  # fmt: skip
 
+        self._wandb_run_id = self.wandb_run.id if self.wandb_run is not None else None
+
     @property
     def wandb_run_id(self) -> str | None:
-        return self.wandb_run.id if self.wandb_run is not None else None
+        return self._wandb_run_id
 
     def truncate_after(self, global_step: int, keep_val: bool = True) -> None:
         """Drop records written after the checkpoint this run starts from (no step twice in the log).
@@ -102,19 +115,46 @@ class MetricsLog:
 
     def write(self, record: dict[str, Any]) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(clean) + "\n")
-        if self.wandb_run is not None:
-            self.wandb_run.log(
-                {k: v for k, v in record.items() if isinstance(v, int | float)}, step=record["step"]
-            )
-
-    def close(self) -> None:
+        try:
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(clean) + "\n")
+        except OSError as error:  # a torn last line is dropped by the relaunch (truncate_after)
+            if is_disk_full(error, self.path.parent):
+                raise DiskFullError(self.path) from None
+            raise
         if self.wandb_run is not None:
             try:
+                self.wandb_run.log(
+                    {k: v for k, v in record.items() if isinstance(v, int | float)}, step=record["step"]
+                )
+            except Exception as error:  # its service process died (SLURM's scancel signals it too)
+                self._wandb_gone(error)
+
+    def _wandb_gone(self, error: Exception) -> None:
+        """One line, once: the run goes on with metrics.jsonl alone."""
+        if self.wandb_run is not None:
+            log.warning(
+                "wandb stopped taking records (%s: %s); metrics.jsonl holds every record",
+                type(error).__name__, error,
+            )  # fmt: skip
+        self.wandb_run = None
+
+    def close(self) -> None:
+        """Finishes the wandb run and shuts wandb down now, not in its atexit hook: on a stop its service may
+        be gone (the same signal reached it), and the hook would then end the process with a traceback."""
+        if self._wandb_run_id is None:
+            return
+        import wandb
+
+        try:
+            if self.wandb_run is not None:
                 self.wandb_run.finish()
-            except Exception as error:  # its service process died (SLURM's SIGTERM reaches it too)
-                log.warning("wandb could not finish its run (%r); metrics.jsonl holds every record", error)
+        except Exception as error:
+            self._wandb_gone(error)
+        finally:
+            self.wandb_run = None
+            with contextlib.suppress(Exception):  # a service that is gone has nothing left to shut down
+                wandb.teardown()  # unregisters its atexit hook before it talks to the service
 
 
 def progress_bar(total: int, initial: int, enabled: bool, description: str) -> tqdm:

@@ -9,15 +9,18 @@ folder names and shard indexes only (no image, no full listing), and never gener
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from delving.config import config_dir
 from delving.data.config import DataConfig, DatasetKind, validate
 from delving.data.datasets import check_same_classes
 from delving.data.shards import index_path, open_shards
-from delving.data.synthetic import MAX_CLASSES
+from delving.data.synthetic import CACHE_ENV, COMPLETE_MARKER, MAX_CLASSES, SyntheticParams, default_root
+from delving.engine.run_dir import unwritable_place
 from delving.errors import ConfigError, UserError
 from delving.evaluation.config import check_eval
 from delving.models.sppnet import NET_SPECS
@@ -238,6 +241,7 @@ def _data_set(data: DataConfig) -> tuple[list[str] | None, int | None]:
             raise ConfigError(
                 f"data.root={data.root} is a file, not a folder: point it at a folder, or leave it out"
             )
+        _check_synthetic_place(data)
         return None, data.synthetic_classes * data.synthetic_train_per_class
     root = Path(data.root).expanduser()  # type: ignore[arg-type]
     kind = data.name.value
@@ -285,6 +289,23 @@ def _shard_index(root: Path, split: str, key: str) -> tuple[list[str], int]:
         ) from None
 
 
+def _check_synthetic_place(data: DataConfig) -> None:
+    """The synthetic set is generated on first use: its folder (DELVING_DATA_CACHE) must take it."""
+    params = SyntheticParams.from_config(data)
+    root = Path(data.root).expanduser() if data.root else default_root(params)
+    if (root / COMPLETE_MARKER).is_file():
+        return  # generated already: only read
+    why = unwritable_place(root.parent)
+    if why is None:
+        return
+    cache = os.environ.get(CACHE_ENV)
+    fix = (
+        "point data.root= at a folder you can write" if data.root
+        else f"set {CACHE_ENV} (now {cache or 'unset'}) to a folder you can write"
+    )  # fmt: skip
+    raise ConfigError(f"data=synthetic is generated on first use into {root}, but {why}: {fix}")
+
+
 def _complete_num_classes(cfg: DictConfig, data: DataConfig, classes: list[str] | None) -> None:
     found = len(classes) if classes is not None else data.synthetic_classes
     where = f"data={data.name.value}" + (f" (data.root={data.root})" if data.root else "")
@@ -293,10 +314,33 @@ def _complete_num_classes(cfg: DictConfig, data: DataConfig, classes: list[str] 
         with open_dict(cfg):
             cfg.model.num_classes = found
     elif given != found:
-        raise ConfigError(
-            f"model.num_classes={given} but {where} has {found} classes: leave model.num_classes out to take "
-            f"the data set's count, or set model.num_classes={found}"
+        source = _num_classes_source(cfg)
+        fix = (
+            f"set model.num_classes={found}, or leave it out to take the data set's count"
+            if source == "the command line"
+            else f"add model.num_classes={found} (or model.num_classes=null: the data set's count)"
         )
+        raise ConfigError(
+            f"model.num_classes={given} (set by {source}) but {where} has {found} classes: {fix}"
+        )
+
+
+def _num_classes_source(cfg: DictConfig) -> str:
+    """Where model.num_classes came from: the command line, the experiment file, or the model group."""
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    keys = {o.lstrip("+~").split("=", 1)[0]: o.split("=", 1)[-1] for o in overrides}
+    if "model.num_classes" in keys:
+        return "the command line"
+    experiment = keys.get("experiment")
+    if experiment:
+        path = config_dir() / "experiment" / f"{experiment}.yaml"
+        model = OmegaConf.load(path).get("model") if path.is_file() else None
+        if isinstance(model, DictConfig) and "num_classes" in model:
+            return f"experiment={experiment}"
+        return f"experiment={experiment} (its recipe or model=)"
+    return f"model={keys.get('model', cfg.model.name)}"
 
 
 def _check_resume(cfg: DictConfig) -> None:

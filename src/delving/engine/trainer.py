@@ -34,6 +34,7 @@ from delving.checkpoint import (
     restore_rng_state,
 )
 from delving.data.config import as_data_config
+from delving.data.datasets import ClassListError, check_class_lists
 from delving.data.loaders import EvalLoader, TrainLoader
 from delving.data.readers import prepare_listings
 from delving.dist import (
@@ -233,6 +234,15 @@ class Trainer:
             log.info("resume=auto: %s exists, so init_from=%s is not read again", path, init_from)
         checkpoint = Checkpoint.load(path)
         check_resumable(checkpoint, self.config, path)
+        try:  # before any step: last.pt must keep the class names it was trained on
+            check_class_lists(
+                checkpoint.classes or self.classes, self.classes, "the checkpoint", "the data set", path
+            )
+        except ClassListError as error:
+            raise ClassListError(
+                f"{error}. Resume on the data it was trained on, or start a new run (another run_name=; "
+                f"init_from={path} fine-tunes from its weights)"
+            ) from None
         load_weights(self.model, checkpoint.model, path, "this model")
         self.optimizer.load_state_dict(checkpoint.optimizer)
         self.scheduler.load_state_dict(checkpoint.scheduler)
@@ -369,10 +379,16 @@ class Trainer:
         local_first_bad = first_step + int(bad[0]) if len(bad) else math.inf
         first_bad = -all_reduce(torch.tensor([-local_first_bad], dtype=torch.float64), "max").item()
         if math.isfinite(first_bad):
+            last = self.run_dir / "last.pt"
+            where = (
+                f"{last} still holds the last good state"
+                if last.is_file()
+                else f"no checkpoint was saved yet ({last} does not exist), so the run starts again from step 0"
+            )
             raise NonFiniteLossError(
                 f"the loss became NaN or Inf at global step {int(first_bad)} (epoch {self.state.epoch}). The "
-                f"run stopped; {self.run_dir / 'last.pt'} still holds the last good state. Lower optim.lr, "
-                "check the data (delving-verify-data) or the init, then relaunch (resume=auto)."
+                f"run stopped; {where}. Lower optim.lr, check the data (delving-verify-data) or the init, then "
+                "relaunch (resume=auto)."
             )
         total = all_reduce(torch.tensor([stacked.sum().item(), len(losses)], dtype=torch.float64), "sum")
         return total[0].item() / max(total[1].item(), 1.0)
@@ -526,8 +542,9 @@ class Trainer:
         return self.state.last_val
 
     def _write_metrics(self, **record: Any) -> None:
-        if self.metrics is not None:
-            self.metrics.write({"step": self.state.global_step, "epoch": self.state.epoch, **record})
+        with failing_together(self.ctx):  # every rank calls it: a full disk on rank 0 stops them all
+            if self.metrics is not None:
+                self.metrics.write({"step": self.state.global_step, "epoch": self.state.epoch, **record})
 
     def close(self) -> None:
         if self.metrics is not None:
