@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from delving.dist import environment_ranks
+from delving.run_identity import environment_ranks
 
 
 def test_slurm_variables_give_rank_world_size_and_master() -> None:

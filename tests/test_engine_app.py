@@ -16,8 +16,8 @@ from helpers.launch import start_train, wait_for_step
 from helpers.runs import EQUAL_RUN, TINY_DATA, TINY_MODEL, TINY_TRAIN, cli_env, run_train
 
 from delving.checkpoint import Checkpoint
-from delving.engine.run_dir import run_name_from_overrides
 from delving.engine.signals import EXIT_STOPPED
+from delving.run_identity import run_name_from_overrides
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:

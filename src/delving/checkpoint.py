@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from delving.config import may_change_on_resume
 from delving.errors import UserError
 from delving.io import atomic_write
 from delving.models import SPPNet, build_model, input_normalization
+from delving.run_identity import may_change_on_resume
 
 FORMAT_VERSION = 2
 # Model options whose change makes a checkpoint another model (dropout or init do not).

@@ -20,6 +20,7 @@ from delving.evaluation.config import EnsembleAppConfig, EvalConfig, EvaluateApp
 from delving.models.config import ModelConfig
 from delving.paths import PathsConfig
 from delving.report.config import InitCheckAppConfig, ReportAppConfig
+from delving.run_identity import environment_ranks, run_name_from_overrides
 
 CONFIG_PACKAGE = "delving.configs"
 CONFIG_DIR_ENV = "DELVING_CONFIG_DIR"
@@ -32,40 +33,6 @@ class VerifyDataAppConfig:
     data: DataConfig = field(default_factory=DataConfig)
     splits: list[str] | None = None  # None: data.train_split and data.val_split
     processes: int | None = None  # decoding processes; None: data.num_workers (at least 1)
-
-
-# Config keys that say where and how a run is launched, logged and evaluated, never what it computes: a
-# resumed run may change them, and an unnamed run's folder name leaves them out (but data.root, see below).
-LAUNCH_KEYS = (
-    "resume",
-    "run_name",
-    "start_over",
-    "experiment_name",
-    "paper_reference",
-    "logger",
-    "launcher",
-    "hydra",
-    "paths",  # where run folders are written (and DELVING_RUNS, read when composing)
-    "eval",
-    "data.root",
-    "data.num_workers",
-    "data.prefetch_factor",
-    "train.device",
-    "train.dist_timeout_s",
-    "train.final_eval",
-    "train.checkpoint_every_steps",
-    "train.keep_best",
-    "train.requeue_on_usr1",
-    "train.compile",
-    "train.cudnn_benchmark",
-    "train.ddp",  # DDP's bucketing: how gradients travel, not their values
-    "init_from",  # only a new run reads it: once the run has its own last.pt, resuming wins
-)
-
-
-def may_change_on_resume(key: str) -> bool:
-    """`key` (dotted, e.g. logger.wandb.mode) is one of LAUNCH_KEYS or inside one of them."""
-    return any(key == k or key.startswith(k + ".") for k in LAUNCH_KEYS)
 
 
 def config_path() -> str:
@@ -94,14 +61,12 @@ def run_name(given: str | None) -> str:
         return str(given)
     from hydra.core.hydra_config import HydraConfig
 
-    from delving.engine.run_dir import run_name_from_overrides
-
     return run_name_from_overrides(list(HydraConfig.get().overrides.task))
 
 
 def global_rank() -> int:
     """This process's global rank from the launcher's variables (torchrun's RANK, srun's SLURM_PROCID), else 0."""
-    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+    return environment_ranks()[0]
 
 
 def main_rank_only(value: str) -> str | None:

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import os
-import re
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from delving.run_identity import environment_ranks
 
 
 @dataclass(frozen=True)
@@ -32,35 +31,6 @@ class DistributedContext:
     @property
     def is_distributed(self) -> bool:
         return self.world_size > 1
-
-
-def _first_slurm_host(nodelist: str) -> str:
-    """First host of a SLURM node list ("gpu[03-05,07],cpu1" -> "gpu03"); scontrol when it is there."""
-    try:
-        out = subprocess.run(
-            ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True
-        )
-        return out.stdout.split()[0]
-    except (OSError, subprocess.CalledProcessError, IndexError):
-        match = re.match(r"([^\[,]+)(?:\[([^\],-]+))?", nodelist)
-        if not match:
-            raise ValueError(f"cannot read the first host of SLURM_JOB_NODELIST={nodelist!r}") from None
-        return match.group(1) + (match.group(2) or "")
-
-
-def environment_ranks(env: dict[str, str] | None = None) -> tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun, else from SLURM (one task per GPU), else (0, 1, 0).
-
-    Under SLURM it also fills MASTER_ADDR/MASTER_PORT when the job script did not.
-    """
-    env = os.environ if env is None else env
-    if "RANK" in env and "WORLD_SIZE" in env:
-        return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
-    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
-        env.setdefault("MASTER_ADDR", _first_slurm_host(env["SLURM_JOB_NODELIST"]))
-        env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
-        return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0))
-    return 0, 1, 0
 
 
 def pick_device(requested: str, local_rank: int) -> torch.device:

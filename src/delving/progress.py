@@ -48,24 +48,44 @@ class Progress:
         stream: TextIO | None = None,
         clock: Callable[[], float] = time.monotonic,
         note: Callable[[], str] | None = None,
+        initial: int = 0,
+        auto_lines: bool = True,
+        bar: bool = True,
     ) -> None:
+        """`initial`: items already done (a resumed epoch); `auto_lines=False`: off a terminal, no line of its
+        own (start, periodic, total): the owner writes its lines with `emit` (the trainer's agreed lines);
+        `bar=False`: lines even on a terminal."""
         self.total, self.what, self.unit, self.note = total, what, unit, note
         self.enabled, self.every_s, self.every_n = enabled, every_s, every_n
+        self.auto_lines = auto_lines
         self.stream = stream if stream is not None else sys.stderr
         self.clock = clock
-        self.done = 0
+        self.done = initial
         self.started = self.last_line = clock()
-        self.last_line_done = 0
+        self.last_line_done = initial
         self.closed = False
         self.bar = None
         if not enabled:
             return
-        if _is_terminal(self.stream):
+        if bar and _is_terminal(self.stream):
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc=what, unit=unit.rstrip("s") or unit, file=self.stream)
-        else:
+            self.bar = tqdm(
+                total=total, initial=initial, desc=what, unit=unit.rstrip("s") or unit, file=self.stream,
+                dynamic_ncols=True,
+            )  # fmt: skip
+        elif auto_lines:
             self._emit(f"{what}: {total:,} {unit} to go")
+
+    @property
+    def plain(self) -> bool:
+        """Enabled, and writing lines rather than a bar (stderr is not a terminal)."""
+        return self.enabled and self.bar is None
+
+    def set_postfix(self, **values: str) -> None:
+        """Values shown after the bar (nothing off a terminal)."""
+        if self.bar is not None:
+            self.bar.set_postfix(values, refresh=False)
 
     @property
     def elapsed(self) -> float:
@@ -79,6 +99,8 @@ class Progress:
             self.bar.update(n)
             if self.note is not None:
                 self.bar.set_postfix_str(self.note(), refresh=False)
+            return
+        if not self.auto_lines:
             return
         now = self.clock()
         due_n = self.every_n is not None and self.done - self.last_line_done >= self.every_n
@@ -111,7 +133,8 @@ class Progress:
         self.closed = True
         if self.bar is not None:
             self.bar.close()
-        self._emit(line)
+        if self.auto_lines:
+            self._emit(line)
         return line
 
     def __enter__(self) -> Progress:
@@ -124,6 +147,11 @@ class Progress:
             self.close()
         elif self.bar is not None:  # an error: no total line, but leave the terminal clean
             self.bar.close()
+
+    def emit(self, line: str) -> None:
+        """Writes one line where this progress writes (nothing when disabled)."""
+        if self.enabled:
+            self._emit(line)
 
     def _emit(self, line: str) -> None:
         if log.isEnabledFor(logging.INFO) and _has_handler(log):

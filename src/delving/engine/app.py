@@ -26,9 +26,9 @@ from delving.dist import (
     init_distributed,
     shutdown_distributed,
 )
-from delving.engine.logging import log, setup_console_logging
 from delving.engine.preflight import preflight
 from delving.engine.run_dir import RunDirectory, check_run_dir_writable, starts_fresh
+from delving.engine.run_log import log, setup_console_logging
 from delving.engine.signals import RunStopped, StopRequested, StopSignals, requeue_slurm_job
 from delving.errors import UserError
 from delving.io import DiskFullError

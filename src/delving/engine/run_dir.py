@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import json
 import logging
 import os
 import pwd
-import re
 import socket
 import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from delving.config import may_change_on_resume
 from delving.errors import UserError
 from delving.evaluation.config import Protocol
 from delving.io import atomic_write_text, remove_stale_temps
@@ -164,26 +161,3 @@ class RunDirectory:
         return atomic_write_text(
             self.path / FINISHED_FILE, json.dumps({"finished": stamp, **record}, indent=2)
         )
-
-
-def run_name_from_overrides(overrides: list[str]) -> str:
-    """The run directory's name when no run_name= is given: the same command always gives the same name.
-
-    The overrides that define the run, sorted, readable when short and safe, else shortened with a hash of
-    all of them; "default" when there are none. Launch-only keys (launcher, resume, logger...) are left out,
-    so a relaunch with resume=auto, another launcher or under torchrun meets the same run directory.
-    """
-    defining = sorted(o for o in overrides if not _is_launch_key(o.lstrip("+~").split("=", 1)[0]))
-    if not defining:
-        return "default"
-    joined = ",".join(defining)
-    safe = re.sub(r"[^A-Za-z0-9._,=+-]", "_", joined)
-    if safe == joined and len(joined) <= 80:
-        return joined
-    return f"{safe[:60]}-{hashlib.sha1(joined.encode()).hexdigest()[:8]}"
-
-
-def _is_launch_key(key: str) -> bool:
-    """Left out of the name: the experiment (already the parent folder) and the keys a resume may change,
-    except data.root: two data sets are two runs, though a named run may move to a copy of its data."""
-    return key == "experiment" or (key != "data.root" and may_change_on_resume(key))

@@ -46,9 +46,9 @@ from delving.dist import (
     gather_to_main,
 )
 from delving.engine.config import Precision
-from delving.engine.logging import MetricsLog, ProgressLine, log, progress_bar
 from delving.engine.optim import EpochScheduler, build_optimizer, lr_scale
 from delving.engine.run_dir import starts_fresh
+from delving.engine.run_log import MetricsLog, TrainingProgress, log
 from delving.engine.signals import StopRequested, StopSignals
 from delving.errors import UserError
 from delving.models import build_model
@@ -443,10 +443,10 @@ class Trainer:
         kill_at = int(os.environ.get(KILL_AT_STEP_ENV, "0"))
         step_sleep = float(os.environ.get(STEP_SLEEP_ENV, "0"))
         log_every, ckpt_every = cfg.logger.log_every_steps, cfg.train.checkpoint_every_steps
-        bar = progress_bar(
-            steps, state.step_in_epoch, cfg.logger.progress_bar and self.ctx.is_main, f"epoch {state.epoch}"
-        )
-        line = ProgressLine(self, steps, plain=self.ctx.is_main and bar.disable)
+        line = TrainingProgress(
+            state.epoch, cfg.train.epochs, steps, state.step_in_epoch, cfg.train.batch_size,
+            cfg.logger.log_every_seconds, show=self.ctx.is_main, bar=cfg.logger.progress_bar,
+        )  # fmt: skip
         pending: list[torch.Tensor] = []
         batches = iter(self.train_loader.epoch(state.epoch, state.step_in_epoch))
         for _ in range(steps - state.step_in_epoch):
@@ -469,15 +469,14 @@ class Trainer:
             pending.append(loss)
             state.global_step += 1
             state.step_in_epoch += 1
-            bar.update(1)
+            line.step()
             checkpoint_now = (
                 ckpt_every > 0 and state.global_step % ckpt_every == 0 and state.step_in_epoch < steps
             )
             if want_grad_norms or checkpoint_now or log_now:
                 mean_loss = self._check_losses(pending, state.global_step - len(pending) + 1)
                 pending = []
-                images_per_s = line.report(mean_loss)
-                bar.set_postfix(loss=f"{mean_loss:.3f}", img_s=f"{images_per_s:.0f}")
+                images_per_s = line.report(state.step_in_epoch, mean_loss, self.scheduler.lr)
                 if want_grad_norms or checkpoint_now:
                     self._write_metrics(
                         type="train", loss=mean_loss, lr=self.scheduler.lr, images_per_s=images_per_s,
@@ -489,7 +488,7 @@ class Trainer:
                 os.kill(os.getpid(), signal.SIGKILL)
             if step_sleep:
                 time.sleep(step_sleep)
-        bar.close()
+        line.close()
         self._check_losses(pending, state.global_step - len(pending) + 1)
 
     def end_epoch(self) -> dict[str, float]:

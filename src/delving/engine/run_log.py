@@ -10,17 +10,12 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from tqdm import tqdm
+from typing import Any
 
 from delving.engine.config import LoggerConfig, WandbMode
 from delving.errors import UserError
 from delving.io import DiskFullError, atomic_write_text, is_disk_full
-from delving.progress import format_duration
-
-if TYPE_CHECKING:
-    from delving.engine.trainer import Trainer
+from delving.progress import Progress, format_duration
 
 log = logging.getLogger("delving")
 
@@ -157,27 +152,36 @@ class MetricsLog:
                 wandb.teardown()  # unregisters its atexit hook before it talks to the service
 
 
-def progress_bar(total: int, initial: int, enabled: bool, description: str) -> tqdm:
-    # disable=None lets tqdm go quiet by itself when stderr is not a terminal (SLURM logs, CI).
-    return tqdm(
-        total=total, initial=initial, desc=description, disable=None if enabled else True, dynamic_ncols=True
-    )
+class TrainingProgress:
+    """Rank 0's progress through one epoch, fed plain numbers: a bar on a terminal, else a plain line (for
+    SLURM output files, CI) every `logger.log_every_steps` steps and at least every `logger.log_every_seconds`.
 
-
-class ProgressLine:
-    """Rank 0's plain progress line for logs that are not a terminal (SLURM output files, CI).
-
-    Printed every `logger.log_every_steps` steps and at least every `logger.log_every_seconds`; the
-    time-based one is decided by rank 0 and agreed by every rank (the loss needs a collective).
+    The time-based line is decided by rank 0 (`due`) and agreed by every rank, since its loss needs a
+    collective; `report` then gives the images/s of the window since the last report and starts a new one.
     """
 
-    def __init__(self, trainer: Trainer, steps: int, plain: bool) -> None:
-        self.trainer, self.steps, self.plain = trainer, steps, plain
-        self.every_s = float(trainer.cfg.logger.log_every_seconds)
-        self._reset()
+    def __init__(
+        self,
+        epoch: int,
+        epochs: int,
+        steps: int,
+        step_in_epoch: int,
+        batch_size: int,
+        every_s: float,
+        show: bool,
+        bar: bool,
+    ) -> None:
+        self.epoch, self.epochs, self.steps, self.batch_size = epoch, epochs, steps, batch_size
+        self.every_s = float(every_s)
+        # show: rank 0; bar: logger.progress_bar (off, rank 0 writes plain lines even on a terminal).
+        self.progress = Progress(
+            steps, f"epoch {epoch}", "steps", enabled=show, initial=step_in_epoch, auto_lines=False, bar=bar
+        )
+        self.plain = self.progress.plain
+        self._reset(step_in_epoch)
 
-    def _reset(self) -> None:
-        self.start, self.start_step, self.wait = time.perf_counter(), self.trainer.state.global_step, 0.0
+    def _reset(self, step_in_epoch: int) -> None:
+        self.start, self.start_step, self.wait = time.perf_counter(), step_in_epoch, 0.0
 
     def waited(self, seconds: float) -> None:
         self.wait += seconds
@@ -185,22 +189,26 @@ class ProgressLine:
     def due(self) -> bool:
         return self.plain and time.perf_counter() - self.start >= self.every_s
 
-    def report(self, loss: float) -> float:
-        """Images/s over the window since the last report; prints the line when plain; starts a new window."""
-        trainer, state = self.trainer, self.trainer.state
+    def step(self) -> None:
+        self.progress.update(1)
+
+    def report(self, step_in_epoch: int, loss: float, lr: float) -> float:
+        """Images/s since the last report; writes the line when plain; starts a new window."""
         elapsed = max(time.perf_counter() - self.start, 1e-9)
-        window_steps = state.global_step - self.start_step
-        images_per_s = window_steps * trainer.cfg.train.batch_size / elapsed
+        window_steps = step_in_epoch - self.start_step
+        images_per_s = window_steps * self.batch_size / elapsed
+        self.progress.set_postfix(loss=f"{loss:.3f}", img_s=f"{images_per_s:.0f}")
         if self.plain and window_steps:
             per_step = elapsed / window_steps
-            epoch_left = self.steps - state.step_in_epoch
-            run_left = epoch_left + (trainer.cfg.train.epochs - state.epoch - 1) * self.steps
-            log.info(
-                "epoch %d/%d step %d/%d | loss %.4f | lr %.3g | %.0f img/s | data wait %.0f%% | "
-                "epoch ETA %s | run ETA %s",
-                state.epoch, trainer.cfg.train.epochs, state.step_in_epoch, self.steps, loss,
-                trainer.scheduler.lr, images_per_s, 100 * self.wait / elapsed,
-                format_duration(epoch_left * per_step), format_duration(run_left * per_step),
-            )  # fmt: skip
-        self._reset()
+            epoch_left = self.steps - step_in_epoch
+            run_left = epoch_left + (self.epochs - self.epoch - 1) * self.steps
+            self.progress.emit(
+                f"epoch {self.epoch}/{self.epochs} step {step_in_epoch}/{self.steps} | loss {loss:.4f} | "
+                f"lr {lr:.3g} | {images_per_s:.0f} img/s | data wait {100 * self.wait / elapsed:.0f}% | "
+                f"epoch ETA {format_duration(epoch_left * per_step)} | run ETA {format_duration(run_left * per_step)}"
+            )
+        self._reset(step_in_epoch)
         return images_per_s
+
+    def close(self) -> None:
+        self.progress.close()
