@@ -141,11 +141,8 @@ def _match_rows(key: str, runs: list[Run]) -> dict[str, tuple[Run, EvalRecord]]:
     return found
 
 
-def _paper_table(
-    key: str, runs: list[Run], ensembles: list[dict[str, Any]], evidence: Evidence | None = None
-) -> list[str]:
+def _paper_table(key: str, runs: list[Run], ensembles: list[dict[str, Any]], evidence: Evidence) -> list[str]:
     table = PAPER_TABLES[key]
-    evidence = evidence or Evidence(runs)
     matched = _match_rows(key, runs)
     ensemble = next((e for e in ensembles if (e.get("paper_table") or {}).get("key") == key), None)
     if not matched and ensemble is None:
