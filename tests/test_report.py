@@ -211,7 +211,7 @@ def test_a_torn_last_metrics_line_is_dropped_with_a_warning(tmp_path: Path, capl
 def test_a_run_without_a_checkpoint_whose_class_count_came_from_the_data_has_no_chance_level(
     tmp_path: Path,
 ) -> None:
-    from delving.report.report import _chance
+    from delving.report.init_study import _chance
     from delving.report.runs import Run
 
     unknown = Run(tmp_path, {"model": {"num_classes": None}})

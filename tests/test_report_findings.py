@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from delving.evaluation.predictions import Predictions, save_predictions
-from delving.report.findings import FINDINGS, FindingInputError, decide_all, replicate_groups
+from delving.paper import FINDINGS
+from delving.report.evidence import FindingInputError, replicate_groups
+from delving.report.findings import decide_all
 from delving.report.report import build_report
 from delving.report.runs import EvalRecord, Run, SlopeStats
 from delving.report.stats import Verdict

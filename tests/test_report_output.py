@@ -21,8 +21,9 @@ from delving.evaluation.config import EnsembleAppConfig
 from delving.evaluation.predictions import save_predictions
 from delving.io import OutputSpaceError
 from delving.report.app import run_report
+from delving.report.curves import curves_figure
 from delving.report.plots import new_figure
-from delving.report.report import Report, curves_figure, write_report
+from delving.report.report import Report, write_report
 from delving.report.runs import Run, label_runs
 
 

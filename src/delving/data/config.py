@@ -8,11 +8,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from delving import paper
 from delving.errors import UserError
 
-# The usual ImageNet RGB mean and std on the 0-255 scale (torchvision's 0.485/0.456/0.406 and 0.229/0.224/0.225 x 255).
-IMAGENET_MEAN_RGB = [123.675, 116.28, 103.53]
-IMAGENET_STD_RGB = [58.395, 57.12, 57.375]
+# The paper's mean RGB and the usual ImageNet std on the 0-255 scale, as the config's lists.
+IMAGENET_MEAN_RGB = list(paper.PAPER_MEAN_RGB)
+IMAGENET_STD_RGB = list(paper.IMAGENET_STD_RGB)
 
 
 class DatasetKind(str, Enum):

@@ -9,9 +9,8 @@ from omegaconf import MISSING
 
 from delving.data.config import DataConfig
 from delving.errors import ConfigError
+from delving.paper import PAPER_INPUT_SIZE as PAPER_CROP
 from delving.paths import PathsConfig
-
-PAPER_CROP = 224  # the paper's training crop; test scales are given for it and rescaled for smaller models
 
 
 class Protocol(str, Enum):

@@ -19,8 +19,9 @@ from delving.evaluation.ensemble import (
     split_rows,
 )
 from delving.evaluation.metrics import topk_errors
-from delving.evaluation.paper_results import PAPER_PER_CLASS, find_paper_row, paper_table
+from delving.evaluation.paper_results import find_paper_row, paper_table
 from delving.evaluation.predictions import Predictions
+from delving.paper import PAPER_PER_CLASS
 
 
 def _errors(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:

@@ -20,6 +20,7 @@ from typing import Any
 from timm.models import PretrainedCfg, build_model_with_cfg, generate_default_cfgs, register_model
 
 from delving.models.sppnet import NET_SPECS, SPPNet
+from delving.paper import PAPER_INPUT_SIZE, PAPER_MEAN_RGB, PAPER_SCALES
 
 __all__ = [
     "MODEL_NAMES",
@@ -37,9 +38,6 @@ __all__ = [
 MODEL_NAMES = tuple(NET_SPECS)
 TIMM_PREFIX = "delving_"
 TIMM_MODEL_NAMES = tuple(TIMM_PREFIX + name for name in MODEL_NAMES)
-PAPER_INPUT_SIZE = 224  # the training crop; the paper's test scales (shorter sides) are for it
-# The mean RGB colour the paper subtracts, on the 0-255 scale (delving.data.config.IMAGENET_MEAN_RGB).
-PAPER_MEAN_RGB = (123.675, 116.28, 103.53)
 _WEIGHT_SOURCES = ("url", "file", "state_dict", "hf_hub_id")
 
 
@@ -167,7 +165,7 @@ def _cfg(name: str, test_scales: tuple[int, ...], protocol: str, **kwargs: Any) 
 
 # Tables 4 and 6 test A, B and C densely at three scales (and the reproduced VGG-19 like them);
 # Table 2 tests the small nets with 10 views at 256.
-_TABLE3_TEST = {"test_scales": (256, 384, 480), "protocol": "multiscale"}
+_TABLE3_TEST = {"test_scales": PAPER_SCALES, "protocol": "multiscale"}
 _TABLE2_TEST = {"test_scales": (256,), "protocol": "ten_view"}
 
 default_cfgs = generate_default_cfgs(

@@ -21,6 +21,8 @@ from enum import Enum
 import numpy as np
 from scipy import stats as scipy_stats
 
+from delving.paper import Expect
+
 CONFIDENCE = 0.95
 
 
@@ -44,14 +46,6 @@ class Estimate:
         if not math.isfinite(self.low) or self.low == self.high:
             return f"{self.mean:.{digits}f}"
         return f"{self.mean:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
-
-
-class Expect(str, Enum):
-    """What the paper says of `a - b`."""
-
-    LESS = "less"  # a below b (an error lower, a slope smaller)
-    GREATER = "greater"
-    EQUAL = "equal"  # within ± margin
 
 
 class Verdict(str, Enum):
