@@ -67,7 +67,7 @@ def run_train(cfg: DictConfig, run_dir: str | Path) -> float | None:
         check_run_dir_writable(Path(run_dir))
     ctx = init_distributed(cfg.train.device, cfg.train.dist_timeout_s)
     run = RunDirectory(run_dir)
-    setup_console_logging(run.path, ctx.is_main)
+    setup_console_logging(run, ctx.is_main)
     try:
         with StopSignals() as stop:  # from the start: a signal during set-up stops at the first step
             with failing_together(ctx):
@@ -119,7 +119,7 @@ def _train_and_evaluate(
         return finished.get("val_top1_error")
     from delving.engine.trainer import Trainer
 
-    trainer = Trainer(cfg, run.path, ctx, stop)
+    trainer = Trainer(cfg, run, ctx, stop)
     try:
         val = trainer.fit()
         trainer.release_loaders()
@@ -158,8 +158,8 @@ def _final_eval(cfg: DictConfig, trainer: Trainer) -> dict[str, Any]:
     data_cfg = OmegaConf.to_object(cfg.data)
     eval_cfg = OmegaConf.to_object(cfg.eval)
     summary = final_evaluation(
-        trainer.model, trainer.config, data_cfg, eval_cfg, trainer.run_dir, trainer.ctx,
-        trainer.run_dir / "last.pt", trainer.classes,
+        trainer.model, trainer.config, data_cfg, eval_cfg, trainer.run, trainer.ctx, trainer.run.last,
+        trainer.classes,
     )  # fmt: skip
     with failing_together(trainer.ctx):  # a full disk on rank 0 stops every rank
         if trainer.metrics is not None:

@@ -24,14 +24,26 @@ from delving.io import atomic_write_text, remove_stale_temps
 
 log = logging.getLogger("delving")
 
+# A run folder's files: these names are spelled here only (RunDirectory's properties give their paths).
+LAST_CHECKPOINT = "last.pt"
+METRICS_FILE = "metrics.jsonl"
+LOG_FILE = "train.log"
 LOCK_FILE = ".lock"
 FINISHED_FILE = "finished.json"
 PREVIOUS_FOLDER = "previous"
+BEST_PATTERN = "best-*.pt"
 # What a run writes; start_over moves these aside (the Hydra config and train.log of this launch stay).
-RUN_OUTPUTS = ("last.pt", "best-*.pt", "metrics.jsonl", "predictions-*.npz", FINISHED_FILE, "wandb")
+RUN_OUTPUTS = (LAST_CHECKPOINT, BEST_PATTERN, METRICS_FILE, "predictions-*.npz", FINISHED_FILE, "wandb")
 # The files only the run (the lock holder) writes: a temp file of these is a killed write's, never a live one
 # (delving-eval's files beside last.pt carry their scales in the name).
-TRAINER_FILES = ("last.pt", "metrics.jsonl", FINISHED_FILE, *(f"predictions-{p.value}.npz" for p in Protocol))
+TRAINER_FILES = (
+    LAST_CHECKPOINT, METRICS_FILE, FINISHED_FILE, *(f"predictions-{p.value}.npz" for p in Protocol)
+)  # fmt: skip
+
+
+def best_checkpoint_name(epoch: int) -> str:
+    """A best-k checkpoint's file name (a hard link to last.pt as it was after that epoch's validation)."""
+    return f"best-epoch{epoch:03d}.pt"
 
 
 class RunDirectoryBusy(UserError):
@@ -70,7 +82,7 @@ def check_run_dir_writable(path: Path) -> None:
     why = unwritable_place(path)
     if why is None and path.is_dir():
         me = _user(os.geteuid())
-        for name in ("train.log", "last.pt", "metrics.jsonl", LOCK_FILE, FINISHED_FILE):
+        for name in (LOG_FILE, LAST_CHECKPOINT, METRICS_FILE, LOCK_FILE, FINISHED_FILE):
             item = path / name
             if item.exists() and not can_write(item):
                 why = f"{item}, which belongs to {_user(item.stat().st_uid)}, cannot be written by {me}"
@@ -88,13 +100,35 @@ def starts_fresh(resume: str | None) -> bool:
 
 
 class RunDirectory:
+    """A run's folder: its lock, its file names (`last`, `metrics`, `log`, `predictions(...)`), and its record of
+    having finished. The Trainer and the entry points reach a run's files only through it."""
+
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self._lock_handle: TextIO | None = None
 
+    @classmethod
+    def of(cls, run: RunDirectory | str | os.PathLike) -> RunDirectory:
+        return run if isinstance(run, RunDirectory) else cls(run)
+
     @property
     def last(self) -> Path:
-        return self.path / "last.pt"
+        return self.path / LAST_CHECKPOINT
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / METRICS_FILE
+
+    @property
+    def log_file(self) -> Path:
+        return self.path / LOG_FILE
+
+    def predictions(self, protocol: str) -> Path:
+        """The trainer's own final-evaluation predictions (delving-eval's names carry their scales)."""
+        return self.path / f"predictions-{protocol}.npz"
+
+    def best(self, file_name: str) -> Path:
+        return self.path / file_name
 
     def lock(self) -> None:
         """Take the run's lock or refuse, naming the holder; a lock left by a dead run is taken over."""

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from delving.engine.config import LoggerConfig, WandbMode
+from delving.engine.run_dir import RunDirectory
 from delving.errors import UserError
 from delving.io import DiskFullError, atomic_write_text, is_disk_full
 from delving.progress import Progress, format_duration
@@ -20,12 +21,12 @@ from delving.progress import Progress, format_duration
 log = logging.getLogger("delving")
 
 
-def setup_console_logging(run_dir: Path, is_main: bool) -> None:
+def setup_console_logging(run: RunDirectory, is_main: bool) -> None:
     """Rank 0 logs INFO to the console and train.log (appended to across relaunches); other ranks only warnings."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
     if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(run_dir / "train.log", mode="a"))
+        run.path.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(run.log_file, mode="a"))
     formatter = logging.Formatter("[%(asctime)s %(levelname)s] %(message)s", "%H:%M:%S")
     log.handlers.clear()
     for handler in handlers:
@@ -39,9 +40,10 @@ class MetricsLog:
     """Appends one JSON object per record to metrics.jsonl and mirrors it to wandb."""
 
     def __init__(
-        self, run_dir: Path, cfg: LoggerConfig, config: dict[str, Any], wandb_run_id: str | None
+        self, run: RunDirectory, cfg: LoggerConfig, config: dict[str, Any], wandb_run_id: str | None
     ) -> None:
-        self.path = run_dir / "metrics.jsonl"
+        self.path = run.metrics
+        run_dir = run.path
         self.wandb_run = None
         self._wandb_run_id: str | None = None
         # WANDB_MODE in the environment wins, as wandb's own tools expect (e.g. a site that forbids online).

@@ -47,7 +47,7 @@ from delving.dist import (
 )
 from delving.engine.config import Precision
 from delving.engine.optim import EpochScheduler, build_optimizer, lr_scale
-from delving.engine.run_dir import starts_fresh
+from delving.engine.run_dir import RunDirectory, best_checkpoint_name, starts_fresh
 from delving.engine.run_log import MetricsLog, TrainingProgress, log
 from delving.engine.signals import StopRequested, StopSignals
 from delving.errors import UserError
@@ -73,10 +73,15 @@ def _dropout_seed(seed: int, rank: int, offset: int = 0) -> int:
 
 class Trainer:
     def __init__(
-        self, cfg: DictConfig, run_dir: str | Path, ctx: DistributedContext, stop: StopSignals | None = None
+        self,
+        cfg: DictConfig,
+        run: RunDirectory | str | Path,
+        ctx: DistributedContext,
+        stop: StopSignals | None = None,
     ) -> None:
         self.cfg, self.config, self.ctx = cfg, config_to_dict(cfg), ctx
-        self.run_dir, self.stop = Path(run_dir), stop or StopSignals()
+        self.run, self.stop = RunDirectory.of(run), stop or StopSignals()
+        self.run_dir = self.run.path
         self.device = ctx.device
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
@@ -105,7 +110,7 @@ class Trainer:
         with failing_together(ctx):
             wandb_run_id = self._restore_or_seed()
             if self.ctx.is_main:
-                self.metrics = MetricsLog(self.run_dir, cfg.logger, self.config, wandb_run_id)
+                self.metrics = MetricsLog(self.run, cfg.logger, self.config, wandb_run_id)
                 # Records a killed run wrote after last.pt (and its validation, when last.pt came before it).
                 self.metrics.truncate_after(self.state.global_step, keep_val=not self.state.val_pending)
 
@@ -202,7 +207,7 @@ class Trainer:
 
     # ---------------------------------------------------------------- resume
     def _resume_path(self) -> Path | None:
-        resume, last = self.cfg.resume, self.run_dir / "last.pt"
+        resume, last = self.cfg.resume, self.run.last
         if starts_fresh(resume):
             return None
         if resume == "auto":
@@ -268,11 +273,11 @@ class Trainer:
         )  # fmt: skip
         return checkpoint.wandb_run_id
 
-    def _save(self, name: str) -> Path | None:
-        """Collective: gathers every rank's RNG state; rank 0 writes run_dir/name atomically. A failed write
+    def _save(self) -> Path | None:
+        """Collective: gathers every rank's RNG state; rank 0 writes last.pt atomically. A failed write
         (a full disk) stops every rank with its message, not only rank 0."""
         rng_states = gather_to_main(capture_rng_state(), self.ctx)
-        path = self.run_dir / name
+        path = self.run.last
         with failing_together(self.ctx):
             if self.ctx.is_main:
                 self._checkpoint(rng_states or []).save(path)
@@ -295,7 +300,7 @@ class Trainer:
 
     def _update_best_k(self, top1_error: float, finished: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """This epoch's best-k entry and the entries it pushes out; updated before last.pt is saved."""
-        entry = {"top1_error": top1_error, "epoch": finished, "file": f"best-epoch{finished:03d}.pt"}
+        entry = {"top1_error": top1_error, "epoch": finished, "file": best_checkpoint_name(finished)}
         ranked = sorted([*self.state.best, entry], key=lambda e: (e["top1_error"], e["epoch"]))
         self.state.best = ranked[: self.cfg.train.keep_best]
         return entry, ranked[self.cfg.train.keep_best :]
@@ -303,14 +308,14 @@ class Trainer:
     def _link_best(self, last: Path, entry: dict[str, Any], dropped: list[dict[str, Any]]) -> None:
         """Best-k checkpoints are hard links to last.pt (no second write of the state); rank 0 only."""
         if entry in self.state.best:
-            target = self.run_dir / entry["file"]
+            target = self.run.best(entry["file"])
             target.unlink(missing_ok=True)
             try:
                 os.link(last, target)
             except OSError:
                 shutil.copyfile(last, target)
         for old in dropped:
-            (self.run_dir / old["file"]).unlink(missing_ok=True)
+            self.run.best(old["file"]).unlink(missing_ok=True)
 
     # ---------------------------------------------------------------- steps
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -379,7 +384,7 @@ class Trainer:
         local_first_bad = first_step + int(bad[0]) if len(bad) else math.inf
         first_bad = -all_reduce(torch.tensor([-local_first_bad], dtype=torch.float64), "max").item()
         if math.isfinite(first_bad):
-            last = self.run_dir / "last.pt"
+            last = self.run.last
             where = (
                 f"{last} still holds the last good state"
                 if last.is_file()
@@ -460,7 +465,7 @@ class Trainer:
             stop, log_now = self._agree(error, line.due())
             if stop:  # the losses first: a NaN in the unchecked steps must not reach last.pt
                 self._check_losses(pending, state.global_step - len(pending) + 1)
-                self._save("last.pt")
+                self._save()
                 raise StopRequested(self.stop.received or signal.SIGTERM)
             images, labels = batch  # type: ignore[misc]
             self.scheduler.before_step(state.global_step)
@@ -483,7 +488,7 @@ class Trainer:
                         **grad_norms, **self._prelu_slopes(),
                     )  # fmt: skip
             if checkpoint_now:
-                self._save("last.pt")
+                self._save()
             if kill_at and state.global_step == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
             if step_sleep:
@@ -500,7 +505,7 @@ class Trainer:
         )
         if not state.val_pending:
             self.scheduler.end_of_epoch(None)
-        self._save("last.pt")
+        self._save()
         return self.finish_validation() if state.val_pending else {}
 
     def finish_validation(self) -> dict[str, float]:
@@ -516,7 +521,7 @@ class Trainer:
         self._write_metrics(type="val", epoch=finished, lr=self.scheduler.lr, **val)
         ranked = self._update_best_k(val["val_top1_error"], finished)  # the same on every rank
         self.state.val_pending, self.state.last_val = False, dict(val)
-        last = self._save("last.pt")
+        last = self._save()
         with failing_together(self.ctx):
             if last is not None:
                 self._link_best(last, *ranked)

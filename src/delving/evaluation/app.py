@@ -25,6 +25,7 @@ from torch import nn
 from delving.checkpoint import Checkpoint, CheckpointError, file_sha256, load_model
 from delving.data.config import DataConfig, Normalize
 from delving.dist import DistributedContext, fail_together, init_distributed, shutdown_distributed
+from delving.engine.run_dir import RunDirectory
 from delving.errors import UserError
 from delving.evaluation.config import EvalConfig, Protocol, check_eval
 from delving.evaluation.ensemble import check_weights, member_names
@@ -136,11 +137,12 @@ def resolve_checkpoint(value: str | os.PathLike) -> Path:
     """checkpoint= as a file: a checkpoint file, or a run directory's last.pt."""
     path = Path(value).expanduser()
     if path.is_dir():
-        if not (path / "last.pt").is_file():
+        last = RunDirectory(path).last
+        if not last.is_file():
             raise CheckpointError(
-                f"checkpoint={path} is a folder without a last.pt: pass a run directory or a file"
+                f"checkpoint={path} is a folder without a {last.name}: pass a run directory or a file"
             )
-        return path / "last.pt"
+        return last
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     return path
@@ -243,7 +245,7 @@ def final_evaluation(
     config: dict[str, Any],
     data_cfg: DataConfig,
     eval_cfg: EvalConfig,
-    run_dir: Path,
+    run_dir: RunDirectory | Path,
     ctx: DistributedContext,
     checkpoint: Path,
     classes: list[str] | None,
@@ -264,7 +266,7 @@ def final_evaluation(
     path, error = None, None
     if ctx.is_main:
         try:
-            path = save_predictions(Path(run_dir) / f"predictions-{protocol}.npz", result.predictions())
+            path = save_predictions(RunDirectory.of(run_dir).predictions(protocol), result.predictions())
             log.info("%s\npredictions: %s", results_table(result, f"final evaluation of {checkpoint}"), path)
         except Exception as exc:  # e.g. a full disk: every rank stops with it
             error = exc

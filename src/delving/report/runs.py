@@ -15,7 +15,7 @@ import yaml
 from torch import nn
 
 from delving.checkpoint import Checkpoint, CheckpointError
-from delving.engine.run_dir import FINISHED_FILE
+from delving.engine.run_dir import FINISHED_FILE, LAST_CHECKPOINT, METRICS_FILE, RunDirectory
 from delving.errors import UserError
 from delving.evaluation.predictions import load_predictions
 from delving.models import build_model
@@ -242,7 +242,7 @@ def _weights_into(run: Run, checkpoint: Checkpoint, where: Path) -> None:
 def load_run(path: str | Path) -> Run:
     """Reads config, overrides, metrics.jsonl, predictions-*.npz and the slopes and weight norms of last.pt."""
     path = Path(path)
-    last = path / "last.pt"
+    last = RunDirectory(path).last
     checkpoint = Checkpoint.load(last) if last.is_file() else None
     run = Run(
         path,
@@ -252,7 +252,7 @@ def load_run(path: str | Path) -> Run:
         has_checkpoint=checkpoint is not None,
         epochs_done=int(checkpoint.train_state.get("epoch", 0)) if checkpoint is not None else 0,
     )
-    metrics = path / "metrics.jsonl"
+    metrics = path / METRICS_FILE
     if metrics.is_file():
         run.records = read_metrics(metrics)
     run.evals = [eval_record_from_predictions(p) for p in sorted(path.glob("predictions*.npz"))]
@@ -305,7 +305,7 @@ def _is_run(path: Path) -> bool:
     return any((path / name).is_file() for name in RUN_MARKERS)
 
 
-RUN_MARKERS = ("metrics.jsonl", "last.pt", ".hydra/config.yaml")
+RUN_MARKERS = (METRICS_FILE, LAST_CHECKPOINT, ".hydra/config.yaml")
 
 
 def find_runs(paths: list[str | Path]) -> list[Path]:
@@ -316,8 +316,8 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
             found.append(entry)
             continue
         below = sorted(
-            {p.parent for p in entry.rglob("metrics.jsonl")}
-            | {p.parent for p in entry.rglob("last.pt")}
+            {p.parent for p in entry.rglob(METRICS_FILE)}
+            | {p.parent for p in entry.rglob(LAST_CHECKPOINT)}
             | {p.parent.parent for p in entry.rglob("config.yaml") if p.parent.name == ".hydra"}
         )
         if not below:
