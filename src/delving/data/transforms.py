@@ -16,7 +16,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 from delving.data.config import DataConfig
-from delving.data.decode import ImageSource, decode_image_with_size
+from delving.data.decode import ImageSource, decode_image, decode_image_with_size
 from delving.data.normalize import InputNormalizer, lighting_offset
 
 
@@ -100,14 +100,20 @@ def reference_crop(img: Image.Image, draws: TrainDraws, crop_size: int) -> Image
     return TF.hflip(cropped) if draws.flip else cropped
 
 
+def center_origin(height: int, width: int, size: int) -> tuple[int, int]:
+    """(top, left) of the centre crop, rounded as torchvision's CenterCrop: the one centre view of validation,
+    of eval=center and of the ten views."""
+    return round((height - size) / 2), round((width - size) / 2)
+
+
 def center_crop(
     path: ImageSource, shorter: int, crop_size: int, use_draft: bool, exif: bool = False
 ) -> Image.Image:
-    """Validation view: resize the shorter side to `shorter`, then the center crop (torchvision's rounding)."""
-    img, full_size = decode_image_with_size(path, shorter if use_draft else None, exif)
-    out_w, out_h = resized_size(*full_size, shorter)
-    left, top = round((out_w - crop_size) / 2.0), round((out_h - crop_size) / 2.0)
-    return _window(img, full_size, shorter, left, top, crop_size)
+    """The validation view, eval=center's view: the whole image resized to shorter side `shorter` (as the
+    evaluator resizes it), then the centre crop."""
+    resized = resize_shorter(decode_image(path, shorter if use_draft else None, exif), shorter)
+    top, left = center_origin(resized.height, resized.width, crop_size)
+    return resized.crop((left, top, left + crop_size, top + crop_size))
 
 
 def pil_to_uint8(img: Image.Image) -> torch.Tensor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from delving.data.transforms import center_origin
 from delving.evaluation.config import Protocol
 
 CROPS_PER_SCALE = {Protocol.center: 1, Protocol.ten_view: 5, Protocol.dense: 1, Protocol.multiscale: 1}
@@ -18,7 +19,7 @@ def crop_corners(protocol: Protocol, height: int, width: int, size: int) -> list
     """(top, left) of each crop: the centre (rounded as torchvision does), then for ten_view the 4 corners."""
     if height < size or width < size:
         raise ValueError(f"a {height}x{width} image cannot hold a {size}x{size} crop")
-    centre = (round((height - size) / 2), round((width - size) / 2))
+    centre = center_origin(height, width, size)
     if protocol is Protocol.center:
         return [centre]
     if protocol is Protocol.ten_view:
