@@ -27,6 +27,7 @@ lint: install
 	$(VENV)/bin/ruff format --check src tests scripts
 	$(VENV)/bin/shellcheck $(SHELL_SCRIPTS)
 	$(VENV)/bin/hadolint Dockerfile
+	$(VENV)/bin/lint-imports
 
 test: lint
 	$(PY) -m pytest -q $(ARGS)
