@@ -176,10 +176,11 @@ class _EpochBatches:
 
 
 def init_worker_process(_: int = 0) -> None:
-    """Every loader worker (training, validation, evaluation): one thread, and SIGUSR1/SIGTERM left to its
-    rank. SLURM signals every process of a job step; the rank stops at the next step and ends its workers
-    (which also exit when their rank dies)."""
-    for signum in (signal.SIGUSR1, signal.SIGTERM):
+    """Every loader worker (training, validation, evaluation): one thread, and the stop signals left to its
+    rank. SLURM signals every process of a job step, a terminal's Ctrl-C the whole process group; the rank
+    stops at the next step and ends its workers (which also exit when their rank dies), so this holds under
+    any start method, not only fork (whose workers happen to inherit the rank's handlers)."""
+    for signum in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
     torch.set_num_threads(1)
 
