@@ -125,8 +125,8 @@ def atomic_write_files(files: dict[Path, Callable[[BinaryIO], None]]) -> None:
         for tmp, path in temps:
             os.replace(tmp, path)
             fsync_folder(path.parent)
-    except OSError as error:
-        if is_disk_full(error):
+    except (OSError, DiskFullError) as error:  # _write_temp has already named a full disk DiskFullError
+        if isinstance(error, DiskFullError) or is_disk_full(error):
             folders = ", ".join(sorted({str(path.parent) for path in files}))
             raise OutputSpaceError(
                 f"no space left on the disk of {folders} (or over quota): none of "
@@ -179,7 +179,7 @@ def write_folder_atomically(
         _put_in_place(temp, folder, replaceable)
     except BaseException as error:
         shutil.rmtree(temp, ignore_errors=True)
-        if is_disk_full(error):
+        if isinstance(error, DiskFullError) or is_disk_full(error):
             raise OutputSpaceError(
                 f"no space left on the disk of {folder} (or over quota): nothing was changed there; free some "
                 "space, or choose another output_dir=, and run the command again"
