@@ -20,7 +20,7 @@ from delving.evaluation.config import EnsembleAppConfig, EvalConfig, EvaluateApp
 from delving.models.config import ModelConfig
 from delving.paths import PathsConfig
 from delving.report.config import InitCheckAppConfig, ReportAppConfig
-from delving.run_identity import environment_ranks, run_name_from_overrides
+from delving.run_identity import global_rank, run_name_from_overrides
 
 CONFIG_PACKAGE = "delving.configs"
 CONFIG_DIR_ENV = "DELVING_CONFIG_DIR"
@@ -62,11 +62,6 @@ def run_name(given: str | None) -> str:
     from hydra.core.hydra_config import HydraConfig
 
     return run_name_from_overrides(list(HydraConfig.get().overrides.task))
-
-
-def global_rank() -> int:
-    """This process's global rank from the launcher's variables (torchrun's RANK, srun's SLURM_PROCID), else 0."""
-    return environment_ranks()[0]
 
 
 def main_rank_only(value: str) -> str | None:

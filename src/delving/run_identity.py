@@ -84,6 +84,13 @@ def _first_slurm_host(nodelist: str) -> str:
         return match.group(1) + (match.group(2) or "")
 
 
+def global_rank(env: dict[str, str] | None = None) -> int:
+    """This process's global rank from the launcher's variables (torchrun's RANK, srun's SLURM_PROCID), else 0;
+    readable before the rest of the launch is (Hydra's resolvers run before torch.distributed starts)."""
+    env = os.environ if env is None else env
+    return int(env.get("RANK", env.get("SLURM_PROCID", "0")))
+
+
 def environment_ranks(env: dict[str, str] | None = None) -> tuple[int, int, int]:
     """(rank, world size, local rank) from torchrun, else from SLURM (one task per GPU), else (0, 1, 0).
 

@@ -18,7 +18,8 @@ from collections.abc import Iterator
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from delving.config import config_dir, global_rank
+from delving.config import config_dir
+from delving.run_identity import global_rank
 
 EXIT_USER_ERROR = 2
 SEED_MAX = 2**32 - 1  # NumPy's and PyTorch's seeds are unsigned 32-bit (PyTorch takes more, NumPy does not)

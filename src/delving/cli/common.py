@@ -9,8 +9,9 @@ from contextlib import ContextDecorator
 
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException, ValidationError
 
-from delving.config import config_dir, config_path, global_rank, register_all, register_resolvers
+from delving.config import config_dir, config_path, register_all, register_resolvers
 from delving.errors import UserError, safe_message
+from delving.run_identity import global_rank
 
 __all__ = [
     "CONFIG_DIR",
