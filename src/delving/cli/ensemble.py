@@ -1,4 +1,4 @@
-"""delving-ensemble: combine predictions files and compare with the paper (see README: Evaluation)."""
+"""delving-ensemble: combine predictions files and compare with the paper (see docs/evaluation.md)."""
 
 from __future__ import annotations
 

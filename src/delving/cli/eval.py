@@ -1,4 +1,4 @@
-"""delving-eval: evaluate a checkpoint with one of the paper's test protocols (see README: Evaluation)."""
+"""delving-eval: evaluate a checkpoint with one of the paper's test protocols (see docs/evaluation.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""delving-report: markdown + PNG report of run directories against the paper (see README: Results)."""
+"""delving-report: markdown + PNG report of run directories against the paper (see docs/results/ and docs/reproducing.md)."""
 
 from __future__ import annotations
 

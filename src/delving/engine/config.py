@@ -129,7 +129,7 @@ class TrainConfig:
     ddp: DDPConfig = field(default_factory=DDPConfig)
     # On SIGUSR1 (SLURM's pre-timeout --signal) under a SLURM batch job, `scontrol requeue` it after saving.
     requeue_on_usr1: bool = True
-    # Opt-in modern knobs, all off by default (the paper's recipe): see README "Fine-tuning, extending and
+    # Opt-in modern knobs, all off by default (the paper's recipe): see docs/training.md "Fine-tuning, extending and
     # opt-in knobs". Each computes the run, so a resume refuses a change of any of them.
     label_smoothing: float = 0.0  # F.cross_entropy(label_smoothing=); 0: none
     clip_grad_norm: float = 0.0  # clip the global gradient norm to this (after unscaling under fp16); 0: off

@@ -3,7 +3,7 @@
 Arrays: `ids` (N,) str, the image paths relative to the split folder; `labels` (N,) int64, class
 indices into `classes`; `probs` (N, C) float32 or float16, the averaged softmax of each image;
 `metadata` a 0-d str holding a JSON object (format version, model name and config, checkpoint
-sha256, protocol, scales, flips, data set, split, class list, errors). See the README.
+sha256, protocol, scales, flips, data set, split, class list, errors). See docs/evaluation.md.
 """
 
 from __future__ import annotations
