@@ -1,9 +1,13 @@
 """Every value of a training config checked before any work: a mistake costs a second, not an epoch.
 
-`preflight(cfg, world_size)` runs at the start of the train app, before the net is built. It raises
-ConfigError with one line naming the key, its value and what to do, and completes the config in one
-place: `model.num_classes: null` becomes the data set's class count. The checks on the data set read
-folder names and shard indexes only (no image, no full listing), and never generate the synthetic set.
+`preflight(cfg, world_size)` runs at the start of the train app, before the net is built, on the typed
+config. Each part's own values are its schema's rules (`ModelConfig.check()`, `TrainConfig.check()`, ...,
+data/config.validate, evaluation/config.check_eval); here are the rules that span parts or need the world:
+the crop is the model's input size, the batch splits over the ranks, the data set exists with the classes
+the model expects, the resume checkpoint exists, the synthetic set's folder can be written. Each refusal is
+a ConfigError with one line naming the key, its value and what to do. It completes the config in one place:
+`model.num_classes: null` becomes the data set's class count. The checks on the data set read folder names
+and shard indexes only (no image, no full listing), and never generate the synthetic set.
 """
 
 from __future__ import annotations

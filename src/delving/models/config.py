@@ -44,12 +44,8 @@ class ModelConfig:
                 f"model.fc_init_std={list(self.fc_init_std)}: give 3 stds (fc1, fc2, fc3) or null"
             )
         if self.num_classes is not None:
-            require_at_least(
-                "model.num_classes",
-                self.num_classes,
-                1,
-                "leave it out (the data set's count) or give 1 or more",
-            )
+            what = "leave it out (the data set's count) or give 1 or more"
+            require_at_least("model.num_classes", self.num_classes, 1, what)
         try:
             NET_SPECS[self.name.value].map_size(self.input_size, self.spp_levels)
         except ValueError as error:
