@@ -35,8 +35,8 @@ DEMO_HINT = "or try delving-train experiment=demo (a small net on generated synt
 def preflight(cfg: AppConfig | DictConfig, world_size: int) -> AppConfig:
     """Refuse any value that cannot work, before the net is built; fill in model.num_classes (in `cfg` and in
     the typed config it returns)."""
+    _check_data_root_given(cfg.data)  # before typing: a data.root=??? cannot be typed
     typed = as_app_config(cfg)
-    _check_data_root_given(typed.data)
     require_at_least("seed", typed.seed, 0, "give a seed from 0 to 4294967295")
     for part in (typed.train, typed.logger, typed.optim, typed.sched, typed.model):
         part.check()
@@ -67,8 +67,9 @@ def preflight(cfg: AppConfig | DictConfig, world_size: int) -> AppConfig:
     return typed
 
 
-def _check_data_root_given(data: DataConfig) -> None:
-    if data.name == DatasetKind.synthetic or data.root is not None:
+def _check_data_root_given(data: DataConfig | DictConfig) -> None:
+    missing = isinstance(data, DictConfig) and OmegaConf.is_missing(data, "root")
+    if data.name == DatasetKind.synthetic or not (missing or data.root is None):
         return
     kind = data.name.value
     where = "ILSVRC-2012 in the folder layout" if kind == "imagenet" else "the data set"
