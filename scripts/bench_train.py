@@ -128,7 +128,8 @@ def bench_row(trainer: Trainer, batch: int, args: argparse.Namespace, flops_per_
     row = {"s": seconds, "steps": steps, "warmup_s": warmup_s, "mem": peak_memory_gib(device),
            "tflops": flops_per_image * batch / seconds / 1e12}  # fmt: skip
     if args.profile:
-        name = f"{trainer.cfg.model.name}_{'_'.join(args.variant.split())}_b{batch}.txt".replace("+", "")
+        variant = "_".join(args.variant.split()).replace("+", "")
+        name = f"{trainer.cfg.model.name.value}_{variant}_b{batch}.txt"
         row["profile"] = profile_table(step, device, 3, Path(args.profile) / name)
     return row
 

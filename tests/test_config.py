@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+from enum import Enum
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,8 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 
 from delving.cli.common import CONFIG_DIR
 from delving.data.config import validate as validate_data
+from delving.engine.config import AppConfig, as_app_config
+from delving.engine.trainer import config_to_dict
 from delving.models import build_model
 
 CONFIGS = Path(CONFIG_DIR)
@@ -26,6 +30,18 @@ def test_every_experiment_composes_and_builds(experiment: str, compose_train) ->
         model = build_model(cfg.model)
     assert model.num_classes == cfg.model.num_classes
     assert cfg.train.batch_size > 0 and cfg.experiment_name == experiment
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml")))
+def test_the_typed_config_keeps_the_checkpoints_dict(experiment: str, compose_train) -> None:
+    """Typed once at the entry (as_app_config): the config the checkpoint stores is the same dict, in the same
+    key order, as the composed DictConfig gave; the model built from either is the same net."""
+    cfg = compose_train([f"experiment={experiment}"])
+    typed = as_app_config(cfg)
+    assert isinstance(typed, AppConfig) and isinstance(typed.model.name, Enum)
+    assert json.dumps(config_to_dict(typed)) == json.dumps(config_to_dict(cfg))
+    with torch.device("meta"):
+        assert repr(build_model(typed.model)) == repr(build_model(cfg.model))
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,12 @@ class ConfigError(UserError):
     """A config value that cannot work (checked before any work): names the key, the value, and the fix."""
 
 
+def require_at_least(key: str, value: float, minimum: float, what: str) -> None:
+    """The schemas' commonest rule: ConfigError("<key>=<value>: <what>") below `minimum`."""
+    if value < minimum:
+        raise ConfigError(f"{key}={value}: {what}")
+
+
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # The advice PyTorch and NumPy attach to a refused pickle. The files delving reads may come from anyone, so
 # no message may suggest loading them with code execution enabled, or allowlisting what they hold.

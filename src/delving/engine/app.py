@@ -26,6 +26,7 @@ from delving.dist import (
     init_distributed,
     shutdown_distributed,
 )
+from delving.engine.config import AppConfig
 from delving.engine.preflight import preflight
 from delving.engine.run_dir import RunDirectory, check_run_dir_writable, starts_fresh
 from delving.engine.run_log import log, setup_console_logging
@@ -71,11 +72,11 @@ def run_train(cfg: DictConfig, run_dir: str | Path) -> float | None:
     try:
         with StopSignals() as stop:  # from the start: a signal during set-up stops at the first step
             with failing_together(ctx):
-                preflight(cfg, ctx.world_size)
+                typed = preflight(cfg, ctx.world_size)  # the typed config, from here on
             with failing_together(ctx):
                 if ctx.is_main:
-                    _claim(run, cfg)
-            return _train_and_evaluate(cfg, run, ctx, stop)
+                    _claim(run, typed)
+            return _train_and_evaluate(typed, run, ctx, stop)
     except DiskFullError as error:  # last.pt, metrics.jsonl, predictions: the same advice
         kept = (
             "" if error.path == run.last else f"{run.last} is intact; " if run.last.is_file()
@@ -89,7 +90,7 @@ def run_train(cfg: DictConfig, run_dir: str | Path) -> float | None:
         shutdown_distributed()
 
 
-def _claim(run: RunDirectory, cfg: DictConfig) -> None:
+def _claim(run: RunDirectory, cfg: AppConfig) -> None:
     """Rank 0: lock the run directory; refuse to mix a new run with an old one unless told to start over."""
     run.lock()
     fresh = starts_fresh(cfg.resume)
@@ -104,7 +105,7 @@ def _claim(run: RunDirectory, cfg: DictConfig) -> None:
 
 
 def _train_and_evaluate(
-    cfg: DictConfig, run: RunDirectory, ctx: DistributedContext, stop: StopSignals
+    cfg: AppConfig, run: RunDirectory, ctx: DistributedContext, stop: StopSignals
 ) -> float | None:
     finished = run.finished()
     if finished is not None and cfg.resume == "auto" and _trained_epochs(run, finished) < cfg.train.epochs:
@@ -152,13 +153,11 @@ def _train_and_evaluate(
         trainer.close()
 
 
-def _final_eval(cfg: DictConfig, trainer: Trainer) -> dict[str, Any]:
+def _final_eval(cfg: AppConfig, trainer: Trainer) -> dict[str, Any]:
     from delving.evaluation.app import final_evaluation
 
-    data_cfg = OmegaConf.to_object(cfg.data)
-    eval_cfg = OmegaConf.to_object(cfg.eval)
     summary = final_evaluation(
-        trainer.model, trainer.config, data_cfg, eval_cfg, trainer.run, trainer.ctx, trainer.run.last,
+        trainer.model, trainer.config, cfg.data, cfg.eval, trainer.run, trainer.ctx, trainer.run.last,
         trainer.classes,
     )  # fmt: skip
     with failing_together(trainer.ctx):  # a full disk on rank 0 stops every rank
@@ -167,7 +166,7 @@ def _final_eval(cfg: DictConfig, trainer: Trainer) -> dict[str, Any]:
     return summary
 
 
-def _after_stop(cfg: DictConfig, ctx: DistributedContext, request: StopRequested, trained: bool) -> None:
+def _after_stop(cfg: AppConfig, ctx: DistributedContext, request: StopRequested, trained: bool) -> None:
     """last.pt is saved (or the run had finished training): requeue under SLURM on SIGUSR1, then exit."""
     name = signal.Signals(request.signum).name
     requeued = False

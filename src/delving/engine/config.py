@@ -1,13 +1,18 @@
 """The training app's config schema. Hydra validates every composed config against it before any work:
-a wrong key fails with the key's name, a wrong enum value with the allowed values."""
+a wrong key fails with the key's name, a wrong enum value with the allowed values. What a type cannot refuse,
+each part's `check()` does, in one line naming the key (delving-train's preflight calls them)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from omegaconf import DictConfig, OmegaConf
+
 from delving.data.config import DataConfig
+from delving.errors import ConfigError, require_at_least
 from delving.evaluation.config import EvalConfig
 from delving.models.config import ModelConfig
 from delving.paths import PathsConfig
@@ -39,6 +44,20 @@ class OptimConfig:
     scale_lr: bool = False
     reference_batch_size: int = 128  # the batch `lr` was tuned for (the paper's 128)
 
+    def check(self) -> None:
+        if not 0 < self.lr < math.inf:
+            raise ConfigError(
+                f"optim.lr={self.lr}: the learning rate must be positive and finite (the paper's: 0.01)"
+            )
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"optim.momentum={self.momentum}: give a value in [0, 1) (the paper's: 0.9)")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ConfigError(f"optim.weight_decay={self.weight_decay}: give 0 or more (the paper's: 0.0005)")
+        require_at_least(
+            "optim.reference_batch_size", self.reference_batch_size, 1,
+            "give the batch optim.lr was tuned for (the paper's: 128)",
+        )  # fmt: skip
+
 
 class WarmupUnit(str, Enum):
     epoch = "epoch"  # the LR changes at epoch ends only (a mid-epoch resume needs no step count)
@@ -69,6 +88,33 @@ class SchedConfig:
     # LR) or from ~0 without scaling, to the full LR at the end of warmup_epochs (engine/optim.py:warmup_factor).
     warmup_unit: WarmupUnit = WarmupUnit.epoch
 
+    def check(self) -> None:
+        require_at_least("sched.warmup_epochs", self.warmup_epochs, 0, "give 0 (no warm-up) or more epochs")
+        if self.name is SchedKind.plateau and self.warmup_epochs:
+            raise ConfigError(
+                f"sched.warmup_epochs={self.warmup_epochs} with sched=plateau: the plateau rule takes no warm-up; "
+                "use sched=milestones, constant or cosine, or sched.warmup_epochs=0"
+            )
+        if self.warmup_unit is WarmupUnit.step and not self.warmup_epochs:
+            raise ConfigError(
+                "sched.warmup_unit=step with sched.warmup_epochs=0: give the warm-up's length, e.g. "
+                "sched.warmup_epochs=5 (Goyal et al.), or leave warmup_unit out"
+            )
+        if not 0 < self.factor <= 1:
+            raise ConfigError(
+                f"sched.factor={self.factor}: the LR is multiplied by it at a drop; give a value in (0, 1]"
+            )
+        if self.min_lr < 0 or self.patience < 0 or self.threshold < 0:
+            raise ConfigError(
+                f"sched.min_lr={self.min_lr}, sched.patience={self.patience}, sched.threshold={self.threshold}: "
+                "none may be negative"
+            )
+        milestones = list(self.milestones)
+        if any(m < 1 for m in milestones) or milestones != sorted(set(milestones)):
+            raise ConfigError(
+                f"sched.milestones={milestones}: give increasing epochs of 1 or more, e.g. [30,60]"
+            )
+
 
 class WandbMode(str, Enum):
     offline = "offline"
@@ -94,6 +140,9 @@ class LoggerConfig:
     log_every_seconds: float = 60.0
     progress_bar: bool = True  # rank 0 only, and quiet when stderr is not a terminal
 
+    def check(self) -> None:
+        require_at_least("logger.log_every_steps", self.log_every_steps, 1, "log every 1 step or more")
+
 
 class Precision(str, Enum):
     fp32 = "fp32"
@@ -108,6 +157,12 @@ class DDPConfig:
     bucket_cap_mb: float = 25.0  # PyTorch's default; larger buckets: fewer all-reduce calls, later overlap
     gradient_as_bucket_view: bool = False  # true: .grad are views of the buckets (saves a copy and memory)
     static_graph: bool = False  # true: the same parameters get gradients every step (true of every net here)
+
+    def check(self) -> None:
+        if not self.bucket_cap_mb > 0:
+            raise ConfigError(
+                f"train.ddp.bucket_cap_mb={self.bucket_cap_mb}: give a bucket size in MB above 0 (PyTorch's: 25)"
+            )
 
 
 @dataclass
@@ -134,6 +189,40 @@ class TrainConfig:
     label_smoothing: float = 0.0  # F.cross_entropy(label_smoothing=); 0: none
     clip_grad_norm: float = 0.0  # clip the global gradient norm to this (after unscaling under fp16); 0: off
     ema_decay: float = 0.0  # keep an EMA of the weights (validated, evaluated, checkpointed); 0: off
+
+    def check(self) -> None:
+        """The values alone; whether train.batch_size splits over the ranks is preflight's (it knows them)."""
+        for key, minimum, what in (
+            ("epochs", 1, "train for at least one epoch (train.epochs=1 or more)"),
+            ("grad_accum_steps", 1, "use 1 (no accumulation) or more"),
+            ("val_every_epochs", 1, "validate every 1 epoch or more"),
+            ("keep_best", 0, "keep 0 best checkpoints (none) or more"),
+            ("checkpoint_every_steps", 0, "use 0 (each epoch's end) or more"),
+            ("dist_timeout_s", 1, "give the process group a timeout of 1 s or more"),
+        ):
+            require_at_least(f"train.{key}", getattr(self, key), minimum, what)
+        if self.val_max_images is not None:
+            require_at_least(
+                "train.val_max_images", self.val_max_images, 1, "validate on 1 image or more, or null (all)"
+            )
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(
+                f"train.label_smoothing={self.label_smoothing}: give a value in [0, 1) (0: off)"
+            )
+        if self.clip_grad_norm < 0:
+            raise ConfigError(f"train.clip_grad_norm={self.clip_grad_norm}: give a norm above 0, or 0 (off)")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(
+                f"train.ema_decay={self.ema_decay}: give a decay in (0, 1), e.g. 0.9999, or 0 (off)"
+            )
+        if self.ddp.static_graph and self.grad_accum_steps > 1:
+            # PyTorch's reducer asserts on the first no_sync backward under static_graph, and once past it stops
+            # all-reducing (pytorch/pytorch issues 143580, PR 187732): refused until PyTorch fixes it.
+            raise ConfigError(
+                f"train.ddp.static_graph=true with train.grad_accum_steps={self.grad_accum_steps}: PyTorch's DDP "
+                "breaks on no_sync under a static graph; use train.ddp.static_graph=false or train.grad_accum_steps=1"
+            )
+        self.ddp.check()
 
 
 @dataclass
@@ -164,3 +253,13 @@ class AppConfig:
     run_name: str | None = None
     # With resume=null in a run directory that holds a run: move its files to previous/<time>/ and start anew.
     start_over: bool = False
+
+
+def as_app_config(cfg: AppConfig | DictConfig) -> AppConfig:
+    """The typed config of a composed one (interpolations resolved, enums as enums): the entry points and the
+    Trainer call it once, and everything below them reads an AppConfig."""
+    if isinstance(cfg, AppConfig):
+        return cfg
+    if OmegaConf.get_type(cfg) is not AppConfig:  # e.g. Hydra's whole config with its `hydra` node masked out
+        cfg = OmegaConf.merge(OmegaConf.structured(AppConfig), cfg)
+    return OmegaConf.to_object(cfg)  # type: ignore[return-value]

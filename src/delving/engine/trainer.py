@@ -33,7 +33,6 @@ from delving.checkpoint import (
     load_weights,
     restore_rng_state,
 )
-from delving.data.config import as_data_config
 from delving.data.datasets import ClassListError, check_class_lists
 from delving.data.loaders import EvalLoader, TrainLoader
 from delving.data.readers import prepare_listings
@@ -45,7 +44,7 @@ from delving.dist import (
     failing_together,
     gather_to_main,
 )
-from delving.engine.config import Precision
+from delving.engine.config import AppConfig, Precision, as_app_config
 from delving.engine.optim import EpochScheduler, build_optimizer, lr_scale
 from delving.engine.run_dir import RunDirectory, best_checkpoint_name, starts_fresh
 from delving.engine.run_log import MetricsLog, TrainingProgress, log
@@ -62,8 +61,10 @@ class NonFiniteLossError(UserError):
     pass
 
 
-def config_to_dict(cfg: DictConfig) -> dict[str, Any]:
-    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # type: ignore[return-value]
+def config_to_dict(cfg: AppConfig | DictConfig) -> dict[str, Any]:
+    """The config as the checkpoint and metrics.jsonl keep it: plain values, enums as their names."""
+    node = cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg)
+    return OmegaConf.to_container(node, resolve=True, enum_to_str=True)  # type: ignore[return-value]
 
 
 def _dropout_seed(seed: int, rank: int, offset: int = 0) -> int:
@@ -74,11 +75,12 @@ def _dropout_seed(seed: int, rank: int, offset: int = 0) -> int:
 class Trainer:
     def __init__(
         self,
-        cfg: DictConfig,
+        cfg: AppConfig | DictConfig,
         run: RunDirectory | str | Path,
         ctx: DistributedContext,
         stop: StopSignals | None = None,
     ) -> None:
+        cfg = as_app_config(cfg)  # typed once: everything below reads the dataclasses
         self.cfg, self.config, self.ctx = cfg, config_to_dict(cfg), ctx
         self.run, self.stop = RunDirectory.of(run), stop or StopSignals()
         self.run_dir = self.run.path
@@ -93,7 +95,7 @@ class Trainer:
             scale = lr_scale(cfg.optim, cfg.train.batch_size)
             self.optimizer = build_optimizer(self.model, cfg.optim, scale)
             self.ema = self._build_ema()
-            self.precision = Precision(cfg.train.precision)
+            self.precision = cfg.train.precision
             self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision is Precision.fp16)
             self._build_loaders()
             self.scheduler = EpochScheduler(
@@ -132,7 +134,7 @@ class Trainer:
             # ranks read it after this collective instead of walking 1.28 M files again.
             with failing_together(self.ctx):
                 if self.ctx.local_rank == 0:
-                    prepare_listings(as_data_config(cfg.data))
+                    prepare_listings(cfg.data)
         self.train_loader = TrainLoader(
             cfg.data,
             batch_size=per_rank * cfg.train.grad_accum_steps,
@@ -224,7 +226,7 @@ class Trainer:
     def _restore_or_seed(self) -> str | None:
         """Restores everything from the checkpoint to resume from, if any; returns its wandb run id."""
         path = self._resume_path()
-        init_from = self.cfg.get("init_from")
+        init_from = self.cfg.init_from
         if init_from and path is not None and self.cfg.resume != "auto":
             raise UserError(
                 f"resume={self.cfg.resume} and init_from={init_from}: resume= continues a run (its weights, "

@@ -23,11 +23,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from delving.checkpoint import Checkpoint, CheckpointError, file_sha256, load_model
-from delving.data.config import DataConfig, Normalize
+from delving.data.config import DataConfig, Normalize, as_data_config
 from delving.dist import DistributedContext, fail_together, init_distributed, shutdown_distributed
 from delving.engine.run_dir import RunDirectory
 from delving.errors import UserError
-from delving.evaluation.config import EvalConfig, Protocol, check_eval
+from delving.evaluation.config import EvalConfig, EvaluateAppConfig, Protocol, check_eval
 from delving.evaluation.ensemble import check_weights, member_names
 from delving.evaluation.ensemble_report import EnsembleOptions, EnsembleReport, build_ensemble_report
 from delving.evaluation.evaluator import EvalResult, evaluate
@@ -68,9 +68,7 @@ def trained_input(checkpoint: Checkpoint) -> dict[str, Any] | None:
     return {name: getattr(trained, name) for name in MODEL_INPUT_FIELDS}
 
 
-def evaluation_data_config(
-    chosen: DictConfig | DataConfig | None, checkpoint: Checkpoint
-) -> tuple[DataConfig, list[str]]:
+def evaluation_data_config(chosen: DataConfig | None, checkpoint: Checkpoint) -> tuple[DataConfig, list[str]]:
     """(the chosen data config (data=...), or the checkpoint's saved one, with the input the model was trained
     on; notes for the user about what was taken from the checkpoint)."""
     saved = checkpoint.config.get("data")
@@ -78,14 +76,11 @@ def evaluation_data_config(
         raise CheckpointError(
             "the checkpoint has no data config: choose the data set with data=... data.root=..."
         )
-    if chosen is None:
-        data_cfg = data_config_from_dict(saved)  # type: ignore[arg-type]
-    else:
-        data_cfg = chosen if isinstance(chosen, DataConfig) else OmegaConf.to_object(chosen)
+    data_cfg = data_config_from_dict(saved) if chosen is None else chosen  # type: ignore[arg-type]
     notes = []
     for name, value in (trained_input(checkpoint) or {}).items():
         if getattr(data_cfg, name) != value:
-            shown = getattr(value, "value", value)
+            shown = value.value if isinstance(value, Normalize) else value
             notes.append(f"note: data.{name} taken from the checkpoint ({shown}), as the model was trained")
             setattr(data_cfg, name, value)
     return data_cfg, notes  # type: ignore[return-value]
@@ -149,7 +144,7 @@ def resolve_checkpoint(value: str | os.PathLike) -> Path:
 
 
 def default_output(
-    checkpoint: Path, eval_cfg: EvalConfig, split: str, data_chosen: DictConfig | None
+    checkpoint: Path, eval_cfg: EvalConfig, split: str, data_chosen: DataConfig | DictConfig | None
 ) -> Path:
     """Next to the checkpoint: predictions-<protocol>-s<scales>[-noflip][-<split>][-first<N>][-<data>][-<ckpt>].npz.
 
@@ -167,8 +162,7 @@ def default_output(
     if eval_cfg.limit is not None:
         parts.append(f"first{eval_cfg.limit}")
     if data_chosen is not None:
-        name = OmegaConf.select(data_chosen, "name", default="data")
-        parts.append(str(getattr(name, "value", name)))  # a DictConfig gives the DatasetKind enum
+        parts.append(as_data_config(data_chosen).name.value)
     if checkpoint.stem != "last":
         parts.append(checkpoint.stem)
     return checkpoint.parent / ("-".join(parts) + ".npz")
@@ -190,11 +184,12 @@ def check_output(path: Path) -> Path:
     return path
 
 
-def run_eval(cfg: DictConfig) -> Path | None:
+def run_eval(config: EvaluateAppConfig | DictConfig) -> Path | None:
     """Evaluates cfg.checkpoint on every rank (torchrun or srun); rank 0 writes the file and prints."""
     started = time.monotonic()
+    cfg: EvaluateAppConfig = OmegaConf.to_object(config) if isinstance(config, DictConfig) else config  # type: ignore[assignment]
     checkpoint = resolve_checkpoint(cfg.checkpoint)
-    eval_cfg: EvalConfig = OmegaConf.to_object(cfg.eval)  # type: ignore[assignment]
+    eval_cfg = cfg.eval
     output = check_output(
         Path(cfg.output) if cfg.output else default_output(checkpoint, eval_cfg, cfg.split, cfg.data)
     )
@@ -211,7 +206,7 @@ def run_eval(cfg: DictConfig) -> Path | None:
 
 
 def _eval_checkpoint(
-    cfg: DictConfig, checkpoint: Path, eval_cfg: EvalConfig, output: Path, ctx: DistributedContext
+    cfg: EvaluateAppConfig, checkpoint: Path, eval_cfg: EvalConfig, output: Path, ctx: DistributedContext
 ) -> Path | None:
     model, saved, sha256 = load_model(checkpoint)
     check_eval(eval_cfg, model.input_size)  # before any image: the scales need the model's input size

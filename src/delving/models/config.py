@@ -1,10 +1,12 @@
-"""The model config schema (Hydra ConfigStore node `model`): types and allowed values are checked on compose."""
+"""The model config schema (Hydra ConfigStore node `model`): types and allowed values are checked on compose,
+the values a type cannot refuse by `ModelConfig.check()` (delving-train's preflight calls it)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
 
+from delving.errors import ConfigError, require_at_least
 from delving.models.activations import Activation
 from delving.models.init import InitScheme
 from delving.models.sppnet import NET_SPECS
@@ -28,3 +30,25 @@ class ModelConfig:
     spp_levels: list[int] | None = None  # None: the paper's levels for the net
     dropout: float = 0.5
     fc_init_std: list[float] | None = None  # None: the paper's (0.01, 0.01, 0.001)
+
+    def check(self) -> None:
+        """Refuses a value the net cannot be built with, in one line naming the key (before any work)."""
+        if not self.width > 0:
+            raise ConfigError(
+                f"model.width={self.width}: the width multiplier must be positive (1.0: the paper's)"
+            )
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"model.dropout={self.dropout}: give a probability in [0, 1)")
+        if self.fc_init_std is not None and len(self.fc_init_std) != 3:
+            raise ConfigError(
+                f"model.fc_init_std={list(self.fc_init_std)}: give 3 stds (fc1, fc2, fc3) or null"
+            )
+        if self.num_classes is not None:
+            what = "leave it out (the data set's count) or give 1 or more"
+            require_at_least("model.num_classes", self.num_classes, 1, what)
+        try:
+            NET_SPECS[self.name.value].map_size(self.input_size, self.spp_levels)
+        except ValueError as error:
+            raise ConfigError(
+                f"model={self.name.value} model.input_size={self.input_size}: {error}"
+            ) from None

@@ -17,8 +17,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+from omegaconf import OmegaConf
 from timm.models import PretrainedCfg, build_model_with_cfg, generate_default_cfgs, register_model
 
+from delving.models.config import ModelConfig
 from delving.models.sppnet import NET_SPECS, SPPNet
 from delving.paper import PAPER_INPUT_SIZE, PAPER_MEAN_RGB, PAPER_SCALES
 
@@ -60,7 +62,6 @@ def input_normalization(
     timm computes (pixel / 255 - mean) / std; with mean = pixel_mean / 255 and std = pixel_std / 255
     (1 / 255 when nothing is divided) that is delving's pixel - pixel_mean [/ pixel_std].
     """
-    normalize = getattr(normalize, "value", normalize)
     if normalize not in ("mean", "mean_std", "mean_image"):
         raise ValueError(f"normalize={normalize!r}: give 'mean', 'mean_std' or 'mean_image'")
     # mean_image: delving subtracts the training set's mean image (data.normalize=mean_image); timm can only
@@ -218,7 +219,6 @@ def delving_net30(pretrained: bool = False, **kwargs: Any) -> SPPNet:
 
 def create_net(name: str, spp_levels: Sequence[int] | None = None, **options: Any) -> SPPNet:
     """The net `name` (one of MODEL_NAMES) with the paper's SPP levels unless `spp_levels` is given."""
-    name = getattr(name, "value", name)
     options = {key: value for key, value in options.items() if value is not None}  # None: the default
     if name not in NET_SPECS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
@@ -227,9 +227,10 @@ def create_net(name: str, spp_levels: Sequence[int] | None = None, **options: An
     return _create_sppnet(TIMM_PREFIX + name, **options)
 
 
-def build_model(cfg: Mapping[str, Any]) -> SPPNet:
-    """Build from a model config (configs/model/*.yaml, a DictConfig or a plain dict)."""
-    options = {key: getattr(value, "value", value) for key, value in dict(cfg).items()}
+def build_model(cfg: ModelConfig | Mapping[str, Any]) -> SPPNet:
+    """Build from a model config: the typed ModelConfig, a composed node of one, or its plain dict (a
+    checkpoint's config["model"]); taken as the plain dict, enums as their names."""
+    options: dict[str, Any] = OmegaConf.to_container(OmegaConf.create(cfg), enum_to_str=True)  # type: ignore[assignment]
     name = options.pop("name")
     if options.get("fc_init_std") is not None:
         options["fc_init_std"] = [float(s) for s in options["fc_init_std"]]
