@@ -6,6 +6,7 @@ import ctypes
 import errno
 import logging
 import os
+import pwd
 import re
 import shutil
 import uuid
@@ -251,3 +252,31 @@ def check_output_folder(folder: str | os.PathLike, key: str, beside: bool = Fals
                 f"{key}={folder}: no permission to write in {place}; choose another {key}="
             )
     return folder
+
+
+# ---------------------------------------------------------------- places one can write (checked before the work)
+def user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def can_write(path: Path) -> bool:
+    """As this process's effective user and capabilities (read-only mounts and ACLs included)."""
+    return os.access(path, os.W_OK | os.X_OK if path.is_dir() else os.W_OK, effective_ids=True)
+
+
+def unwritable_place(path: Path) -> str | None:
+    """Why `path` (a folder to create or write into) cannot be written, or None: the first thing in the way."""
+    me = user_name(os.geteuid())
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not can_write(existing):
+        owner = user_name(existing.stat().st_uid)
+        whose = "" if owner == me else f", which belongs to {owner},"
+        return f"{existing}{whose} cannot be written by {me}"
+    return None

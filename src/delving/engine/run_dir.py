@@ -12,7 +12,6 @@ import fcntl
 import json
 import logging
 import os
-import pwd
 import socket
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any, TextIO
 
 from delving.errors import UserError
 from delving.evaluation.config import Protocol
-from delving.io import atomic_write_text, remove_stale_temps
+from delving.io import atomic_write_text, can_write, remove_stale_temps, unwritable_place, user_name
 
 log = logging.getLogger("delving")
 
@@ -50,42 +49,15 @@ class RunDirectoryBusy(UserError):
     pass
 
 
-def _user(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return f"uid {uid}"
-
-
-def can_write(path: Path) -> bool:
-    """As this process's effective user and capabilities (read-only mounts and ACLs included)."""
-    return os.access(path, os.W_OK | os.X_OK if path.is_dir() else os.W_OK, effective_ids=True)
-
-
-def unwritable_place(path: Path) -> str | None:
-    """Why `path` (a folder to create or write into) cannot be written, or None: the first thing in the way."""
-    me = _user(os.geteuid())
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"{existing} is a file, not a folder"
-    if not can_write(existing):
-        owner = _user(existing.stat().st_uid)
-        whose = "" if owner == me else f", which belongs to {owner},"
-        return f"{existing}{whose} cannot be written by {me}"
-    return None
-
-
 def check_run_dir_writable(path: Path) -> None:
     """Before any work: the run folder can be created and written, and so can the files a run appends to."""
     why = unwritable_place(path)
     if why is None and path.is_dir():
-        me = _user(os.geteuid())
+        me = user_name(os.geteuid())
         for name in (LOG_FILE, LAST_CHECKPOINT, METRICS_FILE, LOCK_FILE, FINISHED_FILE):
             item = path / name
             if item.exists() and not can_write(item):
-                why = f"{item}, which belongs to {_user(item.stat().st_uid)}, cannot be written by {me}"
+                why = f"{item}, which belongs to {user_name(item.stat().st_uid)}, cannot be written by {me}"
                 break
     if why is not None:
         raise UserError(

@@ -1,0 +1,124 @@
+"""A data set checked before a run, in a second: its values, its folders or shard indexes, its classes.
+
+What a launch's preflight asks of the data room. It reads folder names and shard indexes only (no image, no
+full listing) and never generates the synthetic set; each refusal is a ConfigError naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from delving.data.config import DataConfig, DatasetKind, validate
+from delving.data.datasets import check_same_classes
+from delving.data.shards import index_path, open_shards
+from delving.data.synthetic import CACHE_ENV, COMPLETE_MARKER, MAX_CLASSES, SyntheticParams, default_root
+from delving.errors import ConfigError, UserError, require_at_least
+from delving.io import unwritable_place
+
+DEMO_HINT = "or try delving-train experiment=demo (a small net on generated synthetic data, minutes on a CPU)"
+
+
+def checked_data_values(data: DataConfig) -> DataConfig:
+    """data/config.validate, and the loader's and the synthetic set's values (a ConfigError naming the key)."""
+    try:
+        validate(data)
+    except UserError:
+        raise
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    require_at_least("data.num_workers", data.num_workers, 0, "give 0 (load in the main process) or more")
+    require_at_least("data.prefetch_factor", data.prefetch_factor, 1, "give 1 or more")
+    if data.name == DatasetKind.synthetic:
+        if not 1 <= data.synthetic_classes <= MAX_CLASSES:
+            raise ConfigError(
+                f"data.synthetic_classes={data.synthetic_classes}: give a count in [1, {MAX_CLASSES}]"
+            )
+        for key in ("synthetic_train_per_class", "synthetic_val_per_class", "synthetic_min_size"):
+            require_at_least(f"data.{key}", getattr(data, key), 1, "give 1 or more")
+        if data.synthetic_max_size < data.synthetic_min_size:
+            raise ConfigError(
+                f"data.synthetic_max_size={data.synthetic_max_size} is below data.synthetic_min_size="
+                f"{data.synthetic_min_size}: give max >= min"
+            )
+    return data
+
+
+def _existing_folder(path: Path, key: str, what: str) -> None:
+    if path.is_file():
+        raise ConfigError(f"{key}={path} is a file, not a folder: point {key}= at {what}")
+    if not path.is_dir():
+        raise ConfigError(f"{key}={path}: no such folder; point {key}= at {what}, {DEMO_HINT}")
+
+
+def check_data_set(data: DataConfig) -> tuple[list[str] | None, int | None]:
+    """The class list (None for the synthetic set: only its count is known before it is generated) and the
+    number of training images where it is known without listing every file."""
+    if data.name == DatasetKind.synthetic:
+        if data.root is not None and Path(data.root).expanduser().is_file():
+            raise ConfigError(
+                f"data.root={data.root} is a file, not a folder: point it at a folder, or leave it out"
+            )
+        check_synthetic_place(data)
+        return None, data.synthetic_classes * data.synthetic_train_per_class
+    root = Path(data.root).expanduser()  # type: ignore[arg-type]
+    kind = data.name.value
+    if data.name == DatasetKind.shards:
+        _existing_folder(root, "data.root", "the folder of the shards (<split>.json, <split>-NNNNNN.tar)")
+        train, count = _shard_index(root, data.train_split, "data.train_split")
+        val, _ = _shard_index(root, data.val_split, "data.val_split")
+        if train != val:
+            raise ConfigError(
+                f"data.root={root}: the shards of {data.train_split} and {data.val_split} list different classes "
+                f"({len(train)} vs {len(val)}): write both splits' shards from one data set"
+            )
+        return train, count
+    _existing_folder(root, "data.root", f"the folder that holds {data.train_split}/ and {data.val_split}/")
+    for key, split in (("data.train_split", data.train_split), ("data.val_split", data.val_split)):
+        folder = root / split
+        if folder.is_file():
+            raise ConfigError(f"{key}={split}: {folder} is a file, not a folder of class folders")
+        if not folder.is_dir():
+            raise ConfigError(
+                f"data={kind} data.root={root} has no {split}/ folder ({key}={split}): expected "
+                f"{folder}/<class>/<images>; check data.root"
+            )
+    try:
+        return check_same_classes(root, data.train_split, data.val_split), None
+    except UserError:
+        raise
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"data.root={root}: {error}") from None
+
+
+def _shard_index(root: Path, split: str, key: str) -> tuple[list[str], int]:
+    path = index_path(root, split)
+    if not path.is_file():
+        raise ConfigError(
+            f"data.root={root} has no shard index {path.name} ({key}={split}): write the shards with "
+            "scripts/make_shards.py, or check data.root"
+        )
+    try:
+        reader = open_shards(root, split)  # parsed once per process: the loaders reuse it
+        return [str(c) for c in reader.classes], len(reader)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ConfigError(
+            f"{path}: not a shard index of scripts/make_shards.py ({error!r}); rewrite the shards"
+        ) from None
+
+
+def check_synthetic_place(data: DataConfig) -> None:
+    """The synthetic set is generated on first use: its folder (DELVING_DATA_CACHE) must take it."""
+    params = SyntheticParams.from_config(data)
+    root = Path(data.root).expanduser() if data.root else default_root(params)
+    if (root / COMPLETE_MARKER).is_file():
+        return  # generated already: only read
+    why = unwritable_place(root.parent)
+    if why is None:
+        return
+    cache = os.environ.get(CACHE_ENV)
+    fix = (
+        "point data.root= at a folder you can write" if data.root
+        else f"set {CACHE_ENV} (now {cache or 'unset'}) to a folder you can write"
+    )  # fmt: skip
+    raise ConfigError(f"data=synthetic is generated on first use into {root}, but {why}: {fix}")
