@@ -3,8 +3,7 @@ and the memory a forked worker copies when it reads every entry (arrays vs a Pyt
 
 from __future__ import annotations
 
-import gc
-import multiprocessing as mp
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -158,48 +157,14 @@ def test_symlinks_files_followed_folder_links_in_a_class_refused(tmp_path: Path)
     assert len(list_samples(root, "val")[0]) == 3 + 3 + 1
 
 
-def _private_growth_mb(reader: object, count: int, conn) -> None:  # runs in a forked child
-    def private_kb() -> int:
-        fields = Path("/proc/self/smaps_rollup").read_text().splitlines()
-        return sum(
-            int(line.split()[1]) for line in fields if line.startswith(("Private_Clean", "Private_Dirty"))
-        )
-
-    before = private_kb()
-    for i in range(count):
-        reader.source(i)  # type: ignore[attr-defined]
-        reader.label(i)  # type: ignore[attr-defined]
-    gc.collect()
-    conn.send((private_kb() - before) / 1024)
-    conn.close()
-
-
-class _ListReader:
-    """The index this module replaced: a Python list of (path, label) tuples."""
-
-    def __init__(self, samples: list[tuple[str, int]]) -> None:
-        self.samples = samples
-
-    def source(self, i: int) -> str:
-        return self.samples[i][0]
-
-    def label(self, i: int) -> int:
-        return self.samples[i][1]
-
-
-def measure_worker_growth(reader: object, count: int) -> float:
-    """MB of private memory a forked worker gains by reading every entry (and a garbage collection)."""
-    gc.collect()
-    gc.freeze()
-    try:
-        parent, child = mp.Pipe()
-        process = mp.get_context("fork").Process(target=_private_growth_mb, args=(reader, count, child))
-        process.start()
-        growth = parent.recv()
-        process.join()
-        return growth
-    finally:
-        gc.unfreeze()
+def _bench_index():
+    """scripts/bench_index.py, whose worker measurement and list index the test shares."""
+    spec = importlib.util.spec_from_file_location(
+        "bench_index", Path(__file__).parents[1] / "scripts" / "bench_index.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.mark.skipif(not Path("/proc/self/smaps_rollup").exists(), reason="needs Linux /proc smaps_rollup")
@@ -207,11 +172,12 @@ def test_a_worker_reading_every_entry_copies_a_small_fraction_of_the_list_index(
     count = 200_000
     rel = [f"n{c:08d}/n{c:08d}_{i}.JPEG" for c in range(100) for i in range(count // 100)]
     labels = np.repeat(np.arange(100, dtype=np.int64), count // 100)
+    bench = _bench_index()
     arrays = FolderReader(FolderListing(Path("/data/train"), [], PackedStrings.from_strings(rel), labels, []))
-    as_list = _ListReader([(f"/data/train/{p}", int(c)) for p, c in zip(rel, labels, strict=True)])
+    as_list = bench.ListReader([(f"/data/train/{p}", int(c)) for p, c in zip(rel, labels, strict=True)])
     del rel
-    list_growth = measure_worker_growth(as_list, count)
-    array_growth = measure_worker_growth(arrays, count)
+    ((list_growth, _),) = bench.worker_growth(as_list, count, 1)  # private memory (USS) growth, MB
+    ((array_growth, _),) = bench.worker_growth(arrays, count, 1)
     print(f"worker growth for {count:,} entries: list {list_growth:.1f} MB, arrays {array_growth:.1f} MB")
     assert list_growth > 10  # the defect this guards against is real at this size
     assert array_growth < 0.1 * list_growth
