@@ -175,11 +175,9 @@ def list_folder(split_dir: Path) -> FolderListing:
     )
 
 
-def folder_listing(split_dir: str | os.PathLike, use_cache: bool = True) -> FolderListing:
+def folder_listing(split_dir: str | os.PathLike) -> FolderListing:
     """The split's listing: the stored one when the folders have not changed since, else a new (stored) one."""
     split_dir = Path(split_dir)
-    if not use_cache:
-        return list_folder(split_dir)
     path = _cache_file(split_dir)
     stored = _load(path, split_dir) if split_dir.is_dir() else None
     if stored is not None:

@@ -80,13 +80,12 @@ def fit_mean(mean: torch.Tensor, height: int, width: int) -> torch.Tensor:
 class InputNormalizer:
     """0-255 pixels (uint8 or float; CHW or NCHW) -> float32 model input: + lighting shift, - mean, [/ std].
 
-    Holds the mean (colour (3, 1, 1) or image (3, H, W)) and std on one device; `to(device)` gives a copy there
-    (kept, so a loader moves them once).
+    Holds the mean (colour (3, 1, 1) or image (3, H, W)) and std on one device; a loader moves them once, with
+    `to(device)`.
     """
 
     def __init__(self, mean: torch.Tensor, std: torch.Tensor | None) -> None:
         self.mean, self.std = mean, std
-        self._moved: dict[torch.device, InputNormalizer] = {mean.device: self}
 
     @classmethod
     def from_config(cls, cfg: DataConfig) -> InputNormalizer:
@@ -97,20 +96,12 @@ class InputNormalizer:
         std = torch.tensor(list(cfg.std), dtype=torch.float32).view(3, 1, 1)
         return cls(mean, std if cfg.normalize == Normalize.mean_std else None)
 
-    @property
-    def device(self) -> torch.device:
-        return self.mean.device
-
     def to(self, device: torch.device | str) -> InputNormalizer:
+        """The same normalisation with its tensors on `device` (itself when they are there already)."""
         device = torch.device(device)
-        if device.type == "cuda" and device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-        if device not in self._moved:
-            std = None if self.std is None else self.std.to(device)
-            moved = InputNormalizer(self.mean.to(device), std)
-            moved._moved = self._moved
-            self._moved[device] = moved
-        return self._moved[device]
+        if self.mean.device == device:
+            return self
+        return InputNormalizer(self.mean.to(device), None if self.std is None else self.std.to(device))
 
     def __call__(self, pixels: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
         """`shift`: the lighting offset, (3,) for a CHW input or (N, 3) for an NCHW batch, or None."""

@@ -83,7 +83,6 @@ class Trainer:
         cfg = as_app_config(cfg)  # typed once: everything below reads the dataclasses
         self.cfg, self.config, self.ctx = cfg, config_to_dict(cfg), ctx
         self.run, self.stop = RunDirectory.of(run), stop or StopSignals()
-        self.run_dir = self.run.path
         self.device = ctx.device
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
@@ -535,7 +534,7 @@ class Trainer:
         log.info(
             "training %s: %d epoch(s) x %d step(s), global batch %d over %d rank(s), device %s, run dir %s",
             self.config["model"]["name"], cfg.train.epochs, self.train_loader.steps_per_epoch,
-            cfg.train.batch_size, self.ctx.world_size, self.device, self.run_dir,
+            cfg.train.batch_size, self.ctx.world_size, self.device, self.run.path,
         )  # fmt: skip
         self.model.train()
         if self.state.val_pending:
