@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The torch build to install; override on a cluster, e.g. make TORCH="torch torchvision" install
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install train test lint format clean
+.PHONY: install train test test-quick lint format clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,8 +29,16 @@ lint: install
 	$(VENV)/bin/hadolint Dockerfile
 	$(VENV)/bin/lint-imports
 
+# The suite runs on every core (pytest-xdist); tests that share a session-wide run are grouped onto one worker
+# (xdist_group marks, --dist loadgroup), so each long real run is made once.
+PYTEST := $(PY) -m pytest -q -n auto --dist loadgroup
+
 test: lint
-	$(PY) -m pytest -q $(ARGS)
+	$(PYTEST) $(ARGS)
+
+# The edit loop: lint and the tests that start no training run (no `slow` or `ddp` mark): under 2 minutes.
+test-quick: lint
+	$(PYTEST) -m "not slow and not ddp" $(ARGS)
 
 format: install
 	$(VENV)/bin/ruff check --fix src tests scripts

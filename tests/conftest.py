@@ -14,6 +14,36 @@ from omegaconf import DictConfig
 
 from delving.config import register_all
 
+# Fixtures every test gets (cheap, made once per worker): they do not tie tests to one xdist worker.
+_EVERYWHERE = {"private_data_cache", "registered_schemas", "tmp_path_factory", "worker_id", "testrun_uid"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that share a session- or module-wide fixture (a real training run, a generated data set) go to one
+    xdist worker together (`--dist loadgroup`), so the fixture is made once, not once per worker. Tests that
+    share no such fixture are spread one by one."""
+    owner: dict[str, str] = {}  # union-find over the shared fixtures: tests using two of them join both groups
+
+    def find(name: str) -> str:
+        while owner.setdefault(name, name) != name:
+            name = owner[name]
+        return name
+
+    shared_by_item = {}
+    for item in items:
+        shared = []
+        for name, definitions in getattr(item, "_fixtureinfo").name2fixturedefs.items():
+            scope = definitions[-1].scope
+            if name in _EVERYWHERE or scope not in ("session", "module", "package"):
+                continue
+            shared.append(name if scope == "session" else f"{item.module.__name__}::{name}")
+        shared_by_item[item] = shared
+        for name in shared[1:]:
+            owner[find(name)] = find(shared[0])
+    for item, shared in shared_by_item.items():
+        if shared and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(find(shared[0])))
+
 
 @pytest.fixture(scope="session", autouse=True)
 def private_data_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
