@@ -57,8 +57,9 @@ class FolderReader:
         return np.random.default_rng((seed, epoch, 0)).permutation(len(self.labels))
 
 
-def open_split(cfg: DataConfig, split: str) -> tuple[SampleReader, list[str]]:
+def open_split(cfg: DataConfig, split: str, fresh_listing: bool = False) -> tuple[SampleReader, list[str]]:
     """The reader and class list of one split of the configured data set (folders or shards).
+    `fresh_listing`: list a folder split afresh whatever is stored (and store the new listing).
 
     When `split` is the train or the val split and the other one exists, their class lists must be equal:
     otherwise every val label would index another class (a ClassListError names the first difference).
@@ -70,7 +71,7 @@ def open_split(cfg: DataConfig, split: str) -> tuple[SampleReader, list[str]]:
         reader: SampleReader = shards
         classes = shards.classes
     else:
-        listing = folder_listing(existing_root(root) / split)
+        listing = folder_listing(existing_root(root) / split, fresh=fresh_listing)
         reader, classes = FolderReader(listing), listing.classes
     other = {cfg.train_split: cfg.val_split, cfg.val_split: cfg.train_split}.get(split)
     other_classes = None if other is None else _split_classes(cfg, root, other)
