@@ -296,6 +296,7 @@ class TrainLoader(_WorkerOwner):
             )
         cfg = as_data_config(cfg)  # the data room's entry: typed once here, a DataConfig below
         reader, self.classes = open_split(cfg, cfg.train_split)
+        self.reader = reader  # its listing: ranks compare it (engine/same_data.py)
         self.num_classes = len(self.classes)
         self.num_samples = len(reader)
         self.batches = _EpochBatches(reader, batch_size, rank, world_size, seed)
@@ -382,6 +383,7 @@ class EvalLoader(_WorkerOwner):
     ) -> None:
         cfg = as_data_config(cfg)  # the data room's entry: typed once here, a DataConfig below
         reader, self.classes = open_split(cfg, split)
+        self.reader = reader
         self.num_classes = len(self.classes)
         subset = np.arange(len(reader))
         if max_samples is not None and max_samples < len(reader):
