@@ -15,6 +15,7 @@ padding and are not run one by one. Ranks take images rank, rank + world_size, .
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -231,7 +232,7 @@ def _items(
         dataset,
         batch_size=None,
         num_workers=workers,
-        worker_init_fn=init_worker_process,
+        worker_init_fn=functools.partial(init_worker_process, owner_pid=os.getpid()),
         prefetch_factor=4,
     )
     iterator = iter(loader)
