@@ -113,8 +113,6 @@ def test_a_mean_image_model_is_evaluated_and_resumed_only_with_its_own_mean_imag
 
     run = tmp_path / "run"
     run_train(run, [*MEAN_IMAGE_RUN, f"data.root={trained_root}"])
-    carried = Checkpoint.load(run / "last.pt").mean_image
-    assert carried is not None and torch.equal(carried, torch.from_numpy(mean).permute(2, 0, 1))
 
     def evaluate_on(root: Path) -> Path:
         data = DataConfig(name=DatasetKind.folder, root=str(root), crop_size=24, test_scale=28, num_workers=0)
@@ -128,6 +126,8 @@ def test_a_mean_image_model_is_evaluated_and_resumed_only_with_its_own_mean_imag
     assert not (tmp_path / "p.npz").exists()
     assert evaluate_on(trained_root) == tmp_path / "p.npz"  # its own mean image: evaluated
     assert DataConfig().normalize == Normalize.mean  # the contract came from the checkpoint, not data=
+    carried = Checkpoint.load(run / "last.pt").mean_image
+    assert carried is not None and torch.equal(carried, torch.from_numpy(mean).permute(2, 0, 1))
 
     np.save(trained_root / "mean_image.npy", mean + 0.5)  # recomputed (another subset, another version)
     resumed = run_train(run, [*MEAN_IMAGE_RUN, f"data.root={trained_root}", "train.epochs=2", "resume=auto"],
