@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from delving.data.datasets import walk_split
-from delving.io import atomic_write
+from delving.io import DiskFullError, atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def _store(path: Path, listing: FolderListing, listed_at_ns: int) -> bool:
             ),
         )
         return True
-    except OSError as error:
+    except (OSError, DiskFullError) as error:  # a convenience: a full or closed cache is not fatal
         log.warning(
             "cannot store the listing of %s in %s (%s): it is listed again at each launch",
             listing.split_dir,
