@@ -4,6 +4,7 @@ and the memory a forked worker copies when it reads every entry (arrays vs a Pyt
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -23,12 +24,17 @@ from delving.data.readers import FolderReader, open_split
 from delving.data.shards import write_shards
 
 
-def _age(root: Path, seconds: float = 60.0) -> None:
-    """Sets every folder's time into the past, as for a data set copied a while ago (a fresh folder's
-    listing is never stored: its time stamp may not yet show the next change)."""
-    when = time.time() - seconds
-    for folder, _, _ in os.walk(root):
-        os.utime(folder, (when, when))
+@pytest.fixture(autouse=True)
+def short_racy_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A listing is stored once its folders are RACY_SECONDS old; tests wait a fraction of a second instead."""
+    monkeypatch.setattr(index_module, "RACY_SECONDS", 0.2)
+
+
+def _age(root: Path) -> None:
+    """Waits until the tree's last change is older than the racy window (a fresh folder's listing is never
+    stored: its time stamp may not yet show the next change). Setting the folder times back would not do:
+    the listing is keyed on the ctime, which that moves to now."""
+    time.sleep(index_module.RACY_SECONDS + 0.05)
 
 
 def _listing_of(root: Path, split: str = "train") -> list[tuple[str, int]]:
@@ -116,11 +122,144 @@ def test_a_fresh_tree_is_not_stored_and_another_root_is_never_trusted(tmp_path: 
     assert _listing_of(one)[0][0] == "c0/001.JPEG"
 
 
-def test_a_damaged_stored_listing_is_listed_again(tree: Path) -> None:
+@pytest.mark.parametrize("damage", ["not a zip", "empty", "truncated"])
+def test_a_damaged_stored_listing_is_listed_again_with_one_warning(
+    tree: Path, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
     _age(tree)
     first = _listing_of(tree)
-    index_module._cache_file(tree / "train").write_bytes(b"not a zip")
-    assert _listing_of(tree) == first
+    stored = index_module._cache_file(tree / "train")
+    whole = stored.read_bytes()
+    stored.write_bytes(
+        {"not a zip": b"not a zip", "empty": b"", "truncated": whole[: len(whole) // 2]}[damage]
+    )
+    caplog.clear()
+    with caplog.at_level("INFO", logger="delving.data.index"):
+        assert _listing_of(tree) == first
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and f"ignoring the stored listing {stored}" in warnings[0], warnings
+    assert "allow_pickle" not in warnings[0]
+    assert stored.read_bytes() != whole[: len(whole) // 2] and _listing_of(tree) == first  # stored again
+
+
+def test_the_stored_listing_is_fsynced_before_the_rename(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _age(tree)
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(
+        os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))) or real_fsync(fd)
+    )
+    monkeypatch.setattr(
+        os, "replace", lambda a, b: events.append(("replace", os.fspath(a))) or real_replace(a, b)
+    )
+    folder_listing(tree / "train")
+    renamed = [path for kind, path in events if kind == "replace"]
+    assert len(renamed) == 1 and ("fsync", renamed[0]) in events[: events.index(("replace", renamed[0]))]
+    assert index_module._cache_file(tree / "train").exists()
+
+
+def _tar(tmp_path: Path, archive: str, files: dict[str, int]) -> Path:
+    """A reproducible archive made by GNU tar: the folders train/, train/c0/, train/c1/ and `files` (path ->
+    JPEG seed), every member with the same fixed time, as release tarballs are made."""
+    source = tmp_path / f"{archive}-src"
+    for name, seed in files.items():
+        write_jpeg(source / name, 20, 20, seed=seed)
+    members = sorted(["train", "train/c0", "train/c1", *files])  # tree order: each folder before its files
+    subprocess.run(
+        ["tar", "--mtime=@1600000000", "--no-recursion", "-C", str(source), "-cf", str(tmp_path / archive), *members],
+        check=True,
+    )  # fmt: skip
+    return tmp_path / archive
+
+
+def _extract(archive: Path, where: Path) -> None:
+    where.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["tar", "-xf", str(archive), "-C", str(where)], check=True)  # as users extract it
+
+
+def test_a_two_part_archive_extracted_around_a_launch_is_listed_whole(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """tar -x sets each folder's mtime back to the archive's: the second part added files to folders whose
+    mtime and inode were as stored, and half the data set stayed out of the listing."""
+    parts = [{f"train/c{c}/{part}{i}.JPEG": 10 * c + i for c in (0, 1) for i in (0, 1)} for part in "ab"]
+    root = tmp_path / "ds"
+    _extract(_tar(tmp_path, "part1.tar", parts[0]), root)
+    _age(root)
+    with caplog.at_level("INFO", logger="delving.data.index"):
+        assert len(_listing_of(root)) == 4  # the launch between the two parts: stored
+        assert index_module._cache_file(root / "train").exists()
+        caplog.clear()
+        assert len(_listing_of(root)) == 4
+        used = [r.getMessage() for r in caplog.records if "using the stored listing" in r.getMessage()]
+        assert len(used) == 1 and "delving-verify-data" in used[0] and "4 images" in used[0]
+        _extract(_tar(tmp_path, "part2.tar", parts[1]), root)
+        caplog.clear()
+        assert _listing_of(root) == [(f"c{c}/{p}{i}.JPEG", c) for c in (0, 1) for p in "ab" for i in (0, 1)]
+        assert not any("using the stored listing" in r.getMessage() for r in caplog.records)
+
+
+def test_a_data_set_replaced_at_the_same_path_by_a_reproducible_tarball_is_listed_again(
+    tmp_path: Path,
+) -> None:
+    """Same folder names and times, and the folders' inodes kept (the files replaced) or reused."""
+    old_tar = _tar(tmp_path, "v1.tar", {f"train/c{c}/old{i}.JPEG": c + i for c in (0, 1) for i in (0, 1)})
+    new_tar = _tar(tmp_path, "v2.tar", {f"train/c{c}/new{i}.JPEG": c + i for c in (0, 1) for i in (0, 1)})
+    root = tmp_path / "ds"
+    _extract(old_tar, root)
+    _age(root)
+    assert _listing_of(root)[0][0] == "c0/old0.JPEG" and index_module._cache_file(root / "train").exists()
+    for path in (root / "train").rglob("*.JPEG"):  # rsync --delete of the new release: the folders stay
+        path.unlink()
+    _extract(new_tar, root)
+    _age(root)
+    assert [p for p, _ in _listing_of(root)] == [f"c{c}/new{i}.JPEG" for c in (0, 1) for i in (0, 1)]
+    shutil.rmtree(root / "train")  # removed and extracted again: new folders, perhaps the old inodes
+    _extract(old_tar, root)
+    _age(root)
+    assert [p for p, _ in _listing_of(root)] == [f"c{c}/old{i}.JPEG" for c in (0, 1) for i in (0, 1)]
+
+
+def test_verify_data_lists_afresh_and_refreshes_the_stored_listing(tree: Path) -> None:
+    """A stored listing that misses a file (stored by an older delving, or stale in a way no key can see):
+    verify-data must check the folder as it is, and leave the true listing behind for the next launch."""
+    from delving.data.verify import scan_split
+
+    _age(tree)
+    full = _listing_of(tree)
+    stored = index_module._cache_file(tree / "train")
+    with np.load(stored) as arrays:
+        entries = dict(arrays)
+    keep = len(full) - 1  # drop the last file from the store, and make that file unreadable
+    entries["path_blob"] = entries["path_blob"][: entries["path_offsets"][keep]]
+    entries["path_offsets"], entries["labels"] = entries["path_offsets"][: keep + 1], entries["labels"][:keep]
+    meta = json.loads(entries["meta"].tobytes())
+    meta["count"] = keep
+    entries["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    with open(stored, "wb") as file:
+        np.savez(file, **entries)
+    assert len(_listing_of(tree)) == keep  # the stale store is what a launch uses
+    missing = tree / "train" / full[-1][0]
+    missing.write_bytes(b"")
+    os.utime(missing.parent, ns=(0, index_module.change_key([missing.parent])[0, 1]))  # times as before
+    assert [path for path, _ in scan_split(tiny_config(tree), "train", 1)] == [str(missing)]
+    assert _listing_of(tree) == full  # the store now holds the fresh listing
+
+
+def test_a_file_symlink_loop_in_a_class_folder_is_a_bad_file(tmp_path: Path) -> None:
+    from delving.data.verify import scan_split
+
+    root = make_folder_dataset(tmp_path / "ds", classes=2, train_per_class=2, val_per_class=1)
+    os.symlink("b.JPEG", root / "train" / "c1" / "a.JPEG")
+    os.symlink("a.JPEG", root / "train" / "c1" / "b.JPEG")
+    os.symlink("nowhere.JPEG", root / "train" / "c0" / "dangling.JPEG")
+    samples, _ = list_samples(root, "train")
+    assert len(samples) == 2 + 2 + 3
+    bad = dict(scan_split(tiny_config(root), "train", 1))
+    assert sorted(bad) == sorted(
+        str(root / "train" / f) for f in ("c1/a.JPEG", "c1/b.JPEG", "c0/dangling.JPEG")
+    )
+    assert "Too many levels of symbolic links" in bad[str(root / "train" / "c1" / "a.JPEG")]
 
 
 def test_symlinks_files_followed_folder_links_in_a_class_refused(tmp_path: Path) -> None:

@@ -231,3 +231,71 @@ def test_a_script_that_exits_with_a_loader_iterator_open_ends(dataset):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "one batch" in result.stdout
+
+
+SIGTERM_WITH_OPEN_WORKERS = """
+import multiprocessing, sys
+sys.path.insert(0, {tests!r})
+from helpers.data import tiny_config
+from delving.data.loaders import EvalLoader, TrainLoader
+
+if __name__ == "__main__":
+    multiprocessing.set_start_method({method!r})
+    train = TrainLoader(tiny_config({root!r}, num_workers=2), batch_size=2)
+    evaluation = EvalLoader(tiny_config({root!r}, num_workers=1), "val", batch_size=2)
+    next(train.epoch(0))
+    next(iter(evaluation))
+    pids = [w.pid for loader in (train, evaluation) for w in loader._loader._iterator._workers]
+    from multiprocessing import forkserver
+    server = getattr(forkserver._forkserver, "_forkserver_pid", None)
+    print("pids", *pids, *([server] if server else []), flush=True)
+    import time
+    time.sleep(600)
+"""
+
+
+@pytest.mark.slow
+def test_loader_workers_end_with_the_script_that_owns_them_under_forkserver(dataset, tmp_path):
+    """SIGTERM to a script with no handler ends it at once (no atexit). Its workers ignore SIGTERM and, under
+    forkserver, are the fork server's children, which in turn lives as long as they do: before, the server
+    and the workers outlived the script for good."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    script = tmp_path / "script.py"  # a file: forkserver's workers import the main module
+    script.write_text(
+        SIGTERM_WITH_OPEN_WORKERS.format(
+            tests=str(Path(__file__).parent), root=str(dataset), method="forkserver"
+        )
+    )
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    pids: list[int] = []
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("pids "), line
+        pids = [int(pid) for pid in line.split()[1:]]
+        assert len(pids) == 4  # 2 + 1 workers and the fork server
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == -signal.SIGTERM
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_running(pid) for pid in pids):
+            time.sleep(0.1)
+        assert [pid for pid in pids if _running(pid)] == []
+    finally:
+        process.kill()
+        for pid in pids:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a zombie has ended; it waits only for its parent to read its status)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

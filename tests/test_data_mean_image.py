@@ -3,6 +3,7 @@ data set, and the transforms subtract it."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -82,3 +83,57 @@ def test_a_missing_mean_image_names_the_script(tmp_path: Path) -> None:
     )
     with pytest.raises(DataConfigError, match=r"compute_mean_image\.py"):
         EvalTransform(cfg)
+
+
+MEAN_IMAGE_RUN = ["data=folder", "data.crop_size=24", "data.scale_min=28", "data.scale_max=36", "data.test_scale=28",
+                  "data.num_workers=0", "data.normalize=mean_image", "train.epochs=1"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_mean_image_model_is_evaluated_and_resumed_only_with_its_own_mean_image(tmp_path: Path) -> None:
+    """Two copies of the same images whose mean_image.npy differ: the checkpoint carries the mean image it
+    was trained with, and delving-eval and a resume refuse the other one (they scored and trained silently)."""
+    from helpers.runs import run_train
+    from omegaconf import OmegaConf
+
+    from delving.checkpoint import Checkpoint, CheckpointError
+    from delving.data.config import DataConfig, DatasetKind, Normalize
+    from delving.evaluation import EvalConfig
+    from delving.evaluation.app import run_eval
+    from delving.evaluation.config import EvaluateAppConfig, Protocol
+
+    trained_root = make_folder_dataset(
+        tmp_path / "a", classes=4, train_per_class=6, val_per_class=2, size=(40, 36)
+    )
+    mean = np.random.default_rng(0).uniform(90, 140, size=(24, 24, 3)).astype(np.float32)
+    np.save(trained_root / "mean_image.npy", mean)
+    other_root = tmp_path / "b"
+    shutil.copytree(trained_root, other_root)
+    np.save(other_root / "mean_image.npy", mean + 20)
+
+    run = tmp_path / "run"
+    run_train(run, [*MEAN_IMAGE_RUN, f"data.root={trained_root}"])
+
+    def evaluate_on(root: Path) -> Path:
+        data = DataConfig(name=DatasetKind.folder, root=str(root), crop_size=24, test_scale=28, num_workers=0)
+        cfg = EvaluateAppConfig(checkpoint=str(run / "last.pt"), data=data, device="cpu",
+                                eval=EvalConfig(protocol=Protocol.center), output=str(tmp_path / "p.npz"))  # fmt: skip
+        return run_eval(OmegaConf.structured(cfg))
+
+    with pytest.raises(CheckpointError, match=f"{other_root / 'mean_image.npy'} is not the mean image .*last.pt was "
+                       "trained with \\(max difference 20 of 255\\)"):  # fmt: skip
+        evaluate_on(other_root)
+    assert not (tmp_path / "p.npz").exists()
+    assert evaluate_on(trained_root) == tmp_path / "p.npz"  # its own mean image: evaluated
+    assert DataConfig().normalize == Normalize.mean  # the contract came from the checkpoint, not data=
+    carried = Checkpoint.load(run / "last.pt").mean_image
+    assert carried is not None and torch.equal(carried, torch.from_numpy(mean).permute(2, 0, 1))
+
+    np.save(trained_root / "mean_image.npy", mean + 0.5)  # recomputed (another subset, another version)
+    resumed = run_train(run, [*MEAN_IMAGE_RUN, f"data.root={trained_root}", "train.epochs=2", "resume=auto"],
+                        check=False)  # fmt: skip
+    assert resumed.returncode == 2, resumed.stderr[-3000:]
+    assert f"{trained_root / 'mean_image.npy'} is not the mean image {run / 'last.pt'} was trained with" in (
+        resumed.stderr
+    )
+    assert "Traceback" not in resumed.stderr

@@ -1,4 +1,6 @@
+import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -44,3 +46,61 @@ def test_scan_split_reports_listing_errors_with_the_path(tmp_path):
     ]
     with pytest.raises(FileNotFoundError, match=re.escape(f"data root not found: {tmp_path / 'missing'}")):
         next(scan_split(tiny_config(tmp_path / "missing"), "val", 1))
+
+
+DROP_ROOT_RIGHTS = "-dac_override,-dac_read_search,-fowner"
+
+
+def _as_a_user(command: list[str]) -> list[str]:
+    """Root meets file modes only without the rights that bypass them (tests run as root here)."""
+    if os.geteuid() != 0:
+        return command
+    if shutil.which("setpriv") is None:
+        pytest.skip("root without setpriv: cannot drop the rights that bypass a folder's mode")
+    return ["setpriv", f"--inh-caps={DROP_ROOT_RIGHTS}", f"--bounding-set={DROP_ROOT_RIGHTS}", *command]
+
+
+TRAIN_ONE_EPOCH = """
+import logging, sys
+from delving.data.config import DataConfig, DatasetKind
+from delving.data.loaders import TrainLoader
+logging.basicConfig(level=logging.WARNING, format="%(message)s")
+cfg = DataConfig(name=DatasetKind.folder, root=sys.argv[1], crop_size=16, scale_min=20, scale_max=28,
+                 test_scale=20, num_workers=1, max_bad_fraction=0.5)
+with TrainLoader(cfg, batch_size=3) as loader:
+    images = sum(len(labels) for _, labels in loader.epoch(0))
+print("trained on", images, "skipped", loader.bad_files.skipped)
+"""
+
+
+def test_a_class_folder_without_search_permission_is_bad_files_named_and_counted(tmp_path):
+    """r-- on a class folder: its names are listed, its files cannot be opened (the decoder's error path
+    itself called Path.is_file(), which raised PermissionError)."""
+    root = make_folder_dataset(tmp_path / "ds", classes=3, train_per_class=3, val_per_class=1)
+    closed = root / "train" / "c1"
+    closed.chmod(0o644)
+    try:
+        verify = subprocess.run(
+            _as_a_user([sys.executable, "-m", "delving.cli.verify_data", "data=folder", f"data.root={root}",
+                        "processes=2", "splits=[train]"]),
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert verify.returncode == 1, verify.stderr[-2000:]
+        bad = sorted(line for line in verify.stdout.splitlines() if line.startswith("BAD "))
+        assert bad == [f"BAD {closed / f'{i:03d}.JPEG'}: PermissionError: [Errno 13] Permission denied: "
+                       f"'{closed / f'{i:03d}.JPEG'}'" for i in range(3)]  # fmt: skip
+        assert "3 unreadable image(s)" in verify.stdout
+
+        train = subprocess.run(
+            _as_a_user([sys.executable, "-c", TRAIN_ONE_EPOCH, str(root)]), capture_output=True, text=True,
+            timeout=120,
+        )  # fmt: skip
+        assert train.returncode == 0, train.stderr[-2000:]
+        # Each sample of c1 is replaced by the next readable file: 000 meets 3 closed files, 001 two, 002 one.
+        assert "trained on 9 skipped 6" in train.stdout
+        skipped = [line for line in train.stderr.splitlines() if line.startswith("skipping unreadable image")]
+        assert len(skipped) == 3 and all(
+            "Permission denied" in line and str(closed) in line for line in skipped
+        )
+    finally:
+        closed.chmod(0o755)

@@ -92,3 +92,46 @@ def test_a_bad_image_on_one_rank_stops_every_rank(tmp_path: Path) -> None:
         tmp_path / "error1.txt"
     ).read_text()  # the rank that had no bad image stops with rank 0's message
     assert other.startswith("RankFailed: rank 0 failed") and "zz_empty.JPEG: zero-byte file" in other
+
+
+def _worker_on_own_root(rank: int, world_size: int, roots: list[str], init_file: str, out: str) -> None:
+    """Each rank evaluates its own copy of the data set (a node's local disk)."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        evaluate(
+            tiny_model(),
+            folder_data_config(Path(roots[rank])),
+            EvalConfig(**EVAL),
+            ctx=_ctx(rank, world_size),
+        )
+        Path(out, f"error{rank}.txt").write_text("evaluated")
+    except Exception as exc:
+        Path(out, f"error{rank}.txt").write_text(f"{type(exc).__name__}: {exc}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.ddp
+def test_ranks_that_list_different_images_stop_before_evaluating(tmp_path: Path) -> None:
+    """Rank 0 names the gathered predictions with its own listing: with one image swapped on rank 1, rank 1's
+    predictions were credited to rank 0's image ids."""
+    import shutil
+
+    root0 = write_image_folder(tmp_path / "node0", SIZES)
+    root1 = tmp_path / "node1"
+    shutil.copytree(root0, root1)
+    first = sorted((root1 / "val" / "class_1").iterdir())[0]
+    swapped = first.rename(first.with_name(f"{first.stem}b{first.suffix}"))  # the same place in the order
+    mp.start_processes(
+        _worker_on_own_root,
+        args=(2, [str(root0), str(root1)], str(tmp_path / "init"), str(tmp_path)),
+        nprocs=2,
+        start_method="fork",
+    )
+    errors = [(tmp_path / f"error{rank}.txt").read_text() for rank in range(2)]
+    assert errors[0] == errors[1], errors  # both stop, with the same line
+    assert errors[0].startswith(
+        "RanksSeeDifferentDataError: the ranks see different data, split 'val': rank(s) 1"
+    )
+    assert f"'class_1/{first.name}' (label 1) vs 'class_1/{swapped.name}' (label 1)" in errors[0]

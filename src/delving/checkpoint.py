@@ -89,6 +89,9 @@ class Checkpoint:
     # train.ema_decay > 0: the EMA of the weights (torch.optim.swa_utils.AveragedModel's state dict). It is
     # what the run validated and what evaluation and init_from= read (`eval_weights`).
     ema: dict[str, torch.Tensor] | None = None
+    # data.normalize=mean_image: the (3, H, W) mean image the run subtracted. Evaluation and resume compare
+    # the one they would read with it (`check_mean_image`): another one would silently change every input.
+    mean_image: torch.Tensor | None = None
 
     def save(self, path: str | os.PathLike) -> Path:
         state = {"format_version": FORMAT_VERSION, **self.__dict__}
@@ -182,6 +185,29 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def check_mean_image(
+    checkpoint: Checkpoint, current: torch.Tensor, current_path: str | os.PathLike, where: str | os.PathLike
+) -> None:
+    """Refuse a mean image other than the one the checkpoint's run subtracted (a recomputed or another data
+    set's mean_image.npy): every input would shift, and the scores with it, without a word."""
+    trained = checkpoint.mean_image
+    if trained is None:  # not a mean-image run, or saved before checkpoints carried it
+        return
+    current = current.detach().to("cpu", torch.float32)
+    if trained.shape == current.shape and torch.equal(trained.to(torch.float32), current):
+        return
+    difference = (
+        f"max difference {(trained.float() - current).abs().max().item():.3g} of 255"
+        if trained.shape == current.shape
+        else f"shape {tuple(current.shape)} vs {tuple(trained.shape)}"
+    )
+    raise CheckpointError(
+        f"{current_path} is not the mean image {where} was trained with ({difference}): the model would see "
+        "other inputs. Give the run's own mean image (data.mean_image=<the file it trained with>), or start a "
+        "new run for the new one"
+    )
 
 
 def check_resumable(checkpoint: Checkpoint, config: dict[str, Any], path: str | os.PathLike) -> None:

@@ -102,6 +102,15 @@ def _is_image_name(name: bytes) -> bool:
     return not name.startswith(b".") and name.lower().endswith(_IMG_EXTENSIONS_B)
 
 
+def _links_to_folder(entry: os.DirEntry) -> bool:
+    """Whether a symlink ends at a folder; a loop (`a -> b -> a`) or a dangling link does not: it stays in the
+    listing as an image name and the decoder reports it as a bad file."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
 def _class_files(class_dir: bytes, prefix: bytes) -> tuple[list[bytes], list[bytes]]:
     """(`prefix` + the image paths under one class folder relative to it, in torchvision's order (folders by
     path, files by name); `prefix` + every folder scanned). Sub-folders are walked; a symlink to a folder inside a class folder is refused (it
@@ -111,11 +120,19 @@ def _class_files(class_dir: bytes, prefix: bytes) -> tuple[list[bytes], list[byt
     while pending:
         relative = pending.pop()
         files = []
-        with os.scandir(os.path.join(class_dir, relative) if relative else class_dir) as scan:
+        folder = os.path.join(class_dir, relative) if relative else class_dir
+        try:
+            scan = os.scandir(folder)
+        except PermissionError:
+            raise DataSetNotFoundError(
+                f"cannot read the folder {os.fsdecode(folder)} (permission denied): its images cannot be "
+                "listed; give read and search rights (chmod a+rx) or remove it"
+            ) from None
+        with scan:
             for entry in scan:
                 if entry.is_dir(follow_symlinks=False):
                     pending.append(os.path.join(relative, entry.name) if relative else entry.name)
-                elif entry.is_symlink() and entry.is_dir():
+                elif entry.is_symlink() and _links_to_folder(entry):
                     path = os.fsdecode(entry.path)
                     raise DataSetLayoutError(
                         f"{path} -> {os.fsdecode(os.readlink(entry.path))} is a folder symlink inside a class "

@@ -134,7 +134,10 @@ def _scaled_to_8_bits(img: Image.Image) -> Image.Image:
 
 def _is_empty(source: ImageSource) -> bool:
     if isinstance(source, str | os.PathLike):
-        return Path(source).is_file() and Path(source).stat().st_size == 0
+        try:  # the error path of a file that may not be reachable at all (a folder without search right)
+            return Path(source).is_file() and Path(source).stat().st_size == 0
+        except OSError:
+            return False
     return isinstance(source, io.BytesIO) and not source.getbuffer().nbytes
 
 

@@ -21,8 +21,12 @@ from __future__ import annotations
 import atexit
 import gc
 import logging
+import os
 import random
+import select
 import signal
+import threading
+import time
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -175,14 +179,51 @@ class _EpochBatches:
             yield [(epoch, int(i)) for i in order[first : first + self.batch_size]]
 
 
-def init_worker_process(_: int = 0) -> None:
+def init_worker_process(_: int = 0, owner_pid: int | None = None) -> None:
     """Every loader worker (training, validation, evaluation): one thread, and the stop signals left to its
     rank. SLURM signals every process of a job step, a terminal's Ctrl-C the whole process group; the rank
-    stops at the next step and ends its workers (which also exit when their rank dies), so this holds under
-    any start method, not only fork (whose workers happen to inherit the rank's handlers)."""
+    stops at the next step and ends its workers, so this holds under any start method, not only fork (whose
+    workers happen to inherit the rank's handlers). `owner_pid`: the process that owns the loader; the worker
+    ends when it does (`_end_with`)."""
     for signum in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
     torch.set_num_threads(1)
+    if owner_pid is not None and owner_pid != os.getpid():
+        _end_with(owner_pid)
+
+
+def _end_with(owner_pid: int) -> None:
+    """Exits this worker as soon as `owner_pid` has ended, however it ended (SIGKILL, SIGTERM without a handler).
+
+    PyTorch's own watchdog watches the worker's parent, which under forkserver (Python 3.14's default on Linux)
+    is the fork server, not the loader's process; and the fork server lives as long as its children do (they
+    hold its "alive" pipe): with the workers ignoring SIGTERM, both outlived the script for good. A pidfd
+    becomes readable when the process ends; where there is none (Linux < 5.3), the pid is polled each second.
+    """
+
+    def watch() -> None:
+        try:
+            pidfd = os.pidfd_open(owner_pid)
+        except (AttributeError, OSError):  # no pidfd here, or the owner is gone already
+            pidfd = None
+        if pidfd is not None:
+            select.select([pidfd], [], [])
+        else:
+            while _alive(owner_pid):
+                time.sleep(1.0)
+        os._exit(0)  # the owner is gone: nobody reads this worker's batches, and nothing here must be kept
+
+    threading.Thread(target=watch, name="delving-owner-watch", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, under another user
+        return True
+    return True
 
 
 class _WorkerInit:
@@ -190,9 +231,10 @@ class _WorkerInit:
 
     def __init__(self, seed: int, rank: int, batches: _EpochBatches | None) -> None:
         self.seed, self.rank, self.batches = seed, rank, batches
+        self.owner_pid = os.getpid()  # the process that builds the loader owns its workers
 
     def __call__(self, worker: int) -> None:
-        init_worker_process(worker)
+        init_worker_process(worker, self.owner_pid)
         seed_worker_globals(self.seed, self.rank, self.batches.epoch if self.batches else 0, worker)
 
 
@@ -296,6 +338,7 @@ class TrainLoader(_WorkerOwner):
             )
         cfg = as_data_config(cfg)  # the data room's entry: typed once here, a DataConfig below
         reader, self.classes = open_split(cfg, cfg.train_split)
+        self.reader = reader  # its listing: ranks compare it (engine/same_data.py)
         self.num_classes = len(self.classes)
         self.num_samples = len(reader)
         self.batches = _EpochBatches(reader, batch_size, rank, world_size, seed)
@@ -382,6 +425,7 @@ class EvalLoader(_WorkerOwner):
     ) -> None:
         cfg = as_data_config(cfg)  # the data room's entry: typed once here, a DataConfig below
         reader, self.classes = open_split(cfg, split)
+        self.reader = reader
         self.num_classes = len(self.classes)
         subset = np.arange(len(reader))
         if max_samples is not None and max_samples < len(reader):

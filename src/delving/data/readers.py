@@ -7,6 +7,7 @@ set is generated on first use), and refuses a train/val pair whose classes diffe
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Protocol
@@ -57,8 +58,38 @@ class FolderReader:
         return np.random.default_rng((seed, epoch, 0)).permutation(len(self.labels))
 
 
-def open_split(cfg: DataConfig, split: str) -> tuple[SampleReader, list[str]]:
+LISTING_BLOCK = 4096  # samples per digest block: a mismatch is located by block, then entry by entry
+
+
+def listing_block_digests(reader: SampleReader, block: int = LISTING_BLOCK) -> list[str]:
+    """A sha256 per `block` samples of (sample id, label), in order: two listings are the same exactly when
+    their counts and these lists are equal (comparing ranks sends ~300 short strings for ImageNet)."""
+    digests = []
+    if isinstance(reader, FolderReader):  # the packed arrays: no Python object per sample
+        offsets, blob, labels = reader.paths.offsets, reader.paths.blob, reader.labels
+        for start in range(0, len(reader), block):
+            stop = min(start + block, len(reader))
+            digest = hashlib.sha256(blob[offsets[start] : offsets[stop]].tobytes())
+            digest.update((offsets[start : stop + 1] - offsets[start]).tobytes())
+            digest.update(np.ascontiguousarray(labels[start:stop], dtype=np.int64).tobytes())
+            digests.append(digest.hexdigest())
+        return digests
+    for start in range(0, len(reader), block):
+        digest = hashlib.sha256()
+        for i in range(start, min(start + block, len(reader))):
+            digest.update(f"{reader.sample_id(i)}\0{reader.label(i)}\n".encode("utf-8", "surrogateescape"))
+        digests.append(digest.hexdigest())
+    return digests
+
+
+def listing_entries(reader: SampleReader, start: int, stop: int) -> list[tuple[str, int]]:
+    """(sample id, label) of samples [start, stop): to name where two listings differ."""
+    return [(reader.sample_id(i), reader.label(i)) for i in range(start, min(stop, len(reader)))]
+
+
+def open_split(cfg: DataConfig, split: str, fresh_listing: bool = False) -> tuple[SampleReader, list[str]]:
     """The reader and class list of one split of the configured data set (folders or shards).
+    `fresh_listing`: list a folder split afresh whatever is stored (and store the new listing).
 
     When `split` is the train or the val split and the other one exists, their class lists must be equal:
     otherwise every val label would index another class (a ClassListError names the first difference).
@@ -70,7 +101,7 @@ def open_split(cfg: DataConfig, split: str) -> tuple[SampleReader, list[str]]:
         reader: SampleReader = shards
         classes = shards.classes
     else:
-        listing = folder_listing(existing_root(root) / split)
+        listing = folder_listing(existing_root(root) / split, fresh=fresh_listing)
         reader, classes = FolderReader(listing), listing.classes
     other = {cfg.train_split: cfg.val_split, cfg.val_split: cfg.train_split}.get(split)
     other_classes = None if other is None else _split_classes(cfg, root, other)
@@ -99,4 +130,12 @@ def prepare_listings(cfg: DataConfig) -> None:
             folder_listing(root / split)
 
 
-__all__ = ["FolderReader", "SampleReader", "ShardReader", "open_split", "prepare_listings"]
+__all__ = [
+    "FolderReader",
+    "SampleReader",
+    "ShardReader",
+    "listing_block_digests",
+    "listing_entries",
+    "open_split",
+    "prepare_listings",
+]

@@ -56,8 +56,8 @@ def scan_split(
     cfg: DataConfig, split: str, processes: int, show_progress: bool = False
 ) -> Iterator[tuple[str, str]]:
     """Yields (file, reason) for every unreadable image of `split`, in data set order; listing errors raise
-    with the path."""
-    reader, _ = open_split(cfg, split)
+    with the path. The split is listed afresh (a stored listing could be stale) and the new listing stored."""
+    reader, _ = open_split(cfg, split, fresh_listing=True)
     tasks = task_ranges(len(reader))
     bad = 0
     with Progress(

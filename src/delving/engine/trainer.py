@@ -28,13 +28,16 @@ from delving.checkpoint import (
     Checkpoint,
     TrainState,
     capture_rng_state,
+    check_mean_image,
     check_resumable,
     init_weights_from,
     load_weights,
     restore_rng_state,
 )
+from delving.data.config import Normalize
 from delving.data.datasets import ClassListError, check_class_lists
 from delving.data.loaders import EvalLoader, TrainLoader
+from delving.data.normalize import mean_image_path
 from delving.data.readers import prepare_listings
 from delving.dist import (
     DistributedContext,
@@ -48,6 +51,7 @@ from delving.engine.config import AppConfig, Precision, as_app_config
 from delving.engine.optim import EpochScheduler, build_optimizer, lr_scale
 from delving.engine.run_dir import RunDirectory, best_checkpoint_name, starts_fresh
 from delving.engine.run_log import MetricsLog, TrainingProgress, log
+from delving.engine.same_data import check_ranks_see_the_same_data
 from delving.engine.signals import StopRequested, StopSignals
 from delving.errors import UserError
 from delving.models import build_model
@@ -100,6 +104,14 @@ class Trainer:
             self.scheduler = EpochScheduler(
                 self.optimizer, cfg.sched, cfg.train.epochs, scale, self.train_loader.steps_per_epoch
             )
+        # After the block above: a rank that failed there has left it, and this collective must pair up.
+        check_ranks_see_the_same_data(
+            ctx,
+            {
+                cfg.data.train_split: (self.train_loader.reader, self.train_loader.classes),
+                cfg.data.val_split: (self.val_loader.reader, self.val_loader.classes),
+            },
+        )
         if scale != 1.0:
             log.info(
                 "optim.scale_lr: lr %g x %d / %d = %g", cfg.optim.lr, cfg.train.batch_size,
@@ -240,6 +252,10 @@ class Trainer:
             log.info("resume=auto: %s exists, so init_from=%s is not read again", path, init_from)
         checkpoint = Checkpoint.load(path)
         check_resumable(checkpoint, self.config, path)
+        if (
+            self._mean_image() is not None
+        ):  # a recomputed mean_image.npy would change every input from here on
+            check_mean_image(checkpoint, self._mean_image(), mean_image_path(self.cfg.data), path)
         try:  # before any step: last.pt must keep the class names it was trained on
             check_class_lists(
                 checkpoint.classes or self.classes, self.classes, "the checkpoint", "the data set", path
@@ -297,7 +313,14 @@ class Trainer:
             wandb_run_id=self.metrics.wandb_run_id if self.metrics else None,
             pretrained_cfg=Checkpoint.pretrained_cfg_of(self.model, self.config),
             ema=self.ema.state_dict() if self.ema is not None else None,
+            mean_image=self._mean_image(),
         )
+
+    def _mean_image(self) -> torch.Tensor | None:
+        """data.normalize=mean_image: the mean image the loaders subtract (on the CPU), else None."""
+        if self.cfg.data.normalize != Normalize.mean_image:
+            return None
+        return self.train_loader.normalizer.mean.cpu()
 
     def _update_best_k(self, top1_error: float, finished: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """This epoch's best-k entry and the entries it pushes out; updated before last.pt is saved."""

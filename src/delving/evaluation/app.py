@@ -22,8 +22,9 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from delving.checkpoint import Checkpoint, CheckpointError, file_sha256, load_model
+from delving.checkpoint import Checkpoint, CheckpointError, check_mean_image, file_sha256, load_model
 from delving.data.config import DataConfig, Normalize, as_data_config
+from delving.data.normalize import load_mean_image, mean_image_path
 from delving.dist import DistributedContext, fail_together, init_distributed, shutdown_distributed
 from delving.engine.run_dir import RunDirectory
 from delving.errors import UserError
@@ -212,6 +213,8 @@ def _eval_checkpoint(
     check_eval(eval_cfg, model.input_size)  # before any image: the scales need the model's input size
     model.to(ctx.device)
     data_cfg, notes = evaluation_data_config(cfg.data, saved)
+    if data_cfg.normalize == Normalize.mean_image:  # before any image: another mean image changes every input
+        check_mean_image(saved, load_mean_image(data_cfg), mean_image_path(data_cfg), checkpoint)
     if ctx.is_main:
         for note in notes:
             print(note)

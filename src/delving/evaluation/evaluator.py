@@ -15,6 +15,7 @@ padding and are not run one by one. Ranks take images rank, rank + world_size, .
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from delving.dist import (
     gather_objects,
     gather_rows_to_main,
 )
+from delving.engine.same_data import check_ranks_see_the_same_data
 from delving.errors import UserError
 from delving.evaluation.config import EvalConfig, ProbsDtype, Protocol, effective_scales
 from delving.evaluation.metrics import topk_errors
@@ -231,7 +233,7 @@ def _items(
         dataset,
         batch_size=None,
         num_workers=workers,
-        worker_init_fn=init_worker_process,
+        worker_init_fn=functools.partial(init_worker_process, owner_pid=os.getpid()),
         prefetch_factor=4,
     )
     iterator = iter(loader)
@@ -401,6 +403,10 @@ def evaluate(
         with failing_together(ctx):  # up to the first collective: a failure on any rank stops them all
             split_ = _open_split(data_cfg, split, eval_cfg.limit)
             _check_classes(split_, net, classes)
+        assert split_ is not None
+        # Rank 0 names every gathered prediction with its own listing: the ranks' listings must be one.
+        check_ranks_see_the_same_data(ctx, {split_.name: (split_.reader, split_.classes)})
+        with failing_together(ctx):
             local = _predict_local(net, split_, data_cfg, eval_cfg, ctx, show_progress)
     finally:
         net.train(was_training)
