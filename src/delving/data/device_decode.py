@@ -159,6 +159,9 @@ class DeviceTrainTransform:
             for i in range(len(pixels))
         ]
         batch = torch.stack([self.crop(pixels[k], draws[k]) for k in keep])  # type: ignore[arg-type]
-        # The lighting shift is computed on the CPU in float64 exactly as the Pillow path's, then moved.
+        # The lighting shift is computed on the CPU in float64 exactly as the Pillow path's, then moved (from
+        # pinned memory, so that the normalizer's non-blocking copy does not wait for the GPU).
         shift = torch.stack([lighting_offset(draws[k].alpha) for k in keep])
+        if self.device.type == "cuda":
+            shift = shift.pin_memory()
         return self.normalizer(batch, shift), labels[keep], failures
