@@ -203,6 +203,7 @@ def test_the_docker_image_installs_the_extras_make_install_does() -> None:
     import re
     import subprocess
     import sys
+
     import tomllib
 
     repo = Path(__file__).resolve().parents[1]
