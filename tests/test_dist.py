@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -45,3 +49,35 @@ def test_one_visible_gpu_is_the_ranks_own_whatever_its_local_rank(monkeypatch: p
     assert pick_device("auto", 5) == torch.device("cuda:0")
     _visible_gpus(monkeypatch, 0)
     assert pick_device("auto", 5) == torch.device("cpu")
+
+
+SBATCH_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "slurm_train.sbatch"
+
+
+def _run_sbatch_script(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    """The batch script under bash with stand-in scontrol and srun (srun prints the socket variables)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "scontrol").write_text("#!/bin/sh\necho localhost\n")
+    (bin_dir / "srun").write_text('#!/bin/sh\necho "gloo=$GLOO_SOCKET_IFNAME nccl=$NCCL_SOCKET_IFNAME"\n')
+    for tool in ("scontrol", "srun"):
+        (bin_dir / tool).chmod(0o755)
+    job = {"SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "localhost", "SLURM_NTASKS": "16", "ACTIVATE": ""}
+    base = {k: v for k, v in os.environ.items() if not k.endswith("SOCKET_IFNAME")}
+    return subprocess.run(
+        ["bash", str(SBATCH_SCRIPT)], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        env={**base, "PATH": f"{bin_dir}:{os.environ['PATH']}", **job, **env},
+    )  # fmt: skip
+
+
+def test_the_sbatch_script_gives_tasks_the_nodes_gpus_and_refuses_a_loopback_master(tmp_path: Path) -> None:
+    text = SBATCH_SCRIPT.read_text()
+    assert "#SBATCH --gpus-per-node=8" in text and "#SBATCH --ntasks-per-node=8" in text
+    assert "#SBATCH --gpus-per-task" not in text  # no per-task device cgroups: NCCL keeps peer-to-peer
+    refused = _run_sbatch_script(tmp_path, SLURM_JOB_NUM_NODES="2")
+    assert refused.returncode == 2 and "gloo=" not in refused.stdout  # srun never started
+    assert "resolves to loopback" in refused.stderr and "SOCKET_IFNAME" in refused.stderr
+    named = _run_sbatch_script(tmp_path, SLURM_JOB_NUM_NODES="2", SOCKET_IFNAME="ib0")
+    assert named.returncode == 0 and "gloo=ib0 nccl=ib0" in named.stdout, named.stderr
+    one_node = _run_sbatch_script(tmp_path, SLURM_JOB_NUM_NODES="1")
+    assert one_node.returncode == 0, one_node.stderr
