@@ -25,11 +25,11 @@ import time
 import warnings
 from pathlib import Path
 
+import bench_train  # scripts/ is on sys.path when this file runs
 import numpy as np
 import torch
 from PIL import Image
 
-import bench_train  # scripts/ is on sys.path when this file runs
 from delving.checkpoint import capture_rng_state, restore_rng_state
 from delving.data.config import DataConfig
 from delving.data.device_decode import DeviceTrainTransform, jpeg_decoders, read_for_device
@@ -95,26 +95,13 @@ def tf32_row(device: torch.device) -> Row:
 def make_trainer(data: Path, device: torch.device, smoke: bool) -> Trainer:
     size = ["model.width=0.0625", "model.input_size=32", "model.spp_levels=[1]"] if smoke else []
     crop = 32 if smoke else 224
-    return bench_train.make_trainer(
-        [
-            "data=folder",
-            f"data.root={data}",
-            "data.val_split=train",
-            f"data.num_workers={0 if smoke else 2}",
-            f"data.crop_size={crop}",
-            f"data.scale_min={crop}",
-            f"data.scale_max={crop + 32}",
-            f"data.test_scale={crop}",
-            "model=model_a",
-            *size,
-            "model.num_classes=4",
-            "train.batch_size=8",
-            "logger.wandb.mode=disabled",
-            "logger.progress_bar=false",
-            "train.final_eval=false",
-        ],  # fmt: skip
-        str(device),
-    )
+    overrides = [
+        "data=folder", f"data.root={data}", "data.val_split=train", f"data.num_workers={0 if smoke else 2}",
+        f"data.crop_size={crop}", f"data.scale_min={crop}", f"data.scale_max={crop + 32}",
+        f"data.test_scale={crop}", "model=model_a", *size, "model.num_classes=4", "train.batch_size=8",
+        "logger.wandb.mode=disabled", "logger.progress_bar=false", "train.final_eval=false",
+    ]  # fmt: skip
+    return bench_train.make_trainer(overrides, str(device))
 
 
 def sync_free_row(trainer: Trainer, steps: int = 3) -> Row:
