@@ -52,10 +52,12 @@ RUN pip install --no-cache-dir --upgrade pip \
 
 WORKDIR /workspace/delving
 
-# Layer 2: the other dependencies, read from pyproject.toml alone: a code edit does not rebuild it.
+# Layer 2: the other dependencies, read from pyproject.toml alone: a code edit does not rebuild it. With the
+# runtime extras `make install` installs (all but dev): the `gpu` extra's TorchCodec decodes
+# data.decode_on_device's JPEGs here as in the venv, and `sweep` runs the Optuna sweeps.
 COPY pyproject.toml ./
 # hadolint ignore=DL3013
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['gpu'] + p['optional-dependencies']['sweep']))" \
         > /tmp/requirements.txt \
     && pip install --no-cache-dir -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt

@@ -34,7 +34,7 @@ def _both_paths(
     pil, device = TrainTransform(cfg), DeviceTrainTransform(cfg, "cpu", decoder=decoder)
     draws = [draw_train_params(sample_rng(0, 0, i), cfg) for i in range(count)]
     reference = torch.stack([pil(path, d) for d in draws])
-    encoded = [read_for_device(path)] * count
+    encoded = [read_for_device(path, cfg.exif_transpose)] * count
     on_device, _, failures = device(encoded, draws, torch.zeros(count, dtype=torch.int64))
     assert not failures
     return reference, on_device
@@ -83,14 +83,34 @@ def test_torchcodec_is_preferred_where_installed() -> None:
     )
 
 
+def _exif_oriented(path: Path, orientation: int = 6) -> Path:
+    """A 500x375 JPEG (as stored) whose EXIF says: turn it 90 degrees clockwise to view (orientation 6)."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.open(write_jpeg(path.with_name("plain.JPEG"), 500, 375, seed=11)).save(
+        path, format="JPEG", quality=90, exif=exif
+    )
+    return path
+
+
+@pytest.mark.parametrize("exif_transpose", [False, True])
 @pytest.mark.parametrize("decoder", DECODERS)
-def test_same_draws_give_the_pillow_paths_pixels(tmp_path: Path, decoder: str) -> None:
-    """ImageNet-like 500x375 quality-90 JPEGs, a grayscale one, a CMYK one (Pillow decodes it in the worker)."""
-    cfg = DataConfig()
+def test_same_draws_give_the_pillow_paths_pixels(tmp_path: Path, decoder: str, exif_transpose: bool) -> None:
+    """ImageNet-like 500x375 quality-90 JPEGs, a grayscale one, a CMYK one (Pillow decodes it in the worker),
+    and one with EXIF orientation 6: turned or not as data.exif_transpose says, whichever decoder (TorchCodec's
+    turns any JPEG by its tag, by 26-46 levels of difference on this file; it is never given one)."""
+    cfg = DataConfig(exif_transpose=exif_transpose)
     files = [write_jpeg(tmp_path / f"{i}.JPEG", 500, 375, seed=i) for i in range(3)]
     files += [write_jpeg(tmp_path / "gray.JPEG", 500, 375, seed=7, mode="L")]
     files += [write_jpeg(tmp_path / "cmyk.JPEG", 375, 500, seed=8, mode="CMYK")]
-    assert read_for_device(files[-1]).jpeg is None and read_for_device(files[0]).jpeg is not None
+    files += [_exif_oriented(tmp_path / "exif6.JPEG")]
+    assert read_for_device(files[-2]).jpeg is None and read_for_device(files[0]).jpeg is not None
+    oriented = read_for_device(files[-1], exif_transpose)
+    assert oriented.jpeg is None and oriented.pixels.shape == (
+        (500, 375, 3) if exif_transpose else (375, 500, 3)
+    )
+    for path in files[:1] if exif_transpose else ():  # files without the tag: the same bytes either way
+        assert read_for_device(path, exif_transpose).jpeg is not None
     for path in files:
         reference, on_device = _both_paths(path, cfg, 6, decoder)
         per_sample = (reference - on_device).abs().mean((1, 2, 3))
@@ -132,15 +152,22 @@ def test_lighting_noise_matches_the_pillow_path_and_alexnets_covariance(tmp_path
     assert np.corrcoef(shift.T.numpy())[0, 2] > 0.9  # the first eigenvector moves R, G and B together
 
 
-def test_the_loader_on_the_device_path_gives_the_same_batches(tmp_path: Path) -> None:
+@pytest.mark.parametrize("exif_transpose", [False, True])
+def test_the_loader_on_the_device_path_gives_the_same_batches(tmp_path: Path, exif_transpose: bool) -> None:
     root = make_folder_dataset(tmp_path, classes=2, train_per_class=6, size=(40, 30))
     write_jpeg(root / "train" / "c0" / "cmyk.JPEG", 40, 30, seed=9, mode="CMYK")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.open(write_jpeg(tmp_path / "plain.JPEG", 60, 30, seed=12)).save(
+        root / "train" / "c0" / "exif6.JPEG", quality=90, exif=exif
+    )
     write_jpeg(root / "train" / "c1" / "png.JPEG", 30, 40, seed=10, fmt="PNG")
     (root / "train" / "c1" / "broken.JPEG").write_bytes(
         b"\xff\xd8\xff" + b"\x00" * 20
     )  # a JPEG header, no image
-    pil = TrainLoader(tiny_config(root, max_bad_fraction=0.5), batch_size=7, seed=3)
-    device = TrainLoader(tiny_config(root, max_bad_fraction=0.5, decode_on_device=True), batch_size=7, seed=3)
+    options = {"max_bad_fraction": 0.5, "exif_transpose": exif_transpose}
+    pil = TrainLoader(tiny_config(root, **options), batch_size=7, seed=3)
+    device = TrainLoader(tiny_config(root, **options, decode_on_device=True), batch_size=7, seed=3)
     for (a, la), (b, lb) in zip(pil.epoch(1), device.epoch(1), strict=True):
         assert torch.equal(la, lb) and a.shape == b.shape == (7, 3, 16, 16)
         assert (a - b).abs().mean() < 1.5
@@ -168,3 +195,26 @@ def test_a_file_that_is_no_image_is_a_bad_image_for_the_worker(tmp_path: Path) -
     (tmp_path / "empty.JPEG").write_bytes(b"")
     with pytest.raises(BadImageError, match=r"empty\.JPEG"):
         read_for_device(tmp_path / "empty.JPEG")
+
+
+def test_the_docker_image_installs_the_extras_make_install_does() -> None:
+    """The same decoder in Docker as in the venv: Dockerfile's requirements command, run on pyproject.toml, lists
+    every requirement of the extras `make install` installs (but dev), TorchCodec among them."""
+    import re
+    import subprocess
+    import sys
+
+    import tomllib
+
+    repo = Path(__file__).resolve().parents[1]
+    extras = re.search(r"-e '\.\[([a-z,]+)\]'", (repo / "Makefile").read_text()).group(1).split(",")
+    command = re.search(r'RUN python -c "(.+?)" \\', (repo / "Dockerfile").read_text()).group(1)
+    listed = subprocess.run(
+        [sys.executable, "-c", command], cwd=repo, capture_output=True, text=True, check=True
+    ).stdout.split("\n")
+    project = tomllib.loads((repo / "pyproject.toml").read_text())["project"]
+    wanted = project["dependencies"] + [
+        r for extra in extras if extra != "dev" for r in project["optional-dependencies"][extra]
+    ]
+    assert "gpu" in extras and any(r.startswith("torchcodec") for r in wanted)
+    assert set(wanted) <= set(listed), set(wanted) - set(listed)

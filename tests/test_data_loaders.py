@@ -299,3 +299,35 @@ def _running(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def _copies_to_a_device(monkeypatch) -> list[tuple[tuple, bool]]:
+    """Every Tensor.to call that names a device, with whether it is non-blocking (dtype-only casts are not
+    copies between host and device)."""
+    calls: list[tuple[tuple, bool]] = []
+    original = torch.Tensor.to
+
+    def spy(self, *args, **kwargs):
+        target = kwargs.get("device", args[0] if args else None)
+        if isinstance(target, torch.device | str | torch.Tensor):
+            calls.append((tuple(self.shape), bool(kwargs.get("non_blocking", False))))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", spy)
+    return calls
+
+
+@pytest.mark.parametrize("path", ["pillow", "decode_on_device"])
+@pytest.mark.parametrize("normalize", ["mean", "mean_std"])
+def test_every_copy_of_the_input_path_to_the_device_is_non_blocking(dataset, monkeypatch, path, normalize):
+    """On a GPU a blocking copy (the lighting shift, the mean, the std) waits for the previous step's work at
+    every batch; here, on the CPU, the same calls are checked: each names non_blocking=True."""
+    cfg = tiny_config(dataset, normalize=normalize, decode_on_device=path == "decode_on_device")
+    train = TrainLoader(cfg, batch_size=6, seed=0)
+    val = EvalLoader(cfg, "val", batch_size=5)
+    calls = _copies_to_a_device(monkeypatch)  # from here on: the per-batch work
+    batches = [images for images, _ in train.epoch(0)] + [images for images, _ in val]
+    assert len(batches) == train.steps_per_epoch + len(val) and all(b.dtype == torch.float32 for b in batches)
+    shifts = [shape for shape, _ in calls if shape == (6, 3)]
+    assert len(shifts) == train.steps_per_epoch  # the lighting shift of every training batch is among them
+    assert calls and all(non_blocking for _, non_blocking in calls), [c for c in calls if not c[1]]

@@ -340,3 +340,39 @@ def test_delving_eval_writes_predictions(
     with np.load(run_eval(cfg), allow_pickle=False) as raw:
         np.testing.assert_allclose(raw["probs"], probs, atol=1e-6)
     assert "data.normalize taken from the checkpoint" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("tf32", [False, True])
+def test_evaluate_runs_on_the_models_device_without_autotuning_and_records_the_float32_math(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tf32: bool
+) -> None:
+    """The batches go where the model is, not to the context's device (here a context naming another device);
+    cuDNN autotuning is off during the evaluation (each new shape would be timed) and eval.tf32 sets the
+    float32 math; both are as before afterwards."""
+    from delving.dist import DistributedContext
+    from delving.numerics import fp32_math
+
+    root = write_image_folder(tmp_path, [(80, 64), (64, 96), (70, 70)])
+    model = tiny_model()
+    seen: list[tuple[torch.device, bool, dict[str, str]]] = []
+    forward_dense = model.forward_dense
+
+    def spy(batch: torch.Tensor) -> torch.Tensor:
+        seen.append((batch.device, torch.backends.cudnn.benchmark, fp32_math()))
+        return forward_dense(batch)
+
+    monkeypatch.setattr(model, "forward_dense", spy)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)  # as the trainer leaves it on a GPU
+    before = fp32_math()
+    elsewhere = DistributedContext(0, 1, 0, torch.device("meta"))
+    cfg = EvalConfig(protocol=Protocol.multiscale, scales=[256, 320], tf32=tf32)
+    result = evaluate(model, folder_data_config(root), cfg, ctx=elsewhere, show_progress=False)
+    math = "tf32" if tf32 else "ieee"
+    assert len(seen) >= 2
+    assert all(
+        device == torch.device("cpu") and not benchmark and used == {"conv": math, "matmul": math}
+        for device, benchmark, used in seen
+    )
+    assert torch.backends.cudnn.benchmark is True and fp32_math() == before
+    assert result.metadata["float32_math"] == {"device": "cpu", "conv": "ieee", "matmul": "ieee"}
+    assert np.isfinite(result.top1_error)

@@ -43,7 +43,7 @@ JOB_SETTINGS = [
 STEP_SLEEP_S = "0.4"  # 12 steps: about 5 s of training, time to signal mid-run
 # Two tasks on the two-CPU node; the script's GPU and node-count lines are overridden. More than 5 minutes:
 # the script's --signal=USR1@300 would otherwise arrive at once.
-CPU_JOB = ["--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-task=0", "--time=10"]
+CPU_JOB = ["--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-node=0", "--time=10"]
 JOB_TIMEOUT_S = 120
 T = TypeVar("T")
 

@@ -3,9 +3,9 @@
 A checkpoint holds the model's weights, the resolved run config, the class folder names the model was
 trained on (evaluation refuses another list), the model's test-time contract (its timm pretrained cfg with
 the run's input normalisation: what delving-eval and timm's `resolve_data_config` read), and the whole resume
-state: `TrainState`, optimizer, scheduler, scaler, every rank's RNG state and the wandb run id. It is written
-atomically with the umask's mode and loaded with `weights_only=True` (a file may come from anyone: nothing in
-it is executed).
+state: `TrainState`, optimizer, scheduler, scaler, every rank's RNG state (of its GPU: its own device's
+generator only) and the wandb run id. Its tensors are stored on the CPU. It is written atomically with the
+umask's mode and loaded with `weights_only=True` (a file may come from anyone: nothing in it is executed).
 """
 
 from __future__ import annotations
@@ -94,7 +94,8 @@ class Checkpoint:
     mean_image: torch.Tensor | None = None
 
     def save(self, path: str | os.PathLike) -> Path:
-        state = {"format_version": FORMAT_VERSION, **self.__dict__}
+        """Every tensor on the CPU, so a plain torch.load reads the file on a machine without a GPU."""
+        state = _on_cpu({"format_version": FORMAT_VERSION, **self.__dict__})
         return atomic_write(path, lambda handle: torch.save(state, handle))
 
     @classmethod
@@ -271,7 +272,23 @@ def _describe(error: BaseException) -> str:
     return text
 
 
-def capture_rng_state() -> dict[str, Any]:
+def _on_cpu(tree: Any) -> Any:
+    """`tree` (dicts, lists, tuples) with its tensors copied to the CPU (CPU tensors as they are)."""
+    if isinstance(tree, torch.Tensor):
+        return tree.cpu()
+    if isinstance(tree, dict):
+        return {key: _on_cpu(value) for key, value in tree.items()}
+    if isinstance(tree, list | tuple):
+        return type(tree)(_on_cpu(value) for value in tree)
+    return tree
+
+
+def capture_rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """This process's generators: Python's, NumPy's, torch's CPU one and the generator of its own GPU (`device`).
+
+    Only the rank's own device: another launch may show the process another number of GPUs (torchrun and the
+    submitit launcher all of a node's, one per task elsewhere), and the rank's device then has another index.
+    """
     numpy_state = np.random.get_state(legacy=False)
     return {
         "python": random.getstate(),
@@ -281,19 +298,37 @@ def capture_rng_state() -> dict[str, Any]:
             "state": {**numpy_state["state"], "key": numpy_state["state"]["key"].tolist()},
         },
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda_device": torch.cuda.get_rng_state(device) if _is_cuda(device) else None,
     }
 
 
-def restore_rng_state(state: dict[str, Any]) -> None:
+def _is_cuda(device: torch.device | None) -> bool:
+    return device is not None and device.type == "cuda"
+
+
+def _own_cuda_state(state: dict[str, Any], local_rank: int) -> torch.Tensor | None:
+    """The state of the generator the rank drew from. Checkpoints before "cuda_device" hold one state per GPU
+    the process saw: the rank drew from cuda:<local rank>, or from the only one."""
+    if "cuda_device" in state:
+        return state["cuda_device"]
+    every_device = state.get("cuda") or []
+    if len(every_device) == 1:
+        return every_device[0]
+    return every_device[local_rank] if local_rank < len(every_device) else None
+
+
+def restore_rng_state(state: dict[str, Any], device: torch.device | None = None, local_rank: int = 0) -> None:
+    """Puts back what `capture_rng_state` took; the GPU state goes to `device`, the rank's own, whatever its index
+    (a run on the CPU leaves a saved GPU state unused)."""
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     numpy_state = state["numpy"]
     key = np.asarray(numpy_state["state"]["key"], dtype=np.uint32)
     np.random.set_state({**numpy_state, "state": {**numpy_state["state"], "key": key}})
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    own = _own_cuda_state(state, local_rank)
+    if own is not None and _is_cuda(device):
+        torch.cuda.set_rng_state(own, device)
 
 
 def read_init_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:

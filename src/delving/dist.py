@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from delving.errors import UserError
 from delving.run_identity import environment_ranks
 
 
@@ -34,14 +36,27 @@ class DistributedContext:
 
 
 def pick_device(requested: str, local_rank: int) -> torch.device:
-    """cuda:<local rank>, or the only visible GPU when the launcher gives each task one (--gpus-per-task=1)."""
+    """cuda:<local rank>, or the only visible GPU when the launcher gives each task one (--gpus-per-task=1).
+
+    A local rank at or past the visible GPUs (torchrun --nproc_per_node=8 on 4 GPUs) is refused: falling back
+    to cuda:0 would put two ranks on one GPU, which NCCL reports only later ("Duplicate GPU detected").
+    """
     if requested == "auto":
         if not torch.cuda.is_available():
             return torch.device("cpu")
         requested = "cuda"
     device = torch.device(requested)
     if device.type == "cuda" and device.index is None:
-        device = torch.device(f"cuda:{local_rank if local_rank < torch.cuda.device_count() else 0}")
+        visible = torch.cuda.device_count()
+        if visible == 1:
+            return torch.device("cuda:0")
+        if local_rank >= visible:
+            raise UserError(
+                f"local rank {local_rank} needs a GPU of its own, but this process sees {visible} GPU(s) "
+                f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}); start at most "
+                f"{visible} processes per node (torchrun --nproc_per_node={visible}, SLURM --ntasks-per-node)"
+            )
+        device = torch.device(f"cuda:{local_rank}")
     return device
 
 

@@ -37,6 +37,7 @@ LAUNCH_KEYS = (
     "train.requeue_on_usr1",
     "train.compile",
     "train.cudnn_benchmark",
+    "train.tf32",  # like autotuning: how float32 math rounds on a GPU, not what it computes
     "train.ddp",  # DDP's bucketing: how gradients travel, not their values
     "init_from",  # only a new run reads it: once the run has its own last.pt, resuming wins
 )

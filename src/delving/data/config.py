@@ -57,6 +57,7 @@ class DataConfig:
     mean_image: str | None = None  # normalize=mean_image: the .npy file; None: <root>/mean_image.npy
     use_draft: bool = True  # Pillow's reduced-size JPEG decoding when the reduced image still covers s
     # Turn images upright by their EXIF orientation tag. false: pixels as stored (torchvision, the paper's Caffe).
+    # Every path follows it: Pillow's, decode_on_device's (whichever decoder) and evaluation.
     exif_transpose: bool = False
     # Training input only: the workers send the JPEG bytes and the training device decodes them (nvJPEG on a
     # GPU, via torchvision.io.decode_jpeg) and crops, flips and lights them there (data/device_decode.py).
@@ -93,11 +94,6 @@ def validate(cfg: DataConfig) -> None:
         )
     if not 0.0 <= cfg.max_bad_fraction < 1.0:
         raise DataConfigError(f"data: max_bad_fraction must be in [0, 1), got {cfg.max_bad_fraction}")
-    if cfg.exif_transpose and cfg.decode_on_device:
-        raise DataConfigError(
-            "data.exif_transpose=true with data.decode_on_device=true: the device decoder uses JPEG pixels as "
-            "stored; set one of them to false"
-        )
 
 
 def as_data_config(cfg: DataConfig | DictConfig | dict[str, Any]) -> DataConfig:

@@ -101,14 +101,20 @@ _SWAPS_SIDES = (Image.Transpose.TRANSPOSE, Image.Transpose.ROTATE_270, Image.Tra
                 Image.Transpose.ROTATE_90)  # fmt: skip
 
 
+def exif_orientation(img: Image.Image) -> int | None:
+    """The EXIF orientation tag of an opened image: 1 (as stored) when it has none, None when its EXIF block
+    is unreadable."""
+    try:
+        orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+    except (OSError, ValueError, SyntaxError, KeyError, TypeError, struct.error):
+        return None
+    return orientation if isinstance(orientation, int) else None
+
+
 def _exif_turn(img: Image.Image) -> Image.Transpose | None:
     """How to turn `img` upright by its EXIF orientation tag; None when it has none, or an unreadable EXIF
     block (the pixels are still good: such a file is used as stored, not dropped)."""
-    try:
-        orientation = img.getexif().get(_EXIF_ORIENTATION)
-    except (OSError, ValueError, SyntaxError, KeyError, TypeError, struct.error):
-        return None
-    return _EXIF_TURNS.get(orientation) if isinstance(orientation, int) else None
+    return _EXIF_TURNS.get(exif_orientation(img))  # type: ignore[arg-type]
 
 
 def _scaled_to_8_bits(img: Image.Image) -> Image.Image:

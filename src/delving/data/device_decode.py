@@ -7,6 +7,11 @@ the Pillow path (data/transforms.py): resize the shorter side to s, the crop at 
 8-bit rounding, PCA lighting and the mean. So a GPU needs a fraction of a CPU core per thousand images instead
 of several. On device='cpu' the same tensor code runs, which is how the tests compare it with Pillow's path.
 
+EXIF orientation follows data.exif_transpose whatever the decoder: TorchCodec's decode_jpeg always turns a JPEG
+by its orientation tag (nvJPEG lists it as a feature), torchvision's only when asked, so no decoder is given
+a JPEG that carries one. The worker decodes those files with Pillow, under the same rule as the Pillow path
+(data/decode.py), and sends the pixels; JPEGs without the tag (or with orientation 1) go to the device.
+
 Differences from the Pillow path: the whole image is resized (bilinear with antialiasing, as torchvision's
 tensor Resize), not only the crop's window, and JPEGs are always decoded at full size (no `draft`); pixels
 agree within about a level of 255. Files decode_jpeg does not take (CMYK, a PNG named .JPEG) come decoded by
@@ -29,7 +34,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from delving.data.config import DataConfig
-from delving.data.decode import BadImageError, ImageSource, decode_image, source_name
+from delving.data.decode import BadImageError, ImageSource, decode_image, exif_orientation, source_name
 from delving.data.normalize import InputNormalizer, lighting_offset
 from delving.data.transforms import TrainDraws, crop_origin, pil_to_uint8, resized_size
 
@@ -72,8 +77,9 @@ class EncodedImage:
     pixels: np.ndarray | None = None
 
 
-def read_for_device(source: ImageSource) -> EncodedImage:
-    """Worker side: the bytes of a JPEG that decode_jpeg reads, else Pillow's decode; raises BadImageError."""
+def read_for_device(source: ImageSource, exif_transpose: bool = False) -> EncodedImage:
+    """Worker side: the bytes of a JPEG that decode_jpeg reads the same way on every decoder, else Pillow's
+    decode (turned by its EXIF orientation when `exif_transpose`, as the Pillow path does); raises BadImageError."""
     name = source_name(source)
     try:
         if isinstance(source, str | os.PathLike):
@@ -82,7 +88,9 @@ def read_for_device(source: ImageSource) -> EncodedImage:
         else:
             raw = source.read()  # type: ignore[union-attr]
         with Image.open(io.BytesIO(raw)) as img:  # reads the header only
-            plain_jpeg = img.format == "JPEG" and img.mode in DEVICE_DECODABLE_MODES
+            plain_jpeg = (
+                img.format == "JPEG" and img.mode in DEVICE_DECODABLE_MODES and exif_orientation(img) == 1
+            )
     except FileNotFoundError:
         raise BadImageError(name, "file not found") from None
     except Exception as exc:
@@ -91,7 +99,7 @@ def read_for_device(source: ImageSource) -> EncodedImage:
         return EncodedImage(name, raw)
     named = io.BytesIO(raw)
     named.name = name  # type: ignore[attr-defined]
-    return EncodedImage(name, None, np.asarray(decode_image(named)))
+    return EncodedImage(name, None, np.asarray(decode_image(named, exif_transpose=exif_transpose)))
 
 
 class DeviceTrainTransform:
@@ -159,6 +167,9 @@ class DeviceTrainTransform:
             for i in range(len(pixels))
         ]
         batch = torch.stack([self.crop(pixels[k], draws[k]) for k in keep])  # type: ignore[arg-type]
-        # The lighting shift is computed on the CPU in float64 exactly as the Pillow path's, then moved.
+        # The lighting shift is computed on the CPU in float64 exactly as the Pillow path's, then moved (from
+        # pinned memory, so that the normalizer's non-blocking copy does not wait for the GPU).
         shift = torch.stack([lighting_offset(draws[k].alpha) for k in keep])
+        if self.device.type == "cuda":
+            shift = shift.pin_memory()
         return self.normalizer(batch, shift), labels[keep], failures

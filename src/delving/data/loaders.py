@@ -95,8 +95,11 @@ def seed_worker_globals(seed: int, rank: int, epoch: int, worker: int) -> None:
 class _EncodeForDevice:
     """The workers' share of data.decode_on_device: read the file, keep the draws for the device."""
 
+    def __init__(self, exif_transpose: bool) -> None:
+        self.exif_transpose = exif_transpose
+
     def __call__(self, source: ImageSource, draws: TrainDraws) -> tuple[EncodedImage, TrainDraws]:
-        return read_for_device(source), draws
+        return read_for_device(source, self.exif_transpose), draws
 
 
 class _CropForDevice:
@@ -118,7 +121,9 @@ class _TrainSet(Dataset):
         self.reader = reader
         pillow = TrainTransform(cfg, normalizer)
         self.draw = pillow.draws
-        self.transform = _EncodeForDevice() if cfg.decode_on_device else _CropForDevice(pillow)
+        self.transform = (
+            _EncodeForDevice(cfg.exif_transpose) if cfg.decode_on_device else _CropForDevice(pillow)
+        )
         self.seed = seed
         self.rank = rank
         self.seeded_epoch: int | None = None

@@ -105,12 +105,15 @@ class InputNormalizer:
 
     def __call__(self, pixels: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
         """`shift`: the lighting offset, (3,) for a CHW input or (N, 3) for an NCHW batch, or None."""
-        mean = fit_mean(self.mean, *pixels.shape[-2:]).to(pixels.device)
+        # Every copy to the device is non-blocking: a blocking one from the loader's pinned memory would wait
+        # for the GPU's queued work (the previous step) before each batch.
+        device = pixels.device
+        mean = fit_mean(self.mean, *pixels.shape[-2:]).to(device, non_blocking=True)
         if shift is None:
             offset = -mean
         elif shift.ndim == 2:
-            offset = shift.to(pixels.device)[:, :, None, None] - mean
+            offset = shift.to(device, non_blocking=True)[:, :, None, None] - mean
         else:
-            offset = shift.to(pixels.device).view(3, 1, 1) - mean
+            offset = shift.to(device, non_blocking=True).view(3, 1, 1) - mean
         out = pixels.to(torch.float32) + offset
-        return out if self.std is None else out / self.std.to(pixels.device)
+        return out if self.std is None else out / self.std.to(device, non_blocking=True)

@@ -24,6 +24,7 @@ from delving.dist import (
     environment_ranks,
     failing_together,
     init_distributed,
+    pick_device,
     shutdown_distributed,
 )
 from delving.engine.config import AppConfig
@@ -57,7 +58,9 @@ class CheckFirst(Callback):
         task = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
         with user_errors():
             check_launcher(task)
-            preflight(task, environment_ranks(dict(os.environ))[1])
+            _, world_size, local_rank = environment_ranks(dict(os.environ))
+            preflight(task, world_size)
+            pick_device(str(task.train.device), local_rank)  # a GPU for this rank, or one line why not
             check_run_dir_writable(Path(str(config.hydra.run.dir)).absolute())
 
 

@@ -174,6 +174,10 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False  # torch.compile, applied before DDP
     cudnn_benchmark: bool = True
+    # float32 convolutions and matmuls on CUDA (precision=fp32, and whatever autocast leaves in fp32) in TF32
+    # (Ampere and later: 10-bit mantissa on tensor cores) or, with false, IEEE fp32 everywhere (slower). torch's
+    # own default mixes them (TF32 convs, IEEE matmuls); delving sets both (delving/numerics.py). No effect on CPUs.
+    tf32: bool = True
     device: str = "auto"  # auto: cuda:<local rank> when CUDA is available, else cpu
     checkpoint_every_steps: int = 0  # 0: only at the end of each epoch (last.pt)
     keep_best: int = 3  # best-k checkpoints by val top-1 error

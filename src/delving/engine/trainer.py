@@ -55,6 +55,7 @@ from delving.engine.same_data import check_ranks_see_the_same_data
 from delving.engine.signals import StopRequested, StopSignals
 from delving.errors import UserError
 from delving.models import build_model
+from delving.numerics import fp32_math, set_tf32
 
 # Test hooks (fault injection): SIGKILL this process right after this global step; sleep after each step.
 KILL_AT_STEP_ENV = "DELVING_KILL_AT_STEP"
@@ -90,6 +91,7 @@ class Trainer:
         self.device = ctx.device
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
+        set_tf32(cfg.train.tf32)  # training and validation; the final evaluation runs as eval.tf32 says
         with failing_together(ctx):  # a rank that cannot build its part must not leave the others in DDP
             torch.manual_seed(cfg.seed)  # the same initial weights on every rank
             self.model = build_model(cfg.model).to(self.device)
@@ -275,7 +277,7 @@ class Trainer:
             self.ema.load_state_dict(checkpoint.ema)
         self.state.load_state_dict(checkpoint.train_state)
         if len(checkpoint.rng) == self.ctx.world_size:
-            restore_rng_state(checkpoint.rng[self.ctx.rank])
+            restore_rng_state(checkpoint.rng[self.ctx.rank], self.device, self.ctx.local_rank)
         else:
             log.warning(
                 "checkpoint has RNG states of %d ranks, this run has %d: dropout draws will differ from an "
@@ -293,7 +295,7 @@ class Trainer:
     def _save(self) -> Path | None:
         """Collective: gathers every rank's RNG state; rank 0 writes last.pt atomically. A failed write
         (a full disk) stops every rank with its message, not only rank 0."""
-        rng_states = gather_to_main(capture_rng_state(), self.ctx)
+        rng_states = gather_to_main(capture_rng_state(self.device), self.ctx)
         path = self.run.last
         with failing_together(self.ctx):
             if self.ctx.is_main:
@@ -554,10 +556,12 @@ class Trainer:
     def fit(self) -> dict[str, float]:
         """Trains to `train.epochs`; returns the last validation errors. Raises StopRequested on a signal."""
         cfg = self.cfg
+        math = fp32_math() if self.device.type == "cuda" else {"conv": "ieee", "matmul": "ieee"}
         log.info(
-            "training %s: %d epoch(s) x %d step(s), global batch %d over %d rank(s), device %s, run dir %s",
+            "training %s: %d epoch(s) x %d step(s), global batch %d over %d rank(s), device %s (float32 convs %s, "
+            "matmuls %s), run dir %s",
             self.config["model"]["name"], cfg.train.epochs, self.train_loader.steps_per_epoch,
-            cfg.train.batch_size, self.ctx.world_size, self.device, self.run.path,
+            cfg.train.batch_size, self.ctx.world_size, self.device, math["conv"], math["matmul"], self.run.path,
         )  # fmt: skip
         self.model.train()
         if self.state.val_pending:

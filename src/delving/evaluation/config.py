@@ -37,7 +37,10 @@ class EvalConfig:
     batch_size: int = 32  # images (dense) or crops (center, ten_view) per forward, per rank
     num_workers: int | None = None  # decoding processes per rank; None: data.num_workers
     max_pending_views: int = 256  # views (whole images for dense) waiting in half-full shape buckets
-    amp: bool = False  # bfloat16 autocast on CUDA (softmax stays fp32); off for exact fp32 numbers
+    amp: bool = False  # bfloat16 autocast on CUDA (softmax stays fp32); off: float32 math, as `tf32` says
+    # float32 convolutions and matmuls on CUDA in TF32 (Ampere and later: 10-bit mantissa, tensor cores) or, with
+    # false, in IEEE fp32 (slower, more memory: lower batch_size). CPUs always compute IEEE fp32 (delving/numerics.py).
+    tf32: bool = True
     probs_dtype: ProbsDtype = ProbsDtype.float32  # how the predictions file stores the probabilities
     limit: int | None = None  # evaluate only the first N images of the split (smoke runs)
 

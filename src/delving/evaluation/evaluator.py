@@ -51,6 +51,7 @@ from delving.evaluation.metrics import topk_errors
 from delving.evaluation.predictions import Predictions
 from delving.evaluation.views import CROPS_PER_SCALE, image_views
 from delving.models import SPPNet
+from delving.numerics import cudnn_autotuning, fp32_math, tf32
 from delving.progress import Progress
 
 SINGLE_PROCESS = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
@@ -291,7 +292,7 @@ def _predict_local(
         Progress(len(positions), what, enabled=show_progress and ctx.is_main) as progress,
         contextlib.closing(_items(dataset, workers)) as items,
     ):
-        runner = _BucketedRunner(net, len(positions), eval_cfg, ctx.device, progress.update)
+        runner = _BucketedRunner(net, len(positions), eval_cfg, _device_of(net), progress.update)
         for k, views, failure in items:
             if failure is None:
                 runner.add(k, views)  # type: ignore[arg-type]
@@ -301,6 +302,17 @@ def _predict_local(
             bad_files.update(int(failure is None), [] if failure is None else [failure])
         scored, probs = runner.finish(skipped)
     return _Scored(positions[scored], probs.astype(np.float32), positions[skipped])
+
+
+def _device_of(net: nn.Module) -> torch.device:
+    """Where the model's weights are: its batches go there (a GPU model passed without a context included)."""
+    return next(net.parameters(), torch.empty(0)).device
+
+
+def _float32_math(device: torch.device) -> dict[str, str]:
+    """The device and how its float32 convolutions and matmuls ran (tf32 or ieee; a CPU's are ieee)."""
+    math = fp32_math() if device.type == "cuda" else {"conv": "ieee", "matmul": "ieee"}
+    return {"device": str(device), **math}
 
 
 def _gather_exact(
@@ -363,6 +375,7 @@ def _metadata(
         "draft": bool(eval_cfg.draft),
         "views_per_image": len(scales) * CROPS_PER_SCALE[protocol] * (2 if eval_cfg.flips else 1),
         "probs_dtype": ProbsDtype(eval_cfg.probs_dtype).value,
+        "float32_math": _float32_math(_device_of(net)),
         "dataset": {
             "name": DatasetKind(data_cfg.name).value,
             "root": os.fspath(split.root),
@@ -394,7 +407,25 @@ def evaluate(
 
     `classes`: the class list the model was trained on (a checkpoint's); a data set with another list is
     refused, naming the first difference. Progress goes to stderr (or the "delving" logger) on rank 0.
+
+    The batches go to the model's device. There, float32 math runs as eval.tf32 says, and cuDNN's autotuning
+    is off: the dense and multi-scale protocols batch whole images by shape, so nearly every batch has a new
+    shape that `cudnn.benchmark` would time every algorithm for, once each (the training turns it on).
     """
+    with tf32(eval_cfg.tf32), cudnn_autotuning(False):
+        return _evaluate(model, data_cfg, eval_cfg, split, ctx, classes, extra_metadata, show_progress)
+
+
+def _evaluate(
+    model: nn.Module,
+    data_cfg: DataConfig,
+    eval_cfg: EvalConfig,
+    split: str,
+    ctx: DistributedContext,
+    classes: Sequence[str] | None,
+    extra_metadata: Mapping[str, Any] | None,
+    show_progress: bool,
+) -> EvalResult:
     net = _bare_model(model)
     was_training = net.training
     net.eval()
