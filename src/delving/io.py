@@ -267,6 +267,20 @@ def can_write(path: Path) -> bool:
     return os.access(path, os.W_OK | os.X_OK if path.is_dir() else os.W_OK, effective_ids=True)
 
 
+def free_bytes(path: Path) -> tuple[int | None, int]:
+    """(bytes this user may still write on the disk of `path` or its nearest existing folder, or None where
+    that cannot be told; the file system's block size)."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        disk = os.statvfs(existing)
+    except OSError:
+        return None, 4096
+    free = disk.f_bfree if os.geteuid() == 0 else disk.f_bavail  # root may use the reserved blocks
+    return free * disk.f_frsize, disk.f_frsize or 4096
+
+
 def unwritable_place(path: Path) -> str | None:
     """Why `path` (a folder to create or write into) cannot be written, or None: the first thing in the way."""
     me = user_name(os.geteuid())

@@ -12,13 +12,21 @@ and shard indexes only (no image, no full listing), and never generate the synth
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from delving.config import config_dir
-from delving.data.checks import DEMO_HINT, check_data_set, checked_data_values
+from delving.data.checks import (
+    DEMO_HINT,
+    check_data_set,
+    check_mean_image,
+    checked_data_values,
+    count_training_images,
+)
 from delving.data.config import DataConfig, DatasetKind
+from delving.dist import check_device
 from delving.engine.config import AppConfig, SchedKind, TrainConfig, as_app_config
 from delving.errors import ConfigError, require_at_least
 from delving.evaluation.config import check_eval
@@ -35,6 +43,8 @@ def preflight(cfg: AppConfig | DictConfig, world_size: int) -> AppConfig:
     for part in (typed.train, typed.logger, typed.optim, typed.sched, typed.model):
         part.check()
     check_eval(typed.eval, typed.model.input_size)
+    check_device("train.device", typed.train.device)
+    _check_run_name(typed.run_name)
     _check_batch_split(typed.train, world_size)
     sched, epochs = typed.sched, typed.train.epochs
     if sched.name is SchedKind.cosine and sched.warmup_epochs >= epochs:
@@ -52,12 +62,16 @@ def preflight(cfg: AppConfig | DictConfig, world_size: int) -> AppConfig:
         )
     classes, train_images = check_data_set(data)
     cfg.model.num_classes = typed.model.num_classes = _class_count(typed, classes)
+    if train_images is None and classes is not None:  # a folder data set: counted up to one global batch
+        train_images = count_training_images(data, classes, typed.train.batch_size)
     if train_images is not None and train_images < typed.train.batch_size:
+        where = f"data={data.name.value}" + (f" (data.root={data.root})" if data.root else "")
         raise ConfigError(
             f"train.batch_size={typed.train.batch_size} is more than the {train_images} training images of "
-            f"data={data.name.value}: lower train.batch_size (one epoch needs one full global batch)"
+            f"{where}: lower train.batch_size (one epoch needs one full global batch)"
         )
-    _check_resume(typed.resume)
+    check_mean_image(data)
+    _check_start(typed.resume, typed.init_from)
     return typed
 
 
@@ -128,10 +142,40 @@ def _num_classes_source(cfg: AppConfig) -> str:
     return f"model={keys.get('model', cfg.model.name.value)}"
 
 
-def _check_resume(resume: str | None) -> None:
-    if resume in (None, "", "null", "auto"):
+def _check_run_name(run_name: str | None) -> None:
+    """The run folder is <paths.outputs>/<experiment_name>/<run_name>: a name may make subfolders there, but
+    never leave it (an absolute path or ../ would write the run elsewhere)."""
+    if run_name is None:
         return
-    if not Path(resume).expanduser().exists():
+    inside = os.path.normpath(run_name)
+    if not run_name.strip() or os.path.isabs(inside) or inside == "." or inside.split(os.sep)[0] == "..":
         raise ConfigError(
-            f"resume={resume}: no such checkpoint; give a last.pt path, resume=auto or resume=null"
+            f"run_name={run_name!r}: a run name is a folder inside paths.outputs/<experiment_name>, without "
+            "'..' or a leading '/': give a plain name (e.g. run_name=a1), or choose the place with "
+            "paths.outputs= or hydra.run.dir="
         )
+
+
+def _check_start(resume: str | None, init_from: str | None) -> None:
+    """resume= and init_from= files readable as what they must be (tensors memory-mapped, not read)."""
+    from delving.checkpoint import Checkpoint, CheckpointError, check_init_weights
+
+    given = resume not in (None, "", "null", "auto")
+    if given and init_from:
+        raise ConfigError(
+            f"resume={resume} and init_from={init_from}: resume= continues a run (its weights, optimizer and "
+            "schedule), init_from= starts a new one from weights; give one of them"
+        )
+    try:
+        if given:
+            if not Path(resume).expanduser().exists():  # type: ignore[arg-type]
+                raise ConfigError(
+                    f"resume={resume}: no such checkpoint; give a last.pt path, resume=auto or resume=null"
+                )
+            Checkpoint.load(Path(resume).expanduser(), mmap=True)  # type: ignore[arg-type]
+        if init_from:
+            check_init_weights(Path(init_from).expanduser())
+    except CheckpointError as error:
+        key = f"resume={resume}" if given else f"init_from={init_from}"
+        message = str(error)
+        raise ConfigError(message if message.startswith(key) else f"{key}: {message}") from None
