@@ -281,6 +281,29 @@ def free_bytes(path: Path) -> tuple[int | None, int]:
     return free * disk.f_frsize, disk.f_frsize or 4096
 
 
+PROBE_BYTES = 4096  # one block: a full disk refuses it, where an empty file could still be made
+
+
+def write_probe(folder: Path) -> str | None:
+    """Why a file cannot be written in `folder` (an existing folder), found by writing one block there and
+    removing it, or None: the only test that /proc, a read-only or full disk and ACLs all answer truly."""
+    probe = temp_path(folder / "write-probe")
+    try:
+        with open(probe, "xb") as handle:
+            handle.write(b"\0" * PROBE_BYTES)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as error:
+        full = error.errno in (errno.ENOSPC, errno.EDQUOT)
+        return "no space left on its disk (or over quota)" if full else error.strerror or str(error)
+    finally:
+        try:
+            probe.unlink()
+        except OSError:
+            pass
+    return None
+
+
 def unwritable_place(path: Path) -> str | None:
     """Why `path` (a folder to create or write into) cannot be written, or None: the first thing in the way."""
     me = user_name(os.geteuid())

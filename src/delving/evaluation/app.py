@@ -32,7 +32,7 @@ from delving.evaluation.ensemble import check_weights, member_names
 from delving.evaluation.ensemble_report import EnsembleOptions, EnsembleReport, build_ensemble_report
 from delving.evaluation.evaluator import EvalResult, evaluate
 from delving.evaluation.predictions import Predictions, load_predictions, predictions_writer, save_predictions
-from delving.io import atomic_write_files, check_output_folder, utf8
+from delving.io import atomic_write_files, check_output_folder, utf8, write_probe
 from delving.progress import Progress, format_duration
 
 log = logging.getLogger("delving")
@@ -181,6 +181,9 @@ def check_output(path: Path) -> Path:
         raise EvalOutputError(f"output={path}: {existing} is a file, so no folder can be made there")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise EvalOutputError(f"output={path}: no permission to write in {existing}; choose another output=")
+    why = write_probe(existing)  # as the file will be written at the end: /proc, read-only and full disks
+    if why is not None:
+        raise EvalOutputError(f"output={path}: cannot write in {existing} ({why}); choose another output=")
     return path
 
 
