@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import logging
@@ -297,10 +298,8 @@ def write_probe(folder: Path) -> str | None:
         full = error.errno in (errno.ENOSPC, errno.EDQUOT)
         return "no space left on its disk (or over quota)" if full else error.strerror or str(error)
     finally:
-        try:
+        with contextlib.suppress(OSError):
             probe.unlink()
-        except OSError:
-            pass
     return None
 
 

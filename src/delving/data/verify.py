@@ -46,7 +46,8 @@ class ScanTally:
         return (
             f"checked {'; '.join(done) or 'no file yet'}"
             + (f" ({', '.join(left)} not started)" if left else "")
-            + f"; {self.bad:,} unreadable so far" + (" (listed above)" if self.bad else "")
+            + f"; {self.bad:,} unreadable so far"
+            + (" (listed above)" if self.bad else "")
         )
 
 

@@ -26,10 +26,11 @@ from delving.data.checks import (
     count_training_images,
 )
 from delving.data.config import DataConfig, DatasetKind
-from delving.dist import check_device
+from delving.dist import check_device, pick_device
 from delving.engine.config import AppConfig, SchedKind, TrainConfig, as_app_config
 from delving.errors import ConfigError, require_at_least
 from delving.evaluation.config import check_eval
+from delving.run_identity import environment_ranks
 
 __all__ = ["ConfigError", "preflight"]
 
@@ -72,6 +73,11 @@ def preflight(cfg: AppConfig | DictConfig, world_size: int) -> AppConfig:
         )
     check_mean_image(data)
     _check_start(typed.resume, typed.init_from)
+    if typed.train.final_eval:
+        from delving.evaluation.memory import check_eval_memory  # the net's code: once the cheap checks pass
+
+        device = pick_device(typed.train.device, environment_ranks()[2])
+        check_eval_memory(typed.eval, typed.model, typed.model.input_size, device)
     return typed
 
 
