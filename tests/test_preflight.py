@@ -330,3 +330,27 @@ def test_run_names_that_leave_the_outputs_folder_are_refused(name: str) -> None:
 def test_run_names_inside_the_outputs_folder_pass() -> None:
     for name in ("a1", "study/a1", "a/../b"):
         preflight(compose_train(*TINY, f"run_name={name}"), world_size=1)
+
+
+def test_eval_scales_beyond_the_devices_memory_are_refused_before_the_run() -> None:
+    """eval.scales=[30000]-like values tried to allocate GBs at the final evaluation and died there."""
+    message = refusal(*TINY, "eval.scales=[300000]")
+    assert message.startswith(
+        "eval.scales=[300000]: scale 300000 (32143 px shorter side for model.input_size=24)"
+    )
+    assert "that cpu has" in message and "even one image needs" in message
+
+
+def test_the_memory_bound_names_the_largest_batch_that_fits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exactly the memory of 4 images (with their flips) is free: batch 32 is refused, 4 is named, 4 passes."""
+    from delving.evaluation import memory
+    from delving.evaluation.config import EvalConfig
+
+    model = {"name": "net14", "width": 0.0625, "num_classes": 4, "input_size": 24, "spp_levels": [2, 1]}
+    side = 256 * 24 // 224 + 1  # 27 px: round(256 * 24 / 224)
+    per_image = memory.dense_peak_bytes(model, side, 1) * 2 + 3 * side * side * 4
+    assert memory.dense_peak_bytes(model, side, 8) == 8 * memory.dense_peak_bytes(model, side, 1)
+    monkeypatch.setattr(memory, "available_bytes", lambda device, total=False: 4 * per_image)
+    with pytest.raises(UserError, match=r"lower eval\.batch_size to 4 or the scale"):
+        memory.check_eval_memory(EvalConfig(scales=[256], batch_size=32), model, 24, torch.device("cpu"))
+    memory.check_eval_memory(EvalConfig(scales=[256], batch_size=4), model, 24, torch.device("cpu"))

@@ -77,7 +77,7 @@ def preflight(cfg: AppConfig | DictConfig, world_size: int) -> AppConfig:
         from delving.evaluation.memory import check_eval_memory  # the net's code: once the cheap checks pass
 
         device = pick_device(typed.train.device, environment_ranks()[2])
-        check_eval_memory(typed.eval, typed.model, typed.model.input_size, device)
+        check_eval_memory(typed.eval, typed.model, typed.model.input_size, device, later=True)
     return typed
 
 

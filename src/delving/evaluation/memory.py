@@ -23,24 +23,26 @@ _MEMINFO = Path("/proc/meminfo")
 _CGROUP = Path("/sys/fs/cgroup")
 
 
-def available_bytes(device: torch.device) -> int | None:
-    """Free memory on `device`: the GPU's, or the host's available memory within this cgroup's limit."""
+def available_bytes(device: torch.device, total: bool = False) -> int | None:
+    """Free memory on `device` (with `total`: all of it): the GPU's, or the host's within this cgroup's limit."""
     if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    free = []
+        free_now, all_of_it = torch.cuda.mem_get_info(device)
+        return int(all_of_it if total else free_now)
+    found = []
     try:
         for line in _MEMINFO.read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                free.append(int(line.split()[1]) * 1024)
+            if line.startswith("MemTotal:" if total else "MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
     except OSError:
         pass
     try:
         limit = (_CGROUP / "memory.max").read_text().strip()
         if limit != "max":
-            free.append(int(limit) - int((_CGROUP / "memory.current").read_text()))
+            used = 0 if total else int((_CGROUP / "memory.current").read_text())
+            found.append(int(limit) - used)
     except (OSError, ValueError):
         pass
-    return min(free) if free else None
+    return min(found) if found else None
 
 
 def dense_peak_bytes(model_cfg: Any, side: int, images: int) -> int:
@@ -67,10 +69,14 @@ def dense_peak_bytes(model_cfg: Any, side: int, images: int) -> int:
     return peak
 
 
-def check_eval_memory(eval_cfg: EvalConfig, model_cfg: Any, input_size: int, device: torch.device) -> None:
+def check_eval_memory(
+    eval_cfg: EvalConfig, model_cfg: Any, input_size: int, device: torch.device, later: bool = False
+) -> None:
     """Refuses, in one line, scales whose largest needs more memory than `device` has free (call it after
-    check_eval: the scales are valid). `model_cfg`: a ModelConfig or a checkpoint's model config dict."""
-    free = available_bytes(device)
+    check_eval: the scales are valid). `model_cfg`: a ModelConfig or a checkpoint's model config dict.
+    `later`: the evaluation runs after training (delving-train's final one): against all of the device's
+    memory, as what is free at launch says little about then."""
+    free = available_bytes(device, total=later)
     if free is None:
         return
     paper = max(eval_cfg.scales)
@@ -95,5 +101,5 @@ def check_eval_memory(eval_cfg: EvalConfig, model_cfg: Any, input_size: int, dev
     raise ConfigError(
         f"eval.scales={list(eval_cfg.scales)}: scale {paper} ({side} px shorter side for model.input_size="
         f"{input_size}) needs at least {needed / GIB:.1f} GiB for {what}, more than the {free / GIB:.1f} GiB "
-        f"free on {device}; {fix} (the paper's: 256, 384, 480)"
+        f"{'that' if later else 'free on'} {device}{' has' if later else ''}; {fix} (the paper's: 256, 384, 480)"
     )
