@@ -1,7 +1,9 @@
-"""A data set checked before a run, in a second: its values, its folders or shard indexes, its classes.
+"""A data set checked before a run, in a second: its values, its folders or shard indexes, its classes, one
+global batch of training images, its mean image, and room for the synthetic set.
 
-What a launch's preflight asks of the data room. It reads folder names and shard indexes only (no image, no
-full listing) and never generates the synthetic set; each refusal is a ConfigError naming the key.
+What a launch's preflight asks of the data room. It reads folder names, the file names of the first class
+folders and shard indexes only (no image, no full listing) and never generates the synthetic set (a few of
+its images are rendered in memory to estimate its size); each refusal is a ConfigError naming the key.
 """
 
 from __future__ import annotations

@@ -3,11 +3,14 @@
 `preflight(cfg, world_size)` runs at the start of the train app, before the net is built, on the typed
 config. Each part's own values are its schema's rules (`ModelConfig.check()`, `TrainConfig.check()`, ...,
 data/config.validate, evaluation/config.check_eval); here are the rules that span parts or need the world:
-the crop is the model's input size, the batch splits over the ranks, the data set exists with the classes
-the model expects, the resume checkpoint exists, the synthetic set's folder can be written. Each refusal is
-a ConfigError with one line naming the key, its value and what to do. It completes the config in one place:
-`model.num_classes: null` becomes the data set's class count. The checks on the data set read folder names
-and shard indexes only (no image, no full listing), and never generate the synthetic set.
+the crop is the model's input size, the batch splits over the ranks, the device exists, the run name stays
+inside paths.outputs, the data set exists with the classes the model expects and one global batch of
+training images, the mean image is there, the resume= / init_from= files are whole checkpoints, the synthetic
+set's folder can be written and has room, the final evaluation's largest scale fits the device's memory.
+Each refusal is a ConfigError with one line naming the key, its value and what to do. It completes the config
+in one place: `model.num_classes: null` becomes the data set's class count. The checks on the data set read
+folder names, the file names of the first class folders (up to one global batch) and shard indexes only (no
+image, no full listing), and never generate the synthetic set.
 """
 
 from __future__ import annotations
@@ -164,9 +167,11 @@ def _check_run_name(run_name: str | None) -> None:
 
 def _check_start(resume: str | None, init_from: str | None) -> None:
     """resume= and init_from= files readable as what they must be (tensors memory-mapped, not read)."""
+    given = resume not in (None, "", "null", "auto")
+    if not (given or init_from):
+        return
     from delving.checkpoint import Checkpoint, CheckpointError, check_init_weights
 
-    given = resume not in (None, "", "null", "auto")
     if given and init_from:
         raise ConfigError(
             f"resume={resume} and init_from={init_from}: resume= continues a run (its weights, optimizer and "
