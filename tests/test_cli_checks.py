@@ -162,7 +162,7 @@ def _console(command: str, *args: str, cwd: Path) -> subprocess.CompletedProcess
     environment.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run(
         [str(Path(sys.executable).parent / command), *args],
-        capture_output=True, text=True, timeout=180, cwd=cwd, env=environment,
+        capture_output=True, text=True, timeout=300, cwd=cwd, env=environment,
     )  # fmt: skip
 
 

@@ -250,7 +250,7 @@ def _console_train(cwd: Path, *overrides: str, **env: str) -> subprocess.Complet
     environment.pop("HYDRA_FULL_ERROR", None)
     command = [str(Path(sys.executable).parent / "delving-train"), f"paths.outputs={cwd / 'outputs'}"]
     return subprocess.run(
-        [*command, *overrides], capture_output=True, text=True, cwd=cwd, env=environment, timeout=120
+        [*command, *overrides], capture_output=True, text=True, cwd=cwd, env=environment, timeout=300
     )
 
 
@@ -334,7 +334,7 @@ def test_run_names_inside_the_outputs_folder_pass() -> None:
 
 def test_eval_scales_beyond_the_devices_memory_are_refused_before_the_run() -> None:
     """eval.scales=[30000]-like values tried to allocate GBs at the final evaluation and died there."""
-    message = refusal(*TINY, "eval.scales=[300000]")
+    message = refusal(*TINY, "train.final_eval=true", "eval.scales=[300000]")
     assert message.startswith(
         "eval.scales=[300000]: scale 300000 (32143 px shorter side for model.input_size=24)"
     )
