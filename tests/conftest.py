@@ -22,7 +22,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Tests that share a session- or module-wide fixture (a real training run, a generated data set) go to one
     xdist worker together (`--dist loadgroup`), so the fixture is made once, not once per worker. Tests that
     share no such fixture are spread one by one."""
-    owner: dict[str, str] = {}  # union-find over the shared fixtures: tests using two of them join both groups
+    owner: dict[
+        str, str
+    ] = {}  # union-find over the shared fixtures: tests using two of them join both groups
 
     def find(name: str) -> str:
         while owner.setdefault(name, name) != name:
@@ -32,7 +34,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     shared_by_item = {}
     for item in items:
         shared = []
-        for name, definitions in getattr(item, "_fixtureinfo").name2fixturedefs.items():
+        for name, definitions in item._fixtureinfo.name2fixturedefs.items():
             scope = definitions[-1].scope
             if name in _EVERYWHERE or scope not in ("session", "module", "package"):
                 continue

@@ -205,3 +205,31 @@ def test_checkpoints_are_saved_with_cpu_tensors(tmp_path: Path) -> None:
     for tensor in (state["model"]["fc.weight"], state["optimizer"]["state"][0]["momentum_buffer"]):
         assert type(tensor) is torch.Tensor and tensor.device.type == "cpu"
         assert torch.equal(tensor, torch.arange(6.0).view(2, 3))
+
+
+def test_load_model_records_the_sha256_of_the_bytes_it_loaded(tmp_path: Path, monkeypatch) -> None:
+    """A last.pt replaced (renamed over) right after the load: the hash is still the loaded file's (it was the
+    replacement's, from a second open)."""
+    from helpers.evaluation import TINY_MODEL, save_checkpoint, tiny_model
+
+    from delving import checkpoint as checkpoint_module
+    from delving.checkpoint import file_sha256, load_model
+
+    path = save_checkpoint(tmp_path / "last.pt", tiny_model(seed=0), dict(TINY_MODEL), {"name": "synthetic"})
+    loaded_sha = file_sha256(path)
+    newer = save_checkpoint(
+        tmp_path / "newer.pt", tiny_model(seed=1), dict(TINY_MODEL), {"name": "synthetic"}
+    )
+    real_load = torch.load
+
+    def load_then_replace(*args, **kwargs):
+        state = real_load(*args, **kwargs)
+        os.replace(newer, path)  # the run saves its next last.pt now
+        return state
+
+    monkeypatch.setattr(checkpoint_module.torch, "load", load_then_replace)
+    model, _, sha256 = load_model(path)
+    assert sha256 == loaded_sha != file_sha256(path)
+    assert torch.equal(
+        model.state_dict()["head.fc3.weight"], tiny_model(seed=0).state_dict()["head.fc3.weight"]
+    )

@@ -14,7 +14,7 @@ from helpers.runs import cli_env
 from delving.cli.command_line import override_problem
 from delving.errors import ConfigError
 from delving.evaluation.config import EvalConfig, check_eval
-from delving.evaluation.predictions import save_predictions
+from delving.evaluation.predictions import load_predictions, save_predictions
 from delving.report.runs import RunDirectoryError, load_run
 
 
@@ -152,3 +152,84 @@ def test_a_damaged_overrides_file_is_one_error_naming_it(tmp_path: Path, damage:
         return  # the command itself once
     result = _command("report", f"runs=[{run_dir}]", f"output_dir={tmp_path / 'out'}", cwd=tmp_path)
     _one_line_exit_2(result, str(run_dir / ".hydra" / "overrides.yaml"))
+
+
+# ---------------------------------------------------------------- delving-eval, as users type it (issue 26)
+
+
+def _console(command: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    environment = cli_env(CUDA_VISIBLE_DEVICES="")
+    environment.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run(
+        [str(Path(sys.executable).parent / command), *args],
+        capture_output=True, text=True, timeout=300, cwd=cwd, env=environment,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def trained_elsewhere(tmp_path: Path) -> tuple[Path, Path]:
+    """(a checkpoint whose saved data config names a folder that is gone, a folder of 6 val images)."""
+    root = write_image_folder(tmp_path / "data", [(80, 70)] * 6)
+    data = {"name": "folder", "root": str(tmp_path / "moved_away"), "crop_size": 64, "num_workers": 2}
+    return save_checkpoint(tmp_path / "ck.pt", tiny_model(), dict(TINY_MODEL), data), root
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("device=cuda", "device=cuda: no CUDA GPU is usable"),
+        ("output=/proc/x.npz", "output=/proc/x.npz: cannot write in /proc (No such file or directory)"),
+        (
+            "eval.scales=[300000]",
+            "eval.scales=[300000]: scale 300000 (85714 px shorter side for model.input_size=64) needs at least",
+        ),
+        ("data.rooot=/x", "data.rooot is not a key of the data config: did you mean data.root?"),
+    ],
+)
+def test_delving_eval_refuses_before_the_work_in_one_line(
+    trained_elsewhere: tuple[Path, Path], override: str, expected: str
+) -> None:
+    """Each ran the evaluation first (output=), died with a traceback (device, scales) or an OmegaConf error."""
+    checkpoint, root = trained_elsewhere
+    result = _console(
+        "delving-eval", f"checkpoint={checkpoint}", f"data.root={root}", override, cwd=root.parent
+    )
+    _one_line_exit_2(result, expected)
+    assert "images to go" not in result.stderr and not list(root.parent.glob("predictions*.npz"))
+
+
+def test_delving_eval_takes_data_keys_without_data_onto_the_checkpoints_data_config(
+    trained_elsewhere: tuple[Path, Path],
+) -> None:
+    """data.root=DIR data.num_workers=0 without data=: "Unexpected type for root: NoneType". Now they are set
+    over the checkpoint's saved data config (its crop size and the rest kept), and the default output name says
+    the data differ from the checkpoint's own."""
+    checkpoint, root = trained_elsewhere
+    result = _console(
+        "delving-eval", f"checkpoint={checkpoint}", f"data.root={root}", "data.num_workers=0", "eval=center",
+        cwd=root.parent,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (written,) = root.parent.glob("predictions-center-s256-*data*-ck.npz")
+    meta = load_predictions(written).metadata
+    assert meta["data_config"]["root"] == str(root) and meta["data_config"]["num_workers"] == 0
+    assert meta["data_config"]["crop_size"] == 64 and meta["num_images"] == 6
+
+
+def test_ctrl_c_in_delving_eval_is_one_line_and_ends_on_sigint(tmp_path: Path) -> None:
+    """It printed ~50 lines of KeyboardInterrupt traceback. Large images, so the evaluation takes a while."""
+    import signal
+
+    from helpers.interrupt import ctrl_c_after
+
+    root = write_image_folder(tmp_path / "data", [(1600, 1200)] * 60)
+    data = {"name": "folder", "root": str(root), "crop_size": 64, "num_workers": 1, "use_draft": False}
+    checkpoint = save_checkpoint(tmp_path / "ck.pt", tiny_model(), dict(TINY_MODEL), data)
+    command = ["delving-eval", f"checkpoint={checkpoint}", "eval.scales=[2000]", "eval.batch_size=1"]
+    code, _, stderr = ctrl_c_after(command, "images to go", tmp_path)
+    assert code == -signal.SIGINT, stderr[-3000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == (
+        "delving-eval: interrupted (Ctrl-C); no predictions file was written (it is written when the evaluation ends)"
+    )
+    assert not list(tmp_path.glob("*.npz")) and not list(tmp_path.glob(".*.tmp"))

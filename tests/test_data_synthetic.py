@@ -1,9 +1,13 @@
 import io
 import multiprocessing as mp
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.disks import small_disk
+from helpers.runs import TINY_DATA, TINY_MODEL, TINY_TRAIN, cli_env
 from PIL import Image
 
 from delving.data.config import DataConfig
@@ -11,9 +15,11 @@ from delving.data.datasets import list_samples
 from delving.data.synthetic import (
     COMPLETE_MARKER,
     SyntheticParams,
+    SyntheticSpaceError,
     default_root,
     encode_jpeg,
     ensure_synthetic,
+    estimated_bytes,
     render_image,
     synthetic_classes,
 )
@@ -99,3 +105,40 @@ def test_half_written_set_is_never_taken_for_complete(tmp_path):
     stale.mkdir()
     ensure_synthetic(_tiny(tmp_path / "other"))
     assert not stale.exists() and (tmp_path / "other" / COMPLETE_MARKER).is_file()
+
+
+def test_the_estimated_size_is_within_15_percent_of_what_the_set_takes(tmp_path: Path) -> None:
+    params = SyntheticParams.from_config(_tiny(None))
+    ensure_synthetic(_tiny(tmp_path / "set"))
+    taken = sum(-(-p.stat().st_size // 4096) * 4096 for p in (tmp_path / "set").rglob("*") if p.is_file())
+    taken += 4096 * sum(1 for p in (tmp_path / "set").rglob("*") if p.is_dir())
+    assert 0.85 * taken <= estimated_bytes(params, 4096) <= 1.15 * taken
+
+
+def test_a_cache_that_fills_up_while_generating_is_one_line_and_keeps_nothing(tmp_path: Path) -> None:
+    """The estimate let it start (a disk filled by someone else meanwhile): ENOSPC ends it in one line."""
+    with small_disk(tmp_path / "disk", "256k") as disk:
+        cfg = _tiny(disk / "set")
+        cfg.synthetic_train_per_class = 100
+        with pytest.raises(
+            SyntheticSpaceError, match=rf"the disk at {disk} is full .* did not fit and was not kept"
+        ):
+            ensure_synthetic(cfg)
+        assert sorted(p.name for p in disk.iterdir()) == ["set.lock"]
+
+
+def test_delving_train_refuses_a_cache_without_room_before_its_run_folder(tmp_path: Path) -> None:
+    """It was a Hydra traceback (OSError: No space left on device), exit 1, and a run folder left."""
+    with small_disk(tmp_path / "cache", "1m") as cache:
+        result = subprocess.run(
+            [str(Path(sys.executable).parent / "delving-train"), *TINY_DATA, *TINY_MODEL, *TINY_TRAIN,
+             "data.synthetic_train_per_class=100", f"paths.outputs={tmp_path / 'outputs'}"],
+            capture_output=True, text=True, cwd=tmp_path, env=cli_env(DELVING_DATA_CACHE=str(cache)), timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 2, result.stderr[-3000:]
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith(f"error: data=synthetic is generated on first use into {cache}/synthetic-"), (
+            line
+        )
+        assert "MB, but its disk has 1.0 MB free" in line and "DELVING_DATA_CACHE" in line, line
+        assert not (tmp_path / "outputs").exists() and not list(cache.iterdir())

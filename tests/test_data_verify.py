@@ -104,3 +104,34 @@ def test_a_class_folder_without_search_permission_is_bad_files_named_and_counted
         )
     finally:
         closed.chmod(0o755)
+
+
+def test_ctrl_c_ends_verify_data_in_one_line_with_what_was_checked(tmp_path):
+    """Ctrl-C reaches the pool workers too: it printed 2-4 KeyboardInterrupt tracebacks. Now one line, and the
+    process ends on SIGINT (a shell sees 130). Hard links of one large JPEG: the scan takes a while."""
+    import os
+    import signal
+
+    import numpy as np
+    from helpers.interrupt import ctrl_c_after
+    from PIL import Image
+
+    source = tmp_path / "source.JPEG"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (750, 1000, 3), dtype=np.uint8)).save(source)
+    for split, count in (("train", 3000), ("val", 30)):
+        for k in range(3):
+            folder = tmp_path / "data" / split / f"c{k}"
+            folder.mkdir(parents=True)
+            for i in range(count // 3):
+                os.link(source, folder / f"{i}.JPEG")
+    command = ["delving-verify-data", "data=folder", f"data.root={tmp_path / 'data'}", "processes=2"]
+    code, stdout, stderr = ctrl_c_after(command, "verify train:", tmp_path)
+    assert code == -signal.SIGINT, stderr[-3000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"delving-verify-data: interrupted \(Ctrl-C\); checked train: [\d,]+ of 3,000 files \(val not started\); "
+        r"0 unreadable so far",
+        last,
+    ), last
+    assert "unreadable image(s)" not in stdout

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from helpers.configs import compose_config
 from helpers.runs import TINY_DATA, TINY_MODEL, TINY_TRAIN, cli_env
 
@@ -40,9 +41,12 @@ def on_folder(root: Path, *overrides: str) -> list[str]:
     return [*(o for o in TINY if o != "data=synthetic"), "data=folder", f"data.root={root}", *overrides]
 
 
-def class_folders(root: Path, split: str, classes: list[str]) -> None:
+def class_folders(root: Path, split: str, classes: list[str], images: int = 4) -> None:
+    """Class folders holding `images` empty .JPEG files each (preflight counts the names, reads none)."""
     for name in classes:
         (root / split / name).mkdir(parents=True)
+        for i in range(images):
+            (root / split / name / f"{i}.JPEG").touch()
 
 
 def test_tiny_config_passes_and_takes_the_class_count_from_the_data_set() -> None:
@@ -158,10 +162,10 @@ def test_shards_need_both_indexes_with_the_same_classes(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def imagenet_like(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """1,000 empty class folders per split: enough for preflight, which reads folder names only."""
+    """1,000 class folders per split with an empty file each: enough for preflight, which reads names only."""
     root = tmp_path_factory.mktemp("imagenet")
     for split in ("train", "val"):
-        class_folders(root, split, [f"n{i:08d}" for i in range(1000)])
+        class_folders(root, split, [f"n{i:08d}" for i in range(1000)], images=1)
     return root
 
 
@@ -235,3 +239,118 @@ def test_a_plateau_schedule_refuses_a_warm_up_before_any_work() -> None:
 
 def test_a_cosine_schedule_needs_epochs_after_its_warm_up() -> None:
     assert "cosine needs epochs after the warm-up" in refusal(*TINY, "sched=cosine", "sched.warmup_epochs=2")
+
+
+# ---------------------------------------------------------------- refused before the run folder (issue 26)
+
+
+def _console_train(cwd: Path, *overrides: str, **env: str) -> subprocess.CompletedProcess:
+    """delving-train as users type it, from `cwd`, its runs under cwd/outputs."""
+    environment = cli_env(**env)
+    environment.pop("HYDRA_FULL_ERROR", None)
+    command = [str(Path(sys.executable).parent / "delving-train"), f"paths.outputs={cwd / 'outputs'}"]
+    return subprocess.run(
+        [*command, *overrides], capture_output=True, text=True, cwd=cwd, env=environment, timeout=300
+    )
+
+
+def _refused_before_the_run_folder(result: subprocess.CompletedProcess, cwd: Path) -> str:
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
+    assert not (cwd / "outputs").exists(), sorted(str(p) for p in (cwd / "outputs").rglob("*"))
+    return lines[0]
+
+
+def _folder_set(root: Path, train_per_class: int) -> Path:
+    class_folders(root, "train", ["a", "b", "c"], images=train_per_class)
+    class_folders(root, "val", ["a", "b", "c"], images=1)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("cuda", "train.device=cuda: no CUDA GPU is usable"),
+        ("escape", "run_name='../../../escape_run': a run name is a folder inside paths.outputs"),
+        ("resume_garbage", "is unreadable: corrupt or not a torch checkpoint"),
+        ("init_from_truncated", "is unreadable: corrupt or not a torch checkpoint"),
+        ("mean_image", "data.normalize=mean_image needs the mean image"),
+        ("small_folder", "train.batch_size=64 is more than the 35 training images of data=folder"),
+    ],
+)
+def test_a_launch_that_cannot_work_is_refused_before_its_run_folder(
+    tmp_path: Path, case: str, expected: str
+) -> None:
+    """Each of these made the run folder (.hydra/, .lock, train.log) and then failed, most with a traceback."""
+    good = tmp_path / "good.pt"
+    if case in ("resume_garbage", "init_from_truncated"):
+        from delving.checkpoint import Checkpoint
+
+        Checkpoint({"w": torch.zeros(4)}, {"model": {"name": "net14"}}).save(good)
+        (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint\n" * 10)
+        (tmp_path / "truncated.pt").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    if case == "small_folder":  # 35 images: 12 + 12 + 11
+        _folder_set(tmp_path / "set", 12)
+        (tmp_path / "set" / "train" / "c" / "0.JPEG").unlink()
+    overrides = {
+        "cuda": [*TINY, "train.device=cuda"],
+        "escape": [*TINY, "run_name=../../../escape_run"],
+        "resume_garbage": [*TINY, f"resume={tmp_path / 'garbage.pt'}"],
+        "init_from_truncated": [*TINY, "resume=null", f"init_from={tmp_path / 'truncated.pt'}"],
+        "mean_image": [*TINY, "data.normalize=mean_image"],
+        "small_folder": on_folder(tmp_path / "set", "train.batch_size=64", "model.num_classes=3"),
+    }[case]
+    result = _console_train(tmp_path, *overrides, CUDA_VISIBLE_DEVICES="")
+    line = _refused_before_the_run_folder(result, tmp_path)
+    assert expected in line, line
+    assert not list(tmp_path.parent.glob("escape_run*")) and not (tmp_path / "escape_run").exists()
+
+
+def test_a_usable_resume_and_init_from_pass_preflight(tmp_path: Path) -> None:
+    """The checks map the tensors (no read); a good file passes, a folder is named as one."""
+    from delving.checkpoint import Checkpoint
+
+    good = Checkpoint({"w": torch.zeros(4)}, {"model": {"name": "net14"}}).save(tmp_path / "last.pt")
+    preflight(compose_train(*TINY, f"resume={good}"), world_size=1)
+    preflight(compose_train(*TINY, "resume=null", f"init_from={good}"), world_size=1)
+    assert refusal(*TINY, "resume=null", f"init_from={tmp_path}").startswith(
+        f"init_from={tmp_path} is a folder"
+    )
+    assert "give one of them" in refusal(*TINY, f"resume={good}", f"init_from={good}")
+
+
+@pytest.mark.parametrize("name", ["/abs/run", "a/../../b", "..", " ", "."])
+def test_run_names_that_leave_the_outputs_folder_are_refused(name: str) -> None:
+    assert refusal(*TINY, f"run_name='{name}'").startswith(
+        f"run_name={name!r}: a run name is a folder inside"
+    )
+
+
+def test_run_names_inside_the_outputs_folder_pass() -> None:
+    for name in ("a1", "study/a1", "a/../b"):
+        preflight(compose_train(*TINY, f"run_name={name}"), world_size=1)
+
+
+def test_eval_scales_beyond_the_devices_memory_are_refused_before_the_run() -> None:
+    """eval.scales=[30000]-like values tried to allocate GBs at the final evaluation and died there."""
+    message = refusal(*TINY, "train.final_eval=true", "eval.scales=[300000]")
+    assert message.startswith(
+        "eval.scales=[300000]: scale 300000 (32143 px shorter side for model.input_size=24)"
+    )
+    assert "that cpu has" in message and "even one image needs" in message
+
+
+def test_the_memory_bound_names_the_largest_batch_that_fits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exactly the memory of 4 images (with their flips) is free: batch 32 is refused, 4 is named, 4 passes."""
+    from delving.evaluation import memory
+    from delving.evaluation.config import EvalConfig
+
+    model = {"name": "net14", "width": 0.0625, "num_classes": 4, "input_size": 24, "spp_levels": [2, 1]}
+    side = 256 * 24 // 224 + 1  # 27 px: round(256 * 24 / 224)
+    per_image = memory.dense_peak_bytes(model, side, 1) * 2 + 3 * side * side * 4
+    assert memory.dense_peak_bytes(model, side, 8) == 8 * memory.dense_peak_bytes(model, side, 1)
+    monkeypatch.setattr(memory, "available_bytes", lambda device, total=False: 4 * per_image)
+    with pytest.raises(UserError, match=r"lower eval\.batch_size to 4 or the scale"):
+        memory.check_eval_memory(EvalConfig(scales=[256], batch_size=32), model, 24, torch.device("cpu"))
+    memory.check_eval_memory(EvalConfig(scales=[256], batch_size=4), model, 24, torch.device("cpu"))

@@ -217,3 +217,64 @@ def test_a_run_without_a_checkpoint_whose_class_count_came_from_the_data_has_no_
     unknown = Run(tmp_path, {"model": {"num_classes": None}})
     assert unknown.num_classes is None and math.isnan(_chance(unknown))
     assert _chance(Run(tmp_path, {"model": {"num_classes": 4}})) == 75.0
+
+
+# ---------------------------------------------------------------- predictions of another state of last.pt (issue 26)
+
+
+def _finished_run_with_predictions(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """(run, the final checkpoint's predictions, predictions of an earlier last.pt): a tiny finished run, and
+    a delving-eval file made from it mid-training (its recorded sha256 is the earlier file's)."""
+    import numpy as np
+    from helpers.evaluation import TINY_MODEL, make_predictions, save_checkpoint, tiny_model
+
+    from delving.engine.run_dir import RunDirectory
+    from delving.evaluation.predictions import save_predictions
+
+    run = tmp_path / "run"
+    earlier = save_checkpoint(
+        tmp_path / "earlier.pt", tiny_model(seed=1), dict(TINY_MODEL), {"name": "synthetic"}
+    )
+    last = save_checkpoint(run / "last.pt", tiny_model(), dict(TINY_MODEL), {"name": "synthetic"})
+    RunDirectory(run).mark_finished({"epochs": 2})
+    probs = np.random.default_rng(0).dirichlet(np.ones(3), size=6).astype(np.float32)
+    files = []
+    for name, made_from, top1 in (("final", last, 50.0), ("mid_training", earlier, 66.67)):
+        preds = make_predictions(probs, [0, 1, 2, 0, 1, 2], protocol="center")
+        from delving.checkpoint import file_sha256
+
+        preds.metadata.update(
+            checkpoint={"path": str(last), "sha256": file_sha256(made_from)}, top1_error=top1, top5_error=0.0
+        )
+        files.append(save_predictions(run / f"predictions-center-s{name}.npz", preds))
+    return run, files[0], files[1]
+
+
+def test_the_report_leaves_out_predictions_of_another_state_of_last_pt(tmp_path: Path, caplog) -> None:
+    """delving-eval on a live run writes into its folder; the report listed that file as the finished run's
+    result, although its checkpoint.sha256 is not the final last.pt's."""
+    run_dir, final, stale = _finished_run_with_predictions(tmp_path)
+    run = load_run(run_dir)
+    assert [e.source for e in run.evals] == [str(final)]
+    assert f"{stale} left out of the report: made from another state of {run_dir / 'last.pt'}" in caplog.text
+    with pytest.raises(ReportInputError, match=rf"predictions={stale}: made from another state of"):
+        run_report([str(run_dir)], [str(stale)], [], [], str(tmp_path / "out"), "t", "c")
+
+
+def test_the_ensemble_flags_a_member_of_another_state_of_a_finished_runs_last_pt(
+    tmp_path: Path, capsys
+) -> None:
+    from helpers.configs import compose_config
+
+    from delving.evaluation.app import run_ensemble
+
+    _, final, stale = _finished_run_with_predictions(tmp_path)
+    out = tmp_path / "ens"
+    run_ensemble(
+        compose_config([f"files=[{final},{stale}]", "names=[final,mid]", f"output_dir={out}"], "ensemble")
+    )
+    assert "warning: mid was made from another state of" in capsys.readouterr().err
+    markdown = (out / "ensemble.md").read_text()
+    assert "**Not the runs' final checkpoints:**" in markdown and "- mid: made from another state" in markdown
+    models = {m["name"]: m for m in json.loads((out / "ensemble.json").read_text())["models"]}
+    assert models["final"]["checkpoint_note"] is None and models["mid"]["checkpoint_note"]

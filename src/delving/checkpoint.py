@@ -99,19 +99,31 @@ class Checkpoint:
         return atomic_write(path, lambda handle: torch.save(state, handle))
 
     @classmethod
-    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Checkpoint:
-        path = Path(path)
-        if path.is_dir():
-            raise CheckpointError(f"checkpoint {path} is a folder; pass the file, e.g. {path / 'last.pt'}")
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint {path} does not exist")
-        try:
-            state = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as error:  # torch raises many types for truncated, foreign or unsafe files
-            raise CheckpointError(
-                f"checkpoint {path} is unreadable: corrupt or not a torch checkpoint ({_describe(error)}). "
-                "Pass another checkpoint, or delete it to start over."
-            ) from None
+    def load(
+        cls, path: str | os.PathLike, map_location: str | torch.device = "cpu", mmap: bool = False
+    ) -> Checkpoint:
+        """The checkpoint at `path`; with `mmap`, its tensors are mapped from the file, not read (a check that
+        the file is a whole checkpoint costs its metadata only)."""
+        path = _existing_file(path)
+        return cls._from_state(path, _torch_load(path, path, map_location, mmap))
+
+    @classmethod
+    def load_hashed(
+        cls, path: str | os.PathLike, map_location: str | torch.device = "cpu"
+    ) -> tuple[Checkpoint, str]:
+        """The checkpoint and the sha256 of the bytes it was loaded from: one open file, so a checkpoint
+        replaced (renamed over) meanwhile can never be recorded as the one evaluated."""
+        path = _existing_file(path)
+        with open(path, "rb") as handle:
+            digest = hashlib.sha256()
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+            handle.seek(0)
+            state = _torch_load(handle, path, map_location)
+        return cls._from_state(path, state), digest.hexdigest()
+
+    @classmethod
+    def _from_state(cls, path: Path, state: Any) -> Checkpoint:
         if not isinstance(state, dict) or not {"model", "config"} <= state.keys():
             keys = sorted(map(str, state)) if isinstance(state, dict) else type(state).__name__
             raise CheckpointError(f"checkpoint {path} needs 'model' and 'config' entries, has {keys}")
@@ -163,6 +175,31 @@ class Checkpoint:
         return cfg
 
 
+def _existing_file(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder; pass the file, e.g. {path / 'last.pt'}")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    return path
+
+
+def _torch_load(source: Any, path: Path, map_location: str | torch.device, mmap: bool = False) -> Any:
+    try:
+        return torch.load(source, map_location=map_location, weights_only=True, mmap=mmap)
+    except Exception as error:  # torch raises many types for truncated, foreign or unsafe files
+        if not (mmap and _NOT_MAPPABLE in str(error)):
+            raise CheckpointError(
+                f"checkpoint {path} is unreadable: corrupt or not a torch checkpoint ({_describe(error)}). "
+                "Pass another checkpoint, or delete it to start over."
+            ) from None
+    return _torch_load(source, path, map_location)  # a legacy (non-zip) file cannot be mapped: read it
+
+
+# torch.load(mmap=True)'s refusal of a file that is not a zip archive (a legacy torch file, or no torch file).
+_NOT_MAPPABLE = "_use_new_zipfile_serialization"
+
+
 def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], where: Any, what: str) -> None:
     try:
         model.load_state_dict(weights)
@@ -173,11 +210,12 @@ def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], where
 def load_model(
     path: str | os.PathLike, map_location: str | torch.device = "cpu"
 ) -> tuple[SPPNet, Checkpoint, str]:
-    """(model in eval mode, the checkpoint without its weights, the file's sha256) for evaluation."""
-    checkpoint = Checkpoint.load(path, map_location)
+    """(model in eval mode, the checkpoint without its weights, the sha256 of the bytes it was loaded from)
+    for evaluation."""
+    checkpoint, sha256 = Checkpoint.load_hashed(path, map_location)
     model = checkpoint.build_model(path)
     checkpoint.model = checkpoint.ema = {}  # the model holds the weights now; do not keep a second copy
-    return model.eval(), checkpoint, file_sha256(path)
+    return model.eval(), checkpoint, sha256
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -267,6 +305,8 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def _describe(error: BaseException) -> str:
     """A library error's first line, without advice to load the file unsafely (it may come from anyone)."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if text.isdigit():  # torch's legacy loader names only the wrong magic number it read
+        return f"no torch file header ({type(error).__name__} {text})"
     if "weights_only" in str(error) or "allow_pickle" in str(error):
         return "it holds Python objects other than tensors and plain data, which delving never unpickles"
     return text
@@ -331,19 +371,28 @@ def restore_rng_state(state: dict[str, Any], device: torch.device | None = None,
         torch.cuda.set_rng_state(own, device)
 
 
-def read_init_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def check_init_weights(path: str | os.PathLike) -> None:
+    """Refuses, before any work, an init_from= file that holds no weights (delving's tensors memory-mapped)."""
+    read_init_weights(path, mmap=True)
+
+
+def read_init_weights(path: str | os.PathLike, mmap: bool = False) -> dict[str, torch.Tensor]:
     """init_from='s weights: a delving checkpoint's (its EMA's when it kept one), or a timm checkpoint file's
     (a state dict, or timm's train.py checkpoint: its EMA first; .safetensors too), loaded tensors-only."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(
+            f"init_from={path} is a folder: give a checkpoint file, e.g. {path / 'last.pt'}"
+        )
     if not path.is_file():
         raise CheckpointError(f"init_from={path}: no such file")
     if path.suffix != ".safetensors":
         try:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:
-            raise CheckpointError(f"init_from={path} is unreadable ({_describe(error)})") from None
+            raw = _torch_load(path, path, "cpu", mmap)
+        except CheckpointError as error:
+            raise CheckpointError(f"init_from={error}".replace("=checkpoint ", "=", 1)) from None
         if isinstance(raw, dict) and {"model", "config"} <= raw.keys():
-            return Checkpoint.load(path).eval_weights()
+            return Checkpoint.load(path, mmap=mmap).eval_weights()
     from timm.models import load_state_dict
 
     try:

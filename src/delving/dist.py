@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from delving.errors import UserError
+from delving.errors import ConfigError, UserError
 from delving.run_identity import environment_ranks
 
 
@@ -33,6 +34,26 @@ class DistributedContext:
     @property
     def is_distributed(self) -> bool:
         return self.world_size > 1
+
+
+def check_device(key: str, requested: str) -> None:
+    """Refuses, before any work, a device this machine cannot give: a name torch does not know, a type
+    delving does not run on, or cuda where no GPU is visible (torch would fail at the first CUDA call)."""
+    if requested == "auto":
+        return
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise ConfigError(
+            f"{key}={requested}: not a device name; give {key}=auto, cpu, cuda or cuda:<index>"
+        ) from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"{key}={requested}: delving runs on cpu or cuda; give {key}=auto, cpu or cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"{key}={requested}: no CUDA GPU is usable on {socket.gethostname()} (no driver or device, or "
+            f"CUDA_VISIBLE_DEVICES hides them); give {key}=cpu (or auto), or run where a GPU is"
+        )
 
 
 def pick_device(requested: str, local_rank: int) -> torch.device:

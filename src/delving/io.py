@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import logging
@@ -265,6 +266,41 @@ def user_name(uid: int) -> str:
 def can_write(path: Path) -> bool:
     """As this process's effective user and capabilities (read-only mounts and ACLs included)."""
     return os.access(path, os.W_OK | os.X_OK if path.is_dir() else os.W_OK, effective_ids=True)
+
+
+def free_bytes(path: Path) -> tuple[int | None, int]:
+    """(bytes this user may still write on the disk of `path` or its nearest existing folder, or None where
+    that cannot be told; the file system's block size)."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        disk = os.statvfs(existing)
+    except OSError:
+        return None, 4096
+    free = disk.f_bfree if os.geteuid() == 0 else disk.f_bavail  # root may use the reserved blocks
+    return free * disk.f_frsize, disk.f_frsize or 4096
+
+
+PROBE_BYTES = 4096  # one block: a full disk refuses it, where an empty file could still be made
+
+
+def write_probe(folder: Path) -> str | None:
+    """Why a file cannot be written in `folder` (an existing folder), found by writing one block there and
+    removing it, or None: the only test that /proc, a read-only or full disk and ACLs all answer truly."""
+    probe = temp_path(folder / "write-probe")
+    try:
+        with open(probe, "xb") as handle:
+            handle.write(b"\0" * PROBE_BYTES)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as error:
+        full = error.errno in (errno.ENOSPC, errno.EDQUOT)
+        return "no space left on its disk (or over quota)" if full else error.strerror or str(error)
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+    return None
 
 
 def unwritable_place(path: Path) -> str | None:

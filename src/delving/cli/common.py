@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
-from contextlib import ContextDecorator
+from collections.abc import Callable, Iterator
+from contextlib import ContextDecorator, contextmanager
 
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException, ValidationError
 
 from delving.config import config_dir, config_path, register_all, register_resolvers
+from delving.engine.signals import end_on_signal
 from delving.errors import UserError, safe_message
 from delving.run_identity import global_rank
 
@@ -17,6 +20,7 @@ __all__ = [
     "CONFIG_DIR",
     "CONFIG_PATH",
     "EXIT_USER_ERROR",
+    "ends_quietly_on_ctrl_c",
     "register_all",
     "register_resolvers",
     "user_errors",
@@ -72,3 +76,18 @@ class user_errors(ContextDecorator):  # a lower-case name: it reads as the funct
             return False
         report_user_error(error)
         raise SystemExit(EXIT_USER_ERROR) from None
+
+
+@contextmanager
+def ends_quietly_on_ctrl_c(command: str, kept: Callable[[], str]) -> Iterator[None]:
+    """Around an entry point's work: a Ctrl-C (SIGINT) ends it with one line on stderr, `<command>: interrupted
+    (Ctrl-C); <kept()>` (what was done and what was written), then on SIGINT itself, as delving-train ends: a
+    shell sees 130 and a loop around the command stops. HYDRA_FULL_ERROR=1 keeps the traceback."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        if global_rank() == 0:
+            print(f"{command}: interrupted (Ctrl-C); {kept()}", file=sys.stderr, flush=True)
+        end_on_signal(signal.SIGINT)

@@ -6,7 +6,7 @@ import hydra
 from omegaconf import DictConfig
 
 from delving.cli.command_line import check_command_line
-from delving.cli.common import CONFIG_PATH, register_all, user_errors
+from delving.cli.common import CONFIG_PATH, ends_quietly_on_ctrl_c, register_all, user_errors
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="ensemble")
@@ -19,8 +19,11 @@ def _app(cfg: DictConfig) -> None:
 
 def main() -> None:
     register_all()
-    check_command_line("ensemble")
-    _app()
+    with ends_quietly_on_ctrl_c(
+        "delving-ensemble", lambda: "nothing was written (the files are written together, at the end)"
+    ):
+        check_command_line("ensemble")
+        _app()
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import hydra
 from omegaconf import DictConfig
 
 from delving.cli.command_line import check_command_line
-from delving.cli.common import CONFIG_PATH, register_all, user_errors
+from delving.cli.common import CONFIG_PATH, ends_quietly_on_ctrl_c, register_all, user_errors
 from delving.errors import ConfigError
 
 
@@ -37,8 +37,11 @@ def _app(cfg: DictConfig) -> None:
 
 def main() -> None:
     register_all()
-    check_command_line("report")
-    _app()
+    with ends_quietly_on_ctrl_c(
+        "delving-report", lambda: "nothing was written (the report is written whole, at the end)"
+    ):
+        check_command_line("report")
+        _app()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
-"""A data set checked before a run, in a second: its values, its folders or shard indexes, its classes.
+"""A data set checked before a run, in a second: its values, its folders or shard indexes, its classes, one
+global batch of training images, its mean image, and room for the synthetic set.
 
-What a launch's preflight asks of the data room. It reads folder names and shard indexes only (no image, no
-full listing) and never generates the synthetic set; each refusal is a ConfigError naming the key.
+What a launch's preflight asks of the data room. It reads folder names, the file names of the first class
+folders and shard indexes only (no image, no full listing) and never generates the synthetic set (a few of
+its images are rendered in memory to estimate its size); each refusal is a ConfigError naming the key.
 """
 
 from __future__ import annotations
@@ -9,12 +11,22 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from delving.data.config import DataConfig, DatasetKind, validate
-from delving.data.datasets import check_same_classes
+import numpy as np
+
+from delving.data.config import DataConfig, DatasetKind, Normalize, validate
+from delving.data.datasets import IMG_EXTENSIONS, check_same_classes
+from delving.data.normalize import MEAN_IMAGE_FILE
 from delving.data.shards import index_path, open_shards
-from delving.data.synthetic import CACHE_ENV, COMPLETE_MARKER, MAX_CLASSES, SyntheticParams, default_root
+from delving.data.synthetic import (
+    CACHE_ENV,
+    COMPLETE_MARKER,
+    MAX_CLASSES,
+    SyntheticParams,
+    default_root,
+    estimated_bytes,
+)
 from delving.errors import ConfigError, UserError, require_at_least
-from delving.io import unwritable_place
+from delving.io import free_bytes, unwritable_place
 
 DEMO_HINT = "or try delving-train experiment=demo (a small net on generated synthetic data, minutes on a CPU)"
 
@@ -107,18 +119,72 @@ def _shard_index(root: Path, split: str, key: str) -> tuple[list[str], int]:
         ) from None
 
 
+def _synthetic_root(data: DataConfig) -> Path:
+    """Where the synthetic set is (or will be generated), without generating it."""
+    return Path(data.root).expanduser() if data.root else default_root(SyntheticParams.from_config(data))
+
+
 def check_synthetic_place(data: DataConfig) -> None:
-    """The synthetic set is generated on first use: its folder (DELVING_DATA_CACHE) must take it."""
+    """The synthetic set is generated on first use: its folder (DELVING_DATA_CACHE) must take it, in
+    permissions and in space (an estimate from a few rendered images, in whole file-system blocks)."""
     params = SyntheticParams.from_config(data)
-    root = Path(data.root).expanduser() if data.root else default_root(params)
+    root = _synthetic_root(data)
     if (root / COMPLETE_MARKER).is_file():
         return  # generated already: only read
-    why = unwritable_place(root.parent)
-    if why is None:
-        return
     cache = os.environ.get(CACHE_ENV)
     fix = (
         "point data.root= at a folder you can write" if data.root
         else f"set {CACHE_ENV} (now {cache or 'unset'}) to a folder you can write"
     )  # fmt: skip
-    raise ConfigError(f"data=synthetic is generated on first use into {root}, but {why}: {fix}")
+    why = unwritable_place(root.parent)
+    if why is not None:
+        raise ConfigError(f"data=synthetic is generated on first use into {root}, but {why}: {fix}")
+    free, block = free_bytes(root.parent)
+    needed = estimated_bytes(params, block)
+    if free is not None and needed > free:
+        raise ConfigError(
+            f"data=synthetic is generated on first use into {root}, which needs about {needed / 1e6:.1f} MB, but "
+            f"its disk has {free / 1e6:.1f} MB free: free some space, or {fix.replace('you can write', 'with room')}"
+        )
+
+
+def count_training_images(data: DataConfig, classes: list[str], enough: int) -> int:
+    """The image files of a folder data set's training split, counted up to `enough` (a first few class
+    folders hold a global batch: no full listing); a class folder that cannot be read counts as empty (the
+    listing names it)."""
+    split_dir = Path(data.root).expanduser() / data.train_split  # type: ignore[arg-type]
+    count = 0
+    for name in classes:
+        try:
+            with os.scandir(split_dir / name) as entries:
+                for entry in entries:
+                    if not entry.name.startswith(".") and entry.name.lower().endswith(IMG_EXTENSIONS):
+                        count += 1
+                        if count >= enough:
+                            return count
+        except OSError:
+            continue
+    return count
+
+
+def check_mean_image(data: DataConfig) -> None:
+    """data.normalize=mean_image: its file exists and holds an H x W x 3 array (read as a memory map)."""
+    if data.normalize != Normalize.mean_image:
+        return
+    if data.mean_image:
+        path, key = Path(data.mean_image).expanduser(), f"data.mean_image={data.mean_image}"
+    else:
+        root = _synthetic_root(data) if data.name == DatasetKind.synthetic else Path(data.root).expanduser()  # type: ignore[arg-type]
+        path, key = root / MEAN_IMAGE_FILE, "data.normalize=mean_image"
+    fix = (
+        "compute it first (python scripts/compute_mean_image.py with the same data=, data.root=), or give "
+        "data.mean_image=FILE, or another data.normalize="
+    )
+    if not path.is_file():
+        raise ConfigError(f"{key} needs the mean image {path}, which does not exist: {fix}")
+    try:
+        mean = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        raise ConfigError(f"{key}: {path} is not a readable .npy array ({error}): {fix}") from None
+    if mean.ndim != 3 or mean.shape[2] != 3:
+        raise ConfigError(f"{key}: {path} holds shape {mean.shape}, not an H x W x 3 image: {fix}")

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from delving.data.config import DataConfig, as_data_config
+from delving.data.config import DataConfig, DataConfigError, as_data_config
 from delving.data.decode import BadImageError, ImageSource, TooManyBadImagesError
 from delving.data.device_decode import DeviceTrainTransform, EncodedImage, read_for_device
 from delving.data.normalize import InputNormalizer, lighting_offset
@@ -348,9 +348,10 @@ class TrainLoader(_WorkerOwner):
         self.num_samples = len(reader)
         self.batches = _EpochBatches(reader, batch_size, rank, world_size, seed)
         self.steps_per_epoch = self.batches.steps_per_epoch
-        if self.steps_per_epoch == 0:
-            raise ValueError(
-                f"{len(reader)} training samples are fewer than one global batch of {batch_size * world_size}"
+        if self.steps_per_epoch == 0:  # preflight counted the files; the listing may have found fewer
+            raise DataConfigError(
+                f"{len(reader)} training samples are fewer than one global batch of {batch_size * world_size}: "
+                "lower train.batch_size"
             )
         self.bad_files = BadFileCounter(cfg.max_bad_fraction, self.steps_per_epoch * batch_size)
         self.device = torch.device(device)

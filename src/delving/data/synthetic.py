@@ -10,6 +10,7 @@ when several processes (DDP ranks) ask for it at once.
 from __future__ import annotations
 
 import colorsys
+import errno
 import hashlib
 import io
 import json
@@ -25,6 +26,7 @@ from filelock import FileLock
 from PIL import Image, ImageDraw
 
 from delving.data.config import DataConfig
+from delving.errors import UserError
 from delving.progress import Progress
 
 log = logging.getLogger("delving")
@@ -251,6 +253,29 @@ def generate(params: SyntheticParams, target: Path, show_progress: bool = False)
     )
 
 
+def estimated_bytes(params: SyntheticParams, block: int, samples: int = 8) -> int:
+    """About the disk space the set takes in blocks of `block` bytes (within 15% on 4 KiB blocks): the bytes
+    per pixel of a few rendered images times the mean image area, each file rounded to blocks on average,
+    and a block per folder."""
+    classes = synthetic_classes(params)
+    per_pixel = []
+    for i in range(samples):
+        rng = np.random.default_rng((params.seed, 0, i % len(classes), i // len(classes)))
+        image = render_image(classes[i % len(classes)], params, rng)
+        per_pixel.append(len(encode_jpeg(image, rng)) / (image.width * image.height))
+    low, high = params.min_size, params.max_size
+    mean_area = (
+        (low * low + low * high + high * high) / 3 * 1.3
+    )  # shorter side uniform, longer 1-1.6 times it
+    per_image = block * max(1.0, float(np.mean(per_pixel)) * mean_area / block + 0.5)
+    images = params.classes * (params.train_per_class + params.val_per_class)
+    return int(images * per_image) + (2 * params.classes + 4) * block
+
+
+class SyntheticSpaceError(UserError):
+    """No room for the synthetic set where it is generated; nothing of it is left there."""
+
+
 def ensure_synthetic(cfg: DataConfig) -> Path:
     """The synthetic set's root, generated on first use.
 
@@ -278,6 +303,13 @@ def ensure_synthetic(cfg: DataConfig) -> Path:
             log.info("generating the synthetic data set into %s (once: later runs reuse it)", root)
             generate(params, tmp / "set", show_progress=True)
             os.replace(tmp / "set", root)
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise SyntheticSpaceError(
+                f"the disk at {root.parent} is full (or over quota): the synthetic data set did not fit and was "
+                f"not kept; free some space there, or set {CACHE_ENV} (or data.root=) to a folder with room"
+            ) from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return root

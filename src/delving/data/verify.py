@@ -9,7 +9,9 @@ the bad files so far and the ETA.
 from __future__ import annotations
 
 import multiprocessing as mp
+import signal
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 from delving.data.config import DataConfig
 from delving.data.decode import BadImageError, decode_image
@@ -27,6 +29,26 @@ _reader: SampleReader | None = None  # set in each worker by fork, before any ta
 def _set_reader(reader: SampleReader) -> None:
     global _reader
     _reader = reader
+    # Ctrl-C reaches the whole process group: the main process ends the pool, and says what was checked.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@dataclass
+class ScanTally:
+    """What a scan has done so far, per split: (files checked, files listed); and the bad files found."""
+
+    splits: dict[str, tuple[int, int]] = field(default_factory=dict)
+    bad: int = 0
+
+    def describe(self, planned: list[str]) -> str:
+        done = [f"{split}: {checked:,} of {total:,} files" for split, (checked, total) in self.splits.items()]
+        left = [split for split in planned if split not in self.splits]
+        return (
+            f"checked {'; '.join(done) or 'no file yet'}"
+            + (f" ({', '.join(left)} not started)" if left else "")
+            + f"; {self.bad:,} unreadable so far"
+            + (" (listed above)" if self.bad else "")
+        )
 
 
 def check_range(reader: SampleReader, start: int, stop: int) -> list[tuple[str, str]]:
@@ -53,11 +75,14 @@ def task_ranges(count: int, size: int = TASK_SIZE) -> Iterator[tuple[int, int]]:
 
 
 def scan_split(
-    cfg: DataConfig, split: str, processes: int, show_progress: bool = False
+    cfg: DataConfig, split: str, processes: int, show_progress: bool = False, tally: ScanTally | None = None
 ) -> Iterator[tuple[str, str]]:
     """Yields (file, reason) for every unreadable image of `split`, in data set order; listing errors raise
-    with the path. The split is listed afresh (a stored listing could be stale) and the new listing stored."""
+    with the path. The split is listed afresh (a stored listing could be stale) and the new listing stored.
+    `tally` follows the files checked and the bad ones found (for an interrupted scan)."""
+    tally = tally if tally is not None else ScanTally()
     reader, _ = open_split(cfg, split, fresh_listing=True)
+    tally.splits[split] = (0, len(reader))
     tasks = task_ranges(len(reader))
     bad = 0
     with Progress(
@@ -78,7 +103,11 @@ def scan_split(
             for done, failures in results:
                 bad += len(failures)
                 progress.update(done)
-                yield from failures
+                checked, total = tally.splits[split]
+                tally.splits[split] = (checked + done, total)
+                for failure in failures:
+                    tally.bad += 1
+                    yield failure
         finally:
             if pool is not None:
                 pool.terminate()

@@ -3,25 +3,37 @@
 `preflight(cfg, world_size)` runs at the start of the train app, before the net is built, on the typed
 config. Each part's own values are its schema's rules (`ModelConfig.check()`, `TrainConfig.check()`, ...,
 data/config.validate, evaluation/config.check_eval); here are the rules that span parts or need the world:
-the crop is the model's input size, the batch splits over the ranks, the data set exists with the classes
-the model expects, the resume checkpoint exists, the synthetic set's folder can be written. Each refusal is
-a ConfigError with one line naming the key, its value and what to do. It completes the config in one place:
-`model.num_classes: null` becomes the data set's class count. The checks on the data set read folder names
-and shard indexes only (no image, no full listing), and never generate the synthetic set.
+the crop is the model's input size, the batch splits over the ranks, the device exists, the run name stays
+inside paths.outputs, the data set exists with the classes the model expects and one global batch of
+training images, the mean image is there, the resume= / init_from= files are whole checkpoints, the synthetic
+set's folder can be written and has room, the final evaluation's largest scale fits the device's memory.
+Each refusal is a ConfigError with one line naming the key, its value and what to do. It completes the config
+in one place: `model.num_classes: null` becomes the data set's class count. The checks on the data set read
+folder names, the file names of the first class folders (up to one global batch) and shard indexes only (no
+image, no full listing), and never generate the synthetic set.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from delving.config import config_dir
-from delving.data.checks import DEMO_HINT, check_data_set, checked_data_values
+from delving.data.checks import (
+    DEMO_HINT,
+    check_data_set,
+    check_mean_image,
+    checked_data_values,
+    count_training_images,
+)
 from delving.data.config import DataConfig, DatasetKind
+from delving.dist import check_device, pick_device
 from delving.engine.config import AppConfig, SchedKind, TrainConfig, as_app_config
 from delving.errors import ConfigError, require_at_least
 from delving.evaluation.config import check_eval
+from delving.run_identity import environment_ranks
 
 __all__ = ["ConfigError", "preflight"]
 
@@ -35,6 +47,8 @@ def preflight(cfg: AppConfig | DictConfig, world_size: int) -> AppConfig:
     for part in (typed.train, typed.logger, typed.optim, typed.sched, typed.model):
         part.check()
     check_eval(typed.eval, typed.model.input_size)
+    check_device("train.device", typed.train.device)
+    _check_run_name(typed.run_name)
     _check_batch_split(typed.train, world_size)
     sched, epochs = typed.sched, typed.train.epochs
     if sched.name is SchedKind.cosine and sched.warmup_epochs >= epochs:
@@ -52,12 +66,21 @@ def preflight(cfg: AppConfig | DictConfig, world_size: int) -> AppConfig:
         )
     classes, train_images = check_data_set(data)
     cfg.model.num_classes = typed.model.num_classes = _class_count(typed, classes)
+    if train_images is None and classes is not None:  # a folder data set: counted up to one global batch
+        train_images = count_training_images(data, classes, typed.train.batch_size)
     if train_images is not None and train_images < typed.train.batch_size:
+        where = f"data={data.name.value}" + (f" (data.root={data.root})" if data.root else "")
         raise ConfigError(
             f"train.batch_size={typed.train.batch_size} is more than the {train_images} training images of "
-            f"data={data.name.value}: lower train.batch_size (one epoch needs one full global batch)"
+            f"{where}: lower train.batch_size (one epoch needs one full global batch)"
         )
-    _check_resume(typed.resume)
+    check_mean_image(data)
+    _check_start(typed.resume, typed.init_from)
+    if typed.train.final_eval:
+        from delving.evaluation.memory import check_eval_memory  # the net's code: once the cheap checks pass
+
+        device = pick_device(typed.train.device, environment_ranks()[2])
+        check_eval_memory(typed.eval, typed.model, typed.model.input_size, device, later=True)
     return typed
 
 
@@ -128,10 +151,42 @@ def _num_classes_source(cfg: AppConfig) -> str:
     return f"model={keys.get('model', cfg.model.name.value)}"
 
 
-def _check_resume(resume: str | None) -> None:
-    if resume in (None, "", "null", "auto"):
+def _check_run_name(run_name: str | None) -> None:
+    """The run folder is <paths.outputs>/<experiment_name>/<run_name>: a name may make subfolders there, but
+    never leave it (an absolute path or ../ would write the run elsewhere)."""
+    if run_name is None:
         return
-    if not Path(resume).expanduser().exists():
+    inside = os.path.normpath(run_name)
+    if not run_name.strip() or os.path.isabs(inside) or inside == "." or inside.split(os.sep)[0] == "..":
         raise ConfigError(
-            f"resume={resume}: no such checkpoint; give a last.pt path, resume=auto or resume=null"
+            f"run_name={run_name!r}: a run name is a folder inside paths.outputs/<experiment_name>, without "
+            "'..' or a leading '/': give a plain name (e.g. run_name=a1), or choose the place with "
+            "paths.outputs= or hydra.run.dir="
         )
+
+
+def _check_start(resume: str | None, init_from: str | None) -> None:
+    """resume= and init_from= files readable as what they must be (tensors memory-mapped, not read)."""
+    given = resume not in (None, "", "null", "auto")
+    if not (given or init_from):
+        return
+    from delving.checkpoint import Checkpoint, CheckpointError, check_init_weights
+
+    if given and init_from:
+        raise ConfigError(
+            f"resume={resume} and init_from={init_from}: resume= continues a run (its weights, optimizer and "
+            "schedule), init_from= starts a new one from weights; give one of them"
+        )
+    try:
+        if given:
+            if not Path(resume).expanduser().exists():  # type: ignore[arg-type]
+                raise ConfigError(
+                    f"resume={resume}: no such checkpoint; give a last.pt path, resume=auto or resume=null"
+                )
+            Checkpoint.load(Path(resume).expanduser(), mmap=True)  # type: ignore[arg-type]
+        if init_from:
+            check_init_weights(Path(init_from).expanduser())
+    except CheckpointError as error:
+        key = f"resume={resume}" if given else f"init_from={init_from}"
+        message = str(error)
+        raise ConfigError(message if message.startswith(key) else f"{key}: {message}") from None

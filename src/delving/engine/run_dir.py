@@ -31,6 +31,7 @@ LOCK_FILE = ".lock"
 FINISHED_FILE = "finished.json"
 PREVIOUS_FOLDER = "previous"
 BEST_PATTERN = "best-*.pt"
+FINAL_CHECKPOINT_KEY = "checkpoint_sha256"  # finished.json: the sha256 of last.pt as the run finished
 # What a run writes; start_over moves these aside (the Hydra config and train.log of this launch stay).
 RUN_OUTPUTS = (LAST_CHECKPOINT, BEST_PATTERN, METRICS_FILE, "predictions-*.npz", FINISHED_FILE, "wandb")
 # The files only the run (the lock holder) writes: a temp file of these is a killed write's, never a live one
@@ -153,6 +154,10 @@ class RunDirectory:
         log.info("start_over=true: moved the previous run's files to %s", target)
         return target
 
+    def final_checkpoint_sha256(self) -> str | None:
+        """The sha256 of last.pt as the run finished (None: not finished, or finished before it was kept)."""
+        return (self.finished() or {}).get(FINAL_CHECKPOINT_KEY)
+
     def finished(self) -> dict[str, Any] | None:
         path = self.path / FINISHED_FILE
         if not path.is_file():
@@ -163,7 +168,25 @@ class RunDirectory:
             return None
 
     def mark_finished(self, record: dict[str, Any]) -> Path:
+        """finished.json, with the sha256 of the final last.pt: a predictions file of another state of it
+        (delving-eval on the live run) is told apart by delving-report and delving-ensemble."""
+        from delving.checkpoint import file_sha256  # the model code loads only once a run trains
+
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        sha256 = file_sha256(self.last) if self.last.is_file() else None
         return atomic_write_text(
-            self.path / FINISHED_FILE, json.dumps({"finished": stamp, **record}, indent=2)
+            self.path / FINISHED_FILE,
+            json.dumps({"finished": stamp, **record, FINAL_CHECKPOINT_KEY: sha256}, indent=2),
         )
+
+
+def not_from_final_checkpoint(checkpoint: Any, final_sha256: str | None, final: Path) -> str | None:
+    """Why a predictions file (its metadata's `checkpoint` {path, sha256}) is not of the final checkpoint
+    `final` whose sha256 is `final_sha256`, or None where it is (or either hash is unknown)."""
+    sha256 = checkpoint.get("sha256") if isinstance(checkpoint, dict) else None
+    if not sha256 or not final_sha256 or sha256 == final_sha256:
+        return None
+    return (
+        f"made from another state of {final} (sha256 {sha256[:12]}, e.g. by delving-eval during training), not "
+        f"the final one (sha256 {final_sha256[:12]}): evaluate it again (delving-eval checkpoint={final.parent})"
+    )

@@ -9,6 +9,8 @@ records; the train app's file also holds the whole run config under `train_confi
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import hashlib
 import json
 import logging
 import os
@@ -20,20 +22,28 @@ from typing import Any
 import numpy as np
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ValidationError
 from torch import nn
 
 from delving.checkpoint import Checkpoint, CheckpointError, check_mean_image, file_sha256, load_model
 from delving.data.config import DataConfig, Normalize, as_data_config
 from delving.data.normalize import load_mean_image, mean_image_path
-from delving.dist import DistributedContext, fail_together, init_distributed, shutdown_distributed
-from delving.engine.run_dir import RunDirectory
-from delving.errors import UserError
+from delving.dist import (
+    DistributedContext,
+    check_device,
+    fail_together,
+    init_distributed,
+    shutdown_distributed,
+)
+from delving.engine.run_dir import LAST_CHECKPOINT, RunDirectory, not_from_final_checkpoint
+from delving.errors import ConfigError, UserError
 from delving.evaluation.config import EvalConfig, EvaluateAppConfig, Protocol, check_eval
 from delving.evaluation.ensemble import check_weights, member_names
 from delving.evaluation.ensemble_report import EnsembleOptions, EnsembleReport, build_ensemble_report
 from delving.evaluation.evaluator import EvalResult, evaluate
+from delving.evaluation.memory import check_eval_memory
 from delving.evaluation.predictions import Predictions, load_predictions, predictions_writer, save_predictions
-from delving.io import atomic_write_files, check_output_folder, utf8
+from delving.io import atomic_write_files, check_output_folder, utf8, write_probe
 from delving.progress import Progress, format_duration
 
 log = logging.getLogger("delving")
@@ -46,10 +56,25 @@ class EvalOutputError(UserError):
     """An output= that cannot be written: a folder, or a place without write permission."""
 
 
-def data_config_from_dict(values: dict[str, Any]) -> DataConfig:
-    """A checkpoint's saved data config as a typed DataConfig; keys this version does not know are dropped."""
-    known = {f.name for f in dataclasses.fields(DataConfig)}
+# DataConfig keys that change how images are loaded, never which or what they are: no other output name.
+LOADING_ONLY_FIELDS = ("num_workers", "prefetch_factor", "use_draft", "max_bad_fraction")
+
+
+def data_config_from_dict(values: dict[str, Any], changes: dict[str, Any] | None = None) -> DataConfig:
+    """A checkpoint's saved data config as a typed DataConfig; keys this version does not know are dropped.
+    `changes` (data.KEY=VALUE without data=) are set over it, each a key of DataConfig of its type."""
+    known = [f.name for f in dataclasses.fields(DataConfig)]
     node = OmegaConf.merge(OmegaConf.structured(DataConfig), {k: v for k, v in values.items() if k in known})
+    for key, value in (changes or {}).items():
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean data.{close[0]}?" if close else "delving-eval --cfg job lists the keys"
+            raise ConfigError(f"data.{key} is not a key of the data config: {hint}")
+        try:
+            node[key] = value
+        except ValidationError as error:
+            first = str(error).strip().splitlines()[0]
+            raise ConfigError(f"data.{key}={value}: {first}") from None
     return OmegaConf.to_object(node)  # type: ignore[return-value]
 
 
@@ -69,15 +94,20 @@ def trained_input(checkpoint: Checkpoint) -> dict[str, Any] | None:
     return {name: getattr(trained, name) for name in MODEL_INPUT_FIELDS}
 
 
-def evaluation_data_config(chosen: DataConfig | None, checkpoint: Checkpoint) -> tuple[DataConfig, list[str]]:
-    """(the chosen data config (data=...), or the checkpoint's saved one, with the input the model was trained
-    on; notes for the user about what was taken from the checkpoint)."""
+def evaluation_data_config(
+    chosen: DataConfig | None, checkpoint: Checkpoint, changes: dict[str, Any] | None = None
+) -> tuple[DataConfig, list[str]]:
+    """(the chosen data config (data=...), or the checkpoint's saved one with `changes` (data.KEY=VALUE given
+    without data=) set over it, with the input the model was trained on; notes for the user about what was
+    taken from the checkpoint)."""
     saved = checkpoint.config.get("data")
     if chosen is None and saved is None:
+        given = " ".join(f"data.{k}={v}" for k, v in (changes or {}).items()) or "data.root=..."
         raise CheckpointError(
-            "the checkpoint has no data config: choose the data set with data=... data.root=..."
+            f"the checkpoint has no data config: choose the data set with data=... {given} (data=folder, "
+            "imagenet, shards or synthetic)"
         )
-    data_cfg = data_config_from_dict(saved) if chosen is None else chosen  # type: ignore[arg-type]
+    data_cfg = data_config_from_dict(saved, changes) if chosen is None else chosen  # type: ignore[arg-type]
     notes = []
     for name, value in (trained_input(checkpoint) or {}).items():
         if getattr(data_cfg, name) != value:
@@ -145,7 +175,11 @@ def resolve_checkpoint(value: str | os.PathLike) -> Path:
 
 
 def default_output(
-    checkpoint: Path, eval_cfg: EvalConfig, split: str, data_chosen: DataConfig | DictConfig | None
+    checkpoint: Path,
+    eval_cfg: EvalConfig,
+    split: str,
+    data_chosen: DataConfig | DictConfig | None,
+    data_changes: dict[str, Any] | None = None,
 ) -> Path:
     """Next to the checkpoint: predictions-<protocol>-s<scales>[-noflip][-<split>][-first<N>][-<data>][-<ckpt>].npz.
 
@@ -164,6 +198,9 @@ def default_output(
         parts.append(f"first{eval_cfg.limit}")
     if data_chosen is not None:
         parts.append(as_data_config(data_chosen).name.value)
+    changed = {k: v for k, v in (data_changes or {}).items() if k not in LOADING_ONLY_FIELDS}
+    if changed:  # another data set (data.root=) or input: never the name of the checkpoint's own data's file
+        parts.append("data" + hashlib.sha256(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:8])
     if checkpoint.stem != "last":
         parts.append(checkpoint.stem)
     return checkpoint.parent / ("-".join(parts) + ".npz")
@@ -182,6 +219,9 @@ def check_output(path: Path) -> Path:
         raise EvalOutputError(f"output={path}: {existing} is a file, so no folder can be made there")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise EvalOutputError(f"output={path}: no permission to write in {existing}; choose another output=")
+    why = write_probe(existing)  # as the file will be written at the end: /proc, read-only and full disks
+    if why is not None:
+        raise EvalOutputError(f"output={path}: cannot write in {existing} ({why}); choose another output=")
     return path
 
 
@@ -189,10 +229,13 @@ def run_eval(config: EvaluateAppConfig | DictConfig) -> Path | None:
     """Evaluates cfg.checkpoint on every rank (torchrun or srun); rank 0 writes the file and prints."""
     started = time.monotonic()
     cfg: EvaluateAppConfig = OmegaConf.to_object(config) if isinstance(config, DictConfig) else config  # type: ignore[assignment]
+    check_device("device", cfg.device)
     checkpoint = resolve_checkpoint(cfg.checkpoint)
     eval_cfg = cfg.eval
     output = check_output(
-        Path(cfg.output) if cfg.output else default_output(checkpoint, eval_cfg, cfg.split, cfg.data)
+        Path(cfg.output)
+        if cfg.output
+        else default_output(checkpoint, eval_cfg, cfg.split, cfg.data, cfg.data_changes)
     )
     group_was_up = dist.is_available() and dist.is_initialized()
     ctx = init_distributed(cfg.device, cfg.dist_timeout_s)
@@ -211,8 +254,9 @@ def _eval_checkpoint(
 ) -> Path | None:
     model, saved, sha256 = load_model(checkpoint)
     check_eval(eval_cfg, model.input_size)  # before any image: the scales need the model's input size
+    check_eval_memory(eval_cfg, saved.config["model"], model.input_size, ctx.device)
     model.to(ctx.device)
-    data_cfg, notes = evaluation_data_config(cfg.data, saved)
+    data_cfg, notes = evaluation_data_config(cfg.data, saved, cfg.data_changes)
     if data_cfg.normalize == Normalize.mean_image:  # before any image: another mean image changes every input
         check_mean_image(saved, load_mean_image(data_cfg), mean_image_path(data_cfg), checkpoint)
     if ctx.is_main:
@@ -307,9 +351,22 @@ def run_ensemble(cfg: DictConfig) -> Path:
     baseline_name = Path(cfg.baseline).name if cfg.baseline else "baseline"
     report = build_ensemble_report(preds, names, options, baseline, baseline_name)
     report.files = {name: os.path.abspath(f) for name, f in zip(names, files, strict=True)}
+    for entry, pred in zip(report.models, preds, strict=True):
+        entry["checkpoint_note"] = _not_of_a_finished_run(pred)
+        if entry["checkpoint_note"]:
+            print(f"warning: {entry['name']} was {entry['checkpoint_note']}", file=sys.stderr)
     _write_ensemble(report, preds[0], Path(cfg.output_dir), cfg.save_predictions)
     print(f"total time: {format_duration(time.monotonic() - started)}")
     return Path(cfg.output_dir)
+
+
+def _not_of_a_finished_run(pred: Predictions) -> str | None:
+    """Why a member made from a run's last.pt is not of the run's final last.pt (finished.json), or None."""
+    checkpoint = pred.metadata.get("checkpoint")
+    path = Path(checkpoint.get("path") or "") if isinstance(checkpoint, dict) else None
+    if path is None or path.name != LAST_CHECKPOINT:
+        return None
+    return not_from_final_checkpoint(checkpoint, RunDirectory(path.parent).final_checkpoint_sha256(), path)
 
 
 def _write_ensemble(report: EnsembleReport, first: Predictions, out: Path, with_predictions: bool) -> None:

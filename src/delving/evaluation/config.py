@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from omegaconf import MISSING
 
@@ -89,6 +90,8 @@ class EvaluateAppConfig:
 
     checkpoint: str = MISSING  # a checkpoint file, or a run directory (its last.pt)
     data: DataConfig | None = None
+    # data.KEY=VALUE given without data=: delving-eval passes them here, onto the checkpoint's saved data config.
+    data_changes: dict[str, Any] = field(default_factory=dict)
     eval: EvalConfig = field(default_factory=EvalConfig)
     split: str = "val"  # val | train (the data config's folders) or any split folder name
     # The predictions file; None: next to the checkpoint, predictions-<protocol>-s<scales>[...].npz

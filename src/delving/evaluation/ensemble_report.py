@@ -231,6 +231,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     if table:
         lines.append(f"Paper: {table['title']} (scored on ImageNet-2012 {table['split']}).")
     lines += _md_models(report)
+    notes = [f"- {m['name']}: {m['checkpoint_note']}" for m in report["models"] if m.get("checkpoint_note")]
+    if notes:
+        lines += ["", "**Not the runs' final checkpoints:**", *notes]
     if report["selection"]:
         lines += _md_selection(report["selection"], data["scored_images"])
     lines += _md_per_class(report["per_class"])

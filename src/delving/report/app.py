@@ -10,7 +10,7 @@ from delving.errors import UserError
 from delving.evaluation.predictions import load_predictions
 from delving.io import check_output_folder
 from delving.report.report import build_report, write_report
-from delving.report.runs import eval_record_from_predictions, find_runs, load_run
+from delving.report.runs import eval_record_from_predictions, find_runs, load_run, not_of_the_final_checkpoint
 
 
 class ReportInputError(UserError, ValueError):
@@ -62,8 +62,12 @@ def run_report(
     loaded = [load_run(path) for path in find_runs(runs)]
     for file in map(Path, predictions):
         run = _owner(file, loaded)
+        record = eval_record_from_predictions(file)
+        why = not_of_the_final_checkpoint(record, run)
+        if why is not None:
+            raise ReportInputError(f"predictions={file}: {why}")
         if all(Path(e.source).resolve() != file.resolve() for e in run.evals):
-            run.evals.append(eval_record_from_predictions(file))
+            run.evals.append(record)
     report = build_report(
         loaded,
         ensembles=[read_ensemble(p) for p in ensembles],

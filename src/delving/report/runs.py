@@ -15,7 +15,13 @@ import yaml
 from torch import nn
 
 from delving.checkpoint import Checkpoint, CheckpointError
-from delving.engine.run_dir import FINISHED_FILE, LAST_CHECKPOINT, METRICS_FILE, RunDirectory
+from delving.engine.run_dir import (
+    FINISHED_FILE,
+    LAST_CHECKPOINT,
+    METRICS_FILE,
+    RunDirectory,
+    not_from_final_checkpoint,
+)
 from delving.errors import UserError
 from delving.evaluation.predictions import load_predictions
 from delving.models import build_model
@@ -48,6 +54,7 @@ class EvalRecord:
     top5_error: float
     num_images: int
     source: str  # the file it was read from
+    checkpoint_sha256: str | None = None  # of the checkpoint it was made from (None: not recorded)
 
 
 @dataclass
@@ -75,6 +82,7 @@ class Run:
         True  # finished.json is there: the run trained all its epochs and ran its final evaluation
     )
     has_checkpoint: bool = True  # last.pt is there (a run killed before its first save has none)
+    checkpoint_sha256: str | None = None  # of last.pt, as read
     epochs_done: int | None = None  # the epochs last.pt holds (None: not read)
     # What tells this run apart from others of the same experiment name (set by label_runs), and the same
     # without its seed: what tells its replicates (runs that differ only in the seed) apart from others.
@@ -212,6 +220,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 def eval_record_from_predictions(path: Path) -> EvalRecord:
     meta = load_predictions(path).metadata
+    checkpoint = meta.get("checkpoint")
     return EvalRecord(
         meta["protocol"],
         meta.get("scales"),
@@ -219,6 +228,14 @@ def eval_record_from_predictions(path: Path) -> EvalRecord:
         float(meta["top5_error"]),
         int(meta["num_images"]),
         str(path),
+        checkpoint.get("sha256") if isinstance(checkpoint, dict) else None,
+    )
+
+
+def not_of_the_final_checkpoint(record: EvalRecord, run: Run) -> str | None:
+    """Why `record` is not a result of the run's last.pt as it is now, or None."""
+    return not_from_final_checkpoint(
+        {"sha256": record.checkpoint_sha256}, run.checkpoint_sha256, RunDirectory(run.path).last
     )
 
 
@@ -243,7 +260,7 @@ def load_run(path: str | Path) -> Run:
     """Reads config, overrides, metrics.jsonl, predictions-*.npz and the slopes and weight norms of last.pt."""
     path = Path(path)
     last = RunDirectory(path).last
-    checkpoint = Checkpoint.load(last) if last.is_file() else None
+    checkpoint, sha256 = Checkpoint.load_hashed(last) if last.is_file() else (None, None)
     run = Run(
         path,
         _read_config(path, checkpoint),
@@ -251,11 +268,18 @@ def load_run(path: str | Path) -> Run:
         finished=(path / FINISHED_FILE).is_file(),
         has_checkpoint=checkpoint is not None,
         epochs_done=int(checkpoint.train_state.get("epoch", 0)) if checkpoint is not None else 0,
+        checkpoint_sha256=sha256,
     )
     metrics = path / METRICS_FILE
     if metrics.is_file():
         run.records = read_metrics(metrics)
-    run.evals = [eval_record_from_predictions(p) for p in sorted(path.glob("predictions*.npz"))]
+    for file in sorted(path.glob("predictions*.npz")):
+        record = eval_record_from_predictions(file)
+        why = not_of_the_final_checkpoint(record, run)
+        if why is None:
+            run.evals.append(record)
+        else:  # a mid-training evaluation shown as the run's result would be a silent wrong number
+            log.warning("%s left out of the report: %s", file, why)
     if checkpoint is not None:
         _weights_into(run, checkpoint, last)
     return run

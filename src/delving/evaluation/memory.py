@@ -1,0 +1,105 @@
+"""The memory a test protocol needs at its largest scale, checked against the device before any image is read.
+
+`eval.scales=[30000]` asked for GBs per image and died with a traceback or an out-of-memory kill. The dense
+test runs the whole resized image through the net: its peak is found by running the net on the meta device
+(shapes only, nothing allocated) at the largest scale, for a square image (the least a shorter side of that
+length can be), the batch and its flips. The crop protocols hold one resized image per decoder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from delving.errors import ConfigError
+from delving.evaluation.config import EvalConfig, Protocol, effective_scales
+
+GIB = 1 << 30
+FLOAT_BYTES = 4
+_MEMINFO = Path("/proc/meminfo")
+_CGROUP = Path("/sys/fs/cgroup")
+
+
+def available_bytes(device: torch.device, total: bool = False) -> int | None:
+    """Free memory on `device` (with `total`: all of it): the GPU's, or the host's within this cgroup's limit."""
+    if device.type == "cuda":
+        free_now, all_of_it = torch.cuda.mem_get_info(device)
+        return int(all_of_it if total else free_now)
+    found = []
+    try:
+        for line in _MEMINFO.read_text().splitlines():
+            if line.startswith("MemTotal:" if total else "MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except OSError:
+        pass
+    try:
+        limit = (_CGROUP / "memory.max").read_text().strip()
+        if limit != "max":
+            used = 0 if total else int((_CGROUP / "memory.current").read_text())
+            found.append(int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def dense_peak_bytes(model_cfg: Any, side: int, images: int) -> int:
+    """The most bytes two consecutive activations of the net hold at once (a layer's input and output), for
+    `images` square inputs of `side` pixels, found on the meta device."""
+    from delving.models import build_model
+
+    with torch.device("meta"):
+        net = build_model(model_cfg).eval()
+    peak = 0
+
+    def measure(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        nonlocal peak
+        tensors = [t for t in (*inputs, output) if isinstance(t, torch.Tensor)]
+        peak = max(peak, sum(t.numel() * t.element_size() for t in tensors))
+
+    hooks = [m.register_forward_hook(measure) for m in net.modules() if not list(m.children())]
+    try:
+        with torch.inference_mode():
+            net.forward_dense(torch.empty(images, 3, side, side, device="meta"))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return peak
+
+
+def check_eval_memory(
+    eval_cfg: EvalConfig, model_cfg: Any, input_size: int, device: torch.device, later: bool = False
+) -> None:
+    """Refuses, in one line, scales whose largest needs more memory than `device` has free (call it after
+    check_eval: the scales are valid). `model_cfg`: a ModelConfig or a checkpoint's model config dict.
+    `later`: the evaluation runs after training (delving-train's final one): against all of the device's
+    memory, as what is free at launch says little about then."""
+    free = available_bytes(device, total=later)
+    if free is None:
+        return
+    paper = max(eval_cfg.scales)
+    side = effective_scales([paper], input_size)[0]
+    image_bytes = 3 * side * side * FLOAT_BYTES  # one resized image, as a decoder holds it
+    protocol = Protocol(eval_cfg.protocol)
+    if protocol in (Protocol.dense, Protocol.multiscale):
+        views = eval_cfg.batch_size * (2 if eval_cfg.flips else 1)
+        per_image = dense_peak_bytes(model_cfg, side, 1) * (2 if eval_cfg.flips else 1) + image_bytes
+        needed = dense_peak_bytes(model_cfg, side, views) + eval_cfg.batch_size * image_bytes
+        what = f"a batch of eval.batch_size={eval_cfg.batch_size} images{' and their flips' if eval_cfg.flips else ''}"
+    else:
+        per_image = needed = image_bytes
+        what = "one resized image"
+    if needed <= free:
+        return
+    fits = int(free // per_image) if protocol in (Protocol.dense, Protocol.multiscale) else 0
+    fix = (
+        f"lower eval.batch_size to {fits} or the scale" if fits >= 1
+        else f"even one image needs {per_image / GIB:.1f} GiB: lower the scale"
+    )  # fmt: skip
+    raise ConfigError(
+        f"eval.scales={list(eval_cfg.scales)}: scale {paper} ({side} px shorter side for model.input_size="
+        f"{input_size}) needs at least {needed / GIB:.1f} GiB for {what}, more than the {free / GIB:.1f} GiB "
+        f"{'that' if later else 'free on'} {device}{' has' if later else ''}; {fix} (the paper's: 256, 384, 480)"
+    )
