@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -134,30 +133,73 @@ def test_a_disk_that_holds_one_checkpoint_but_not_the_best_k_is_a_blocker(
     assert "Traceback" not in result.stderr and list(small_disk.iterdir()) == []
 
 
-def _limit_memory(limit: int):
-    return lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
-
-def test_a_batch_the_memory_cannot_hold_is_a_blocker_with_the_batch_that_fits(tmp_path: Path) -> None:
-    """A real limit (RLIMIT_AS): the CPU's allocator fails at the configured batch, as a GPU's would."""
-    # Net14 at full width on 96-px crops: the step's activations grow with the batch, about 10 MB an image.
-    big = ["model.width=1.0", "model.input_size=96", "data.crop_size=96", "data.scale_min=100",
-           "data.scale_max=110", "data.test_scale=100", "data.synthetic_min_size=100", "data.synthetic_max_size=120",
-           "train.batch_size=256", "data.synthetic_train_per_class=64"]  # fmt: skip
-    probe = subprocess.run(
-        [sys.executable, "-c", "import torch, delving.models; print(open('/proc/self/status').read())"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    vm = next(int(x.split()[1]) for x in probe.stdout.splitlines() if x.startswith("VmSize:")) * 1024
-    result, record = run_plan(tmp_path, big, preexec_fn=_limit_memory(vm + (1200 << 20)))
-    assert result.returncode == 3, result.stdout[-2000:] + result.stderr[-3000:]
-    blockers = [line for line in result.stderr.splitlines() if line.startswith("blocker:")]
-    assert any(
-        b.startswith("blocker: device memory: the step at 256 images per rank does not fit") for b in blockers
+def test_a_dev_shm_too_small_for_the_loader_s_batches_is_a_blocker_before_the_workers_start(
+    tmp_path: Path,
+) -> None:
+    """A real 64 kB /dev/shm in a mount namespace of its own (root only; skipped where unshare is refused)."""
+    if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("unshare -m is not allowed here")
+    overrides = [
+        *TINY_DATA,
+        *TINY_MODEL,
+        *TINY_TRAIN,
+        "data.num_workers=2",
+        "budget_s=5",
+        f"plan_dir={tmp_path / 'plan'}",
+    ]
+    script = f"mount -t tmpfs -o size=64k tmpfs /dev/shm && exec {PLAN} {' '.join(overrides)}"
+    result = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=cli_env(),
+        timeout=300,
     )
-    fits = record["model"]["micro_batch"]
-    assert 1 <= fits < 256 and record["model"]["grad_accum_steps"] == 256 // fits
-    assert f"train.grad_accum_steps={256 // fits}" in record["model"]["out_of_memory"]
+    assert result.returncode == 3, result.stderr[-3000:]
+    (blocker,) = [line for line in result.stderr.splitlines() if line.startswith("blocker:")]
+    assert blocker.startswith("blocker: /dev/shm: the run needs") and "data.num_workers" in blocker, blocker
+    record = json.loads((tmp_path / "plan" / "plan.json").read_text())
+    assert record["projection"] is None and record["room"][0]["what"] == "/dev/shm"
+
+
+OUT_OF_MEMORY = """
+import json, resource, sys, tempfile
+import torch
+sys.path.insert(0, {tests!r})
+from helpers.configs import compose_config
+from delving.dist import DistributedContext
+from delving.engine.trainer import Trainer
+from delving.plan.app import model_stage
+
+cfg = compose_config({overrides!r})
+trainer = Trainer(cfg, tempfile.mkdtemp(), DistributedContext(0, 1, 0, torch.device("cpu")))
+images, labels = torch.randn(512, 3, 64, 64) * 60, torch.zeros(512, dtype=torch.int64)
+vm = next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmSize:")) * 1024
+limit = vm + (320 << 20)  # the step at 512 needs about 1.1 GB more, at 64 about 0.15 GB
+hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+resource.setrlimit(resource.RLIMIT_AS, (limit, hard))  # the soft limit: it can be lifted again below
+rate, finding = model_stage(trainer, trainer.ctx, images, labels, 1.0)
+resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+print(json.dumps({{"batch": rate.batch, "finding": finding, "accum": trainer.cfg.train.grad_accum_steps}}))
+"""
+
+
+def test_a_batch_the_memory_cannot_hold_is_found_with_the_largest_that_fits(tmp_path: Path) -> None:
+    """A real allocation failure (RLIMIT_AS a little above the process's size): the CPU allocator refuses the
+    step at the configured batch as a GPU's would; the plan names the largest micro-batch that fits."""
+    wide = [*TINY_DATA, *TINY_MODEL, *TINY_TRAIN, "model.width=0.25", "model.input_size=64", "data.crop_size=64",
+            "data.scale_min=64", "data.scale_max=72", "data.test_scale=64", "data.synthetic_min_size=64",
+            "data.synthetic_max_size=72", "data.synthetic_train_per_class=128", "train.batch_size=512"]  # fmt: skip
+    script = OUT_OF_MEMORY.format(tests=str(Path(__file__).parent), overrides=wide)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=cli_env(), timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert 1 <= found["batch"] < 512 and found["accum"] == 512 // found["batch"], found
+    assert found["finding"].startswith("the step at 512 images per rank does not fit")
+    assert f"train.grad_accum_steps={found['accum']}" in found["finding"]
 
 
 def test_a_command_mistake_is_one_line_and_exit_2_before_any_work(tmp_path: Path) -> None:

@@ -217,7 +217,7 @@ def _measure(
 
     micro = len(labels) // cfg.train.grad_accum_steps
     say(f"model: the Trainer's step, {micro} images per rank x {cfg.train.grad_accum_steps} accumulation")
-    model, oom = _model_rate(trainer, ctx, images, labels, share["model"])
+    model, oom = model_stage(trainer, ctx, images, labels, share["model"])
     model_rate = world * model.batch / model.seconds
     say(f"model: {model_rate:,.0f} img/s" + (f"; {oom}" if oom else ""))
 
@@ -337,7 +337,7 @@ def _measure(
     }
 
 
-def _model_rate(
+def model_stage(
     trainer: Any, ctx: DistributedContext, images: torch.Tensor, labels: torch.Tensor, share: float
 ) -> tuple[measure.StepRate, str | None]:
     """The step at the configured batch; on an out-of-memory, the largest micro-batch that fits (measured
