@@ -99,17 +99,19 @@ def main() -> None:
     parser.add_argument(
         "--epochs", type=int, default=3, help="epochs of each real run (the first is not timed)"
     )
-    parser.add_argument("--classes", type=int, default=10)
-    parser.add_argument("--train-per-class", type=int, default=64)
-    parser.add_argument("--val-per-class", type=int, default=10)
+    parser.add_argument("--classes", type=int, default=8)
+    parser.add_argument("--train-per-class", type=int, default=32)
+    parser.add_argument("--val-per-class", type=int, default=4)
     parser.add_argument("--skip-demo", action="store_true")
+    parser.add_argument("--demo-per-class", type=int, help="fewer demo training images (default: the demo's 80)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     common = [f"train.epochs={args.epochs}", "train.final_eval=false", "logger.wandb.mode=disabled",
               "logger.progress_bar=false"]  # fmt: skip
     cases = {}
     if not args.skip_demo:
-        cases["demo"] = ["experiment=demo", *common]
+        smaller = [f"data.synthetic_train_per_class={args.demo_per_class}"] if args.demo_per_class else []
+        cases["demo"] = ["experiment=demo", *smaller, *common]
     if args.photos:
         root = photo_folder(
             args.photos, args.out / "photos", args.classes, args.train_per_class, args.val_per_class

@@ -202,6 +202,21 @@ def test_a_batch_the_memory_cannot_hold_is_found_with_the_largest_that_fits(tmp_
     assert f"train.grad_accum_steps={found['accum']}" in found["finding"]
 
 
+@pytest.mark.ddp
+def test_under_torchrun_the_plan_measures_the_all_reduce_and_the_step_without_it(tmp_path: Path) -> None:
+    out = tmp_path / "plan"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+               "delving.cli.plan", *TINY_DATA, *TINY_MODEL, *TINY_TRAIN, "budget_s=4", f"plan_dir={out}"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=cli_env(), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((out / "plan.json").read_text())
+    assert record["world_size"] == 2 and record["local_ranks"] == 2
+    ddp = record["ddp"]
+    assert ddp["all_reduce_s"] > 0 and ddp["step_sync_s"] > 0 and ddp["step_nosync_s"] > 0
+    assert record["model"]["micro_batch"] == 4  # the global 8 over two ranks
+    assert len([line for line in result.stderr.splitlines() if "wrote" in line]) == 1  # rank 0 writes
+
+
 def test_a_command_mistake_is_one_line_and_exit_2_before_any_work(tmp_path: Path) -> None:
     result, record = run_plan(tmp_path, ["train.batch_size=7", "data.num_workers=0"])
     assert result.returncode == 2

@@ -114,12 +114,13 @@ def advice_for(stages: Stages, bottleneck: str) -> list[str]:
         )
         tips.append(tip + (f": try {', '.join(switches)}" if switches else ": the input has room to spare"))
     if s.loop < CONTENTION * min(s.storage, s.input, s.model):
-        tips.append(
-            f"the Trainer's loop runs at {s.loop:,.0f} img/s, below its slowest stage: the loader's workers and the "
-            f"step compete ({s.cores_per_rank} cores per rank, data.num_workers={s.workers}"
-            + (", the model on the CPU" if s.device == "cpu" else "")
-            + ")"
+        why = (
+            "the loader and the step take turns in the training process (data.num_workers=0)"
+            if s.workers == 0
+            else f"the loader's {s.workers} workers and the step compete for {s.cores_per_rank} cores per rank"
+            + (" (the model on the CPU)" if s.device == "cpu" else "")
         )
+        tips.append(f"the Trainer's loop runs at {s.loop:,.0f} img/s, below its slowest stage: {why}")
     if s.step_sync_s and s.step_nosync_s and s.step_sync_s > HIDDEN * s.step_nosync_s:
         exposed = s.step_sync_s - s.step_nosync_s
         tips.append(
