@@ -83,14 +83,15 @@ def advice_for(stages: Stages, bottleneck: str) -> list[str]:
             f"input-bound: the loader gives {s.input:,.0f} img/s, the model takes {s.model:,.0f}: one core decodes "
             f"{s.per_core:,.0f} img/s, so each rank needs about {needed} workers (data.num_workers={s.workers})"
         )
-        if needed <= s.cores_per_rank:
-            line += f"; raise data.num_workers to {needed} ({s.cores_per_rank} cores per rank here)"
+        usable = min(needed, s.cores_per_rank)
+        if usable > s.workers:
+            line += f"; raise data.num_workers to {usable} ({s.cores_per_rank} cores per rank here)"
         else:
-            line += (
-                f", more than the {s.cores_per_rank} cores per rank here: data.num_workers={s.cores_per_rank}"
-            )
+            line += "; the workers' cores are busy (other processes, or the step itself on a CPU)"
+        if needed > s.cores_per_rank:
+            line += f"; the model needs more than the {s.cores_per_rank} cores per rank here"
             if s.device.startswith("cuda") and not s.decode_on_device:
-                line += ", and data.decode_on_device=true (the GPU decodes and resizes)"
+                line += ": data.decode_on_device=true (the GPU decodes and resizes)"
         tips.append(line)
     elif bottleneck == "storage":
         tips.append(
