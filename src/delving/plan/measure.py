@@ -241,6 +241,8 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 def repeat_batch(images: torch.Tensor, labels: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A batch of `size` from a real one (repeated or cut), on its device."""
+    if size <= len(labels):  # a view: no copy of a batch that may be large
+        return images[:size], labels[:size]
     reps = -(-size // len(labels))
     return images.repeat(reps, 1, 1, 1)[:size], labels.repeat(reps)[:size]
 
@@ -253,8 +255,8 @@ def largest_fitting_batch(
     size = micro_batch // 2
     accum = trainer.cfg.train.grad_accum_steps
     while size >= 1:
-        x, y = repeat_batch(images, labels, size * accum)
         try:
+            x, y = repeat_batch(images, labels, size * accum)
             model_step_rate(trainer, x, y, max_seconds=0.0, warmup=1, min_steps=1)
             return size
         except RuntimeError as error:  # torch.OutOfMemoryError is one
