@@ -223,6 +223,9 @@ def test_a_command_mistake_is_one_line_and_exit_2_before_any_work(tmp_path: Path
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: train.batch_size=7")
     assert record is None and not (tmp_path / "plan").exists()
+    result, record = run_plan(tmp_path, ["data.num_workers=0"], budget_s=0)
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith("error: budget_s=0.0")
+    assert record is None and not (tmp_path / "plan").exists()
 
 
 def test_the_bottleneck_is_the_slowest_stage_and_the_loader_waiting_on_reads_is_storage() -> None:

@@ -72,10 +72,13 @@ class CheckPlanFirst(Callback):
         HydraConfig.instance().set_config(config)
         with user_errors():
             preflight(train_part(config), environment_ranks(dict(os.environ))[1])
-            check_plan_dir(Path(str(config.plan_dir)))
+            check_plan_values(float(config.budget_s), Path(str(config.plan_dir)))
 
 
-def check_plan_dir(folder: Path) -> None:
+def check_plan_values(budget_s: float, folder: Path) -> None:
+    """The plan's own keys: a budget above 0 and a plan_dir this user can write."""
+    if not budget_s > 0:
+        raise UserError(f"budget_s={budget_s}: give the measuring time in seconds, above 0 (default 180)")
     why = unwritable_place(folder.absolute())
     if why is not None:
         raise UserError(f"plan_dir={folder}: {why}; give plan_dir= a folder you can write")
@@ -107,7 +110,7 @@ def run_plan(cfg: DictConfig) -> int:
     """Measures and projects the run `cfg` describes; returns the exit code (0, or EXIT_BLOCKED)."""
     started = time.perf_counter()
     plan_dir, run_dir = Path(str(cfg.plan_dir)).absolute(), planned_run_dir(cfg).absolute()
-    check_plan_dir(plan_dir)
+    check_plan_values(float(cfg.budget_s), plan_dir)
     ctx = init_distributed(cfg.train.device, cfg.train.dist_timeout_s)
     try:
         typed = preflight(train_part(cfg), ctx.world_size)
