@@ -56,6 +56,7 @@ def test_the_plan_composes_train_yaml_s_groups_in_its_order() -> None:
     assert plan == train
 
 
+@pytest.mark.slow
 def test_the_projected_epoch_is_near_a_real_run_s_and_the_run_folder_stays_untouched(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     result, record = run_plan(
@@ -186,6 +187,7 @@ print(json.dumps({{"batch": rate.batch, "finding": finding, "accum": trainer.cfg
 """
 
 
+@pytest.mark.slow
 def test_a_batch_the_memory_cannot_hold_is_found_with_the_largest_that_fits(tmp_path: Path) -> None:
     """A real allocation failure (RLIMIT_AS a little above the process's size): the CPU allocator refuses the
     step at the configured batch as a GPU's would; the plan names the largest micro-batch that fits."""
