@@ -103,7 +103,9 @@ def main() -> None:
     parser.add_argument("--train-per-class", type=int, default=32)
     parser.add_argument("--val-per-class", type=int, default=4)
     parser.add_argument("--skip-demo", action="store_true")
-    parser.add_argument("--demo-per-class", type=int, help="fewer demo training images (default: the demo's 80)")
+    parser.add_argument(
+        "--demo-per-class", type=int, help="fewer demo training images (default: the demo's 80)"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     common = [f"train.epochs={args.epochs}", "train.final_eval=false", "logger.wandb.mode=disabled",
