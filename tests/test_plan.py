@@ -121,10 +121,8 @@ def test_a_disk_that_holds_one_checkpoint_but_not_the_best_k_is_a_blocker(
     small_disk: Path, tmp_path: Path
 ) -> None:
     run_dir = small_disk / "run"
-    # width 0.25: a checkpoint of about 0.26 MB (weights and momentum); 12 of them (keep_best=10) are not 1 MB.
-    result, record = run_plan(
-        tmp_path, ["model.width=0.25", "train.keep_best=10", f"hydra.run.dir={run_dir}"]
-    )
+    # The tiny net: a checkpoint of about 0.8 MB (weights and momentum); 12 of them (keep_best=10) are not 1 MB.
+    result, record = run_plan(tmp_path, ["train.keep_best=10", f"hydra.run.dir={run_dir}"])
     assert result.returncode == 3, result.stderr[-3000:]
     blockers = [line for line in result.stderr.splitlines() if line.startswith("blocker:")]
     assert len(blockers) == 1 and blockers[0].startswith("blocker: disk: the run needs"), blockers
@@ -221,9 +219,9 @@ def test_under_torchrun_the_plan_measures_the_all_reduce_and_the_step_without_it
 
 
 def test_a_command_mistake_is_one_line_and_exit_2_before_any_work(tmp_path: Path) -> None:
-    result, record = run_plan(tmp_path, ["train.batch_size=7", "data.num_workers=0"])
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith("error: train.batch_size=7")
+    result, record = run_plan(tmp_path, ["train.batch_size=0", "data.num_workers=0"])
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1].startswith("error: train.batch_size=0")
     assert record is None and not (tmp_path / "plan").exists()
     result, record = run_plan(tmp_path, ["data.num_workers=0"], budget_s=0)
     assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith("error: budget_s=0.0")
