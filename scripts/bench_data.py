@@ -37,17 +37,16 @@ from PIL import Image
 from delving.data.config import DataConfig, DatasetKind
 from delving.data.decode import decode_image
 from delving.data.loaders import TrainLoader
-from delving.data.normalize import lighting_offset
 from delving.data.transforms import (
     EvalTransform,
-    TrainTransform,
     draw_train_params,
     reference_crop,
     sample_rng,
     train_crop,
 )
-from delving.engine.throughput import synchronize, time_per_step
+from delving.engine.throughput import time_per_step
 from delving.models import build_model
+from delving.plan.measure import loader_rate, train_crop_job
 
 SIZES = ((500, 375), (1600, 1200))
 # Without a GPU to measure: the issue's targets (A at 0.45 MFU of 989 TFLOP/s, C at 0.29 MFU: 80 epochs in 4 h).
@@ -109,21 +108,13 @@ def bench_loader(root: Path, workers: int, batch_size: int, epochs: int) -> floa
 
 
 def pipeline_rate(root: Path, workers: int, on_device: bool, device: str, batch: int, batches: int) -> float:
-    """Images/s of the TrainLoader (the paper's augmentation, crop 224) after its first batch."""
+    """Images/s of the TrainLoader (the paper's augmentation, crop 224) after its first batch, timed as
+    delving-plan times the input."""
     cfg = DataConfig(name=DatasetKind.folder, root=str(root), val_split="train", num_workers=workers,
                      decode_on_device=on_device)  # fmt: skip
     loader = TrainLoader(cfg, batch_size=batch, seed=0, pin_memory=device == "cuda", device=device)
-    seen, start = 0, 0.0
-    for step, (_, labels) in enumerate(loader.epoch(0)):
-        if step == 0:  # the workers' start-up and the first decode stay outside the timing
-            synchronize(torch.device(device))
-            start = time.perf_counter()
-            continue
-        seen += len(labels)
-        if step == batches:
-            break
-    synchronize(torch.device(device))
-    return seen / (time.perf_counter() - start)
+    with loader:
+        return loader_rate(loader, batches, float("inf"))[0].images_per_s
 
 
 def model_step(name: str, device: torch.device, batch: int = 64):
@@ -209,8 +200,7 @@ def photo_contenders(paths: list[Path]) -> dict[str, tuple[object, int]]:
     from torchvision import transforms as T
 
     cfg = DataConfig()
-    ours, ours_eval = TrainTransform(cfg), EvalTransform(cfg)
-    draws = [draw_train_params(sample_rng(0, 0, i), cfg) for i in range(len(paths))]
+    ours_train, ours_eval = train_crop_job(cfg), EvalTransform(cfg)
     timm_train = timm.data.create_transform(224, is_training=True)
     mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
     torchvision_train = T.Compose([
@@ -219,7 +209,7 @@ def photo_contenders(paths: list[Path]) -> dict[str, tuple[object, int]]:
     ])  # fmt: skip
     per_image = {
         "Pillow decode (RGB)": lambda p, i: _pillow_decode(p),
-        "ours: train crop, uint8": lambda p, i: (ours.crop(p, draws[i]), lighting_offset(draws[i].alpha)),
+        "ours: train crop, uint8": ours_train,  # delving-plan's per-core figure times this very job
         "ours: eval centre crop": lambda p, i: ours_eval.crop(p),
         "timm create_transform": lambda p, i: timm_train(Image.open(p).convert("RGB")),
         "torchvision reference": lambda p, i: torchvision_train(Image.open(p).convert("RGB")),

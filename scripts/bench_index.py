@@ -37,6 +37,7 @@ from delving.data.datasets import walk_split
 from delving.data.index import RACY_SECONDS, _cache_file, folder_listing
 from delving.data.readers import FolderReader, open_split
 from delving.data.verify import task_ranges
+from delving.plan.measure import process_memory
 
 CLASSES = 1000
 VAL_PER_CLASS = 50
@@ -61,14 +62,9 @@ def build_tree(root: Path, photos: list[Path], train: int) -> float:
 
 
 def _private_kb(pid: int | str = "self") -> tuple[int, int]:
-    """(USS, PSS) in kB."""
-    uss = pss = 0
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith(("Private_Clean:", "Private_Dirty:")):
-            uss += int(line.split()[1])
-        elif line.startswith("Pss:"):
-            pss = int(line.split()[1])
-    return uss, pss
+    """(USS, PSS) in kB, read as delving-plan reads its loader workers' memory."""
+    memory = process_memory(pid)
+    return round(memory.uss_mb * 1024), round(memory.pss_mb * 1024)
 
 
 def _touch_all(reader: object, count: int, conn, together) -> None:

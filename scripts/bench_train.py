@@ -34,16 +34,10 @@ from PIL import Image
 from delving.cli.common import CONFIG_DIR, register_resolvers
 from delving.config import register_all
 from delving.dist import DistributedContext, pick_device
-from delving.engine.throughput import (
-    matmul_peak_flops,
-    peak_memory_gib,
-    profile_table,
-    reset_peak_memory,
-    time_per_step,
-    train_step_flops,
-)
+from delving.engine.throughput import matmul_peak_flops, profile_table, train_step_flops
 from delving.engine.trainer import Trainer
 from delving.models import build_model
+from delving.plan.measure import model_step_rate, trainer_loop_rate
 
 register_all()
 register_resolvers()
@@ -80,12 +74,8 @@ def bare_loop_seconds(trainer: Trainer, steps: int) -> float:
 
 
 def trainer_seconds(trainer: Trainer, steps: int) -> float:
-    """The Trainer's own loop (train_epoch) over the last `steps` steps of epoch 0."""
-    trainer.state.epoch = 0
-    trainer.state.step_in_epoch = trainer.train_loader.steps_per_epoch - steps
-    start = time.perf_counter()
-    trainer.train_epoch()
-    return time.perf_counter() - start
+    """The Trainer's own loop (train_epoch) over the last `steps` steps of epoch 0, timed as delving-plan does."""
+    return steps * trainer.cfg.train.batch_size / trainer_loop_rate(trainer, steps)
 
 
 def cpu_bench(args: argparse.Namespace) -> None:
@@ -123,10 +113,9 @@ def bench_row(trainer: Trainer, batch: int, args: argparse.Namespace, flops_per_
     images = torch.randn(batch, 3, size, size, device=device) * 60
     labels = torch.randint(0, trainer.cfg.model.num_classes, (batch,), device=device)
     step = lambda: trainer.train_step(images, labels, want_grad_norms=False)  # noqa: E731
-    reset_peak_memory(device)
-    seconds, steps, warmup_s = time_per_step(step, device, args.warmup, args.min_steps, args.min_seconds)
-    row = {"s": seconds, "steps": steps, "warmup_s": warmup_s, "mem": peak_memory_gib(device),
-           "tflops": flops_per_image * batch / seconds / 1e12}  # fmt: skip
+    rate = model_step_rate(trainer, images, labels, args.min_seconds, args.warmup, args.min_steps)
+    row = {"s": rate.seconds, "steps": rate.steps, "warmup_s": rate.warmup_s, "mem": rate.peak_gib,
+           "tflops": flops_per_image * batch / rate.seconds / 1e12}  # fmt: skip
     if args.profile:
         variant = "_".join(args.variant.split()).replace("+", "")
         name = f"{trainer.cfg.model.name.value}_{variant}_b{batch}.txt"

@@ -77,6 +77,7 @@ def _uses(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "delving-eval": ([f"checkpoint={missing}.pt"], f"error: checkpoint {missing}.pt"),
         "delving-ensemble": ([f"files=[{missing}.npz]"], f"error: {missing}.npz"),
         "delving-report": ([f"runs=[{missing}]", f"output_dir={tmp / 'report'}"], f"error: {missing}"),
+        "delving-plan": (["--cfg", "job", "experiment=demo"], "budget_s: 180"),
     }
 
 

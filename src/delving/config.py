@@ -19,6 +19,7 @@ from delving.engine.config import AppConfig, LauncherConfig, LoggerConfig, Optim
 from delving.evaluation.config import EnsembleAppConfig, EvalConfig, EvaluateAppConfig
 from delving.models.config import ModelConfig
 from delving.paths import PathsConfig
+from delving.plan.config import PlanAppConfig
 from delving.report.config import InitCheckAppConfig, ReportAppConfig
 from delving.run_identity import global_rank, run_name_from_overrides
 
@@ -86,6 +87,7 @@ def register_all() -> None:
         ("base_report", ReportAppConfig),
         ("base_init_check", InitCheckAppConfig),
         ("base_verify_data", VerifyDataAppConfig),
+        ("base_plan", PlanAppConfig),
     ):
         store.store(name=name, node=node)
     for group, node in (

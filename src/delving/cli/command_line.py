@@ -35,6 +35,7 @@ COMMANDS = {
     "report": "delving-report",
     "init_check": "delving-init-check",
     "verify_data": "delving-verify-data",
+    "plan": "delving-plan",
 }
 
 

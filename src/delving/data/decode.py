@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+import time
 import warnings
 from pathlib import Path
 from typing import IO
@@ -13,6 +14,16 @@ import numpy as np
 from PIL import Image
 
 from delving.errors import UserError
+
+# Test hook (a throttled disk): sleep this many seconds before each image file is read.
+READ_DELAY_ENV = "DELVING_READ_DELAY_S"
+
+
+def read_delay() -> None:
+    """Under DELVING_READ_DELAY_S, wait as a slow disk would before a file read (delving-plan's storage test)."""
+    delay = float(os.environ.get(READ_DELAY_ENV, "0") or 0)
+    if delay > 0:
+        time.sleep(delay)
 
 
 class BadImageError(Exception):
@@ -47,6 +58,8 @@ def decode_image_with_size(
     is turned as its EXIF orientation tag says (and the size with it); without, the pixels are used as stored,
     as torchvision and the paper's Caffe pipeline do.
     """
+    if isinstance(path, str | os.PathLike):
+        read_delay()
     try:
         # Everything that touches the file is inside this block: Pillow raises many types (OSError for
         # truncation, UnidentifiedImageError, SyntaxError/ValueError/struct errors from plugins), and a
