@@ -9,7 +9,8 @@ from contextlib import ContextDecorator
 
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException, ValidationError
 
-from delving.config import config_dir, config_path, register_all, register_resolvers
+from delving.config import register_all, register_resolvers
+from delving.config_files import config_dir, config_path
 from delving.errors import UserError, safe_message
 from delving.run_identity import global_rank
 

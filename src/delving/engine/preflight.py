@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from delving.config import config_dir
+from delving.config_files import config_dir
 from delving.data.checks import DEMO_HINT, check_data_set, checked_data_values
 from delving.data.config import DataConfig, DatasetKind
 from delving.engine.config import AppConfig, SchedKind, TrainConfig, as_app_config

@@ -20,17 +20,19 @@ from typing import Any, TextIO
 from delving.errors import UserError
 from delving.evaluation.config import Protocol
 from delving.io import atomic_write_text, can_write, remove_stale_temps, unwritable_place, user_name
+from delving.run_files import (
+    BEST_PATTERN,
+    FINISHED_FILE,
+    LAST_CHECKPOINT,
+    LOCK_FILE,
+    LOG_FILE,
+    METRICS_FILE,
+    PREVIOUS_FOLDER,
+    RunFiles,
+)
 
 log = logging.getLogger("delving")
 
-# A run folder's files: these names are spelled here only (RunDirectory's properties give their paths).
-LAST_CHECKPOINT = "last.pt"
-METRICS_FILE = "metrics.jsonl"
-LOG_FILE = "train.log"
-LOCK_FILE = ".lock"
-FINISHED_FILE = "finished.json"
-PREVIOUS_FOLDER = "previous"
-BEST_PATTERN = "best-*.pt"
 # What a run writes; start_over moves these aside (the Hydra config and train.log of this launch stay).
 RUN_OUTPUTS = (LAST_CHECKPOINT, BEST_PATTERN, METRICS_FILE, "predictions-*.npz", FINISHED_FILE, "wandb")
 # The files only the run (the lock holder) writes: a temp file of these is a killed write's, never a live one
@@ -38,11 +40,6 @@ RUN_OUTPUTS = (LAST_CHECKPOINT, BEST_PATTERN, METRICS_FILE, "predictions-*.npz",
 TRAINER_FILES = (
     LAST_CHECKPOINT, METRICS_FILE, FINISHED_FILE, *(f"predictions-{p.value}.npz" for p in Protocol)
 )  # fmt: skip
-
-
-def best_checkpoint_name(epoch: int) -> str:
-    """A best-k checkpoint's file name (a hard link to last.pt as it was after that epoch's validation)."""
-    return f"best-epoch{epoch:03d}.pt"
 
 
 class RunDirectoryBusy(UserError):
@@ -71,36 +68,13 @@ def starts_fresh(resume: str | None) -> bool:
     return resume in (None, "", "null")
 
 
-class RunDirectory:
-    """A run's folder: its lock, its file names (`last`, `metrics`, `log`, `predictions(...)`), and its record of
-    having finished. The Trainer and the entry points reach a run's files only through it."""
+class RunDirectory(RunFiles):
+    """A run's folder: its file names (RunFiles), its lock, and its record of having finished. The Trainer and
+    the entry points reach a run's files only through it."""
 
     def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
+        super().__init__(path)
         self._lock_handle: TextIO | None = None
-
-    @classmethod
-    def of(cls, run: RunDirectory | str | os.PathLike) -> RunDirectory:
-        return run if isinstance(run, RunDirectory) else cls(run)
-
-    @property
-    def last(self) -> Path:
-        return self.path / LAST_CHECKPOINT
-
-    @property
-    def metrics(self) -> Path:
-        return self.path / METRICS_FILE
-
-    @property
-    def log_file(self) -> Path:
-        return self.path / LOG_FILE
-
-    def predictions(self, protocol: str) -> Path:
-        """The trainer's own final-evaluation predictions (delving-eval's names carry their scales)."""
-        return self.path / f"predictions-{protocol}.npz"
-
-    def best(self, file_name: str) -> Path:
-        return self.path / file_name
 
     def lock(self) -> None:
         """Take the run's lock or refuse, naming the holder; a lock left by a dead run is taken over."""

@@ -46,11 +46,12 @@ from delving.dist import (
 )
 from delving.engine.config import AppConfig, Precision, as_app_config
 from delving.engine.optim import EpochScheduler, build_optimizer, lr_scale
-from delving.engine.run_dir import RunDirectory, best_checkpoint_name, starts_fresh
+from delving.engine.run_dir import RunDirectory, starts_fresh
 from delving.engine.run_log import MetricsLog, TrainingProgress, log
 from delving.engine.signals import StopRequested, StopSignals
 from delving.errors import UserError
 from delving.models import build_model
+from delving.run_files import best_checkpoint_name
 
 # Test hooks (fault injection): SIGKILL this process right after this global step; sleep after each step.
 KILL_AT_STEP_ENV = "DELVING_KILL_AT_STEP"

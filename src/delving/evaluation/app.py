@@ -25,7 +25,6 @@ from torch import nn
 from delving.checkpoint import Checkpoint, CheckpointError, file_sha256, load_model
 from delving.data.config import DataConfig, Normalize, as_data_config
 from delving.dist import DistributedContext, fail_together, init_distributed, shutdown_distributed
-from delving.engine.run_dir import RunDirectory
 from delving.errors import UserError
 from delving.evaluation.config import EvalConfig, EvaluateAppConfig, Protocol, check_eval
 from delving.evaluation.ensemble import check_weights, member_names
@@ -34,6 +33,7 @@ from delving.evaluation.evaluator import EvalResult, evaluate
 from delving.evaluation.predictions import Predictions, load_predictions, predictions_writer, save_predictions
 from delving.io import atomic_write_files, check_output_folder, utf8
 from delving.progress import Progress, format_duration
+from delving.run_files import RunFiles
 
 log = logging.getLogger("delving")
 
@@ -132,7 +132,7 @@ def resolve_checkpoint(value: str | os.PathLike) -> Path:
     """checkpoint= as a file: a checkpoint file, or a run directory's last.pt."""
     path = Path(value).expanduser()
     if path.is_dir():
-        last = RunDirectory(path).last
+        last = RunFiles(path).last
         if not last.is_file():
             raise CheckpointError(
                 f"checkpoint={path} is a folder without a {last.name}: pass a run directory or a file"
@@ -240,7 +240,7 @@ def final_evaluation(
     config: dict[str, Any],
     data_cfg: DataConfig,
     eval_cfg: EvalConfig,
-    run_dir: RunDirectory | Path,
+    run_dir: RunFiles | Path,
     ctx: DistributedContext,
     checkpoint: Path,
     classes: list[str] | None,
@@ -261,7 +261,7 @@ def final_evaluation(
     path, error = None, None
     if ctx.is_main:
         try:
-            path = save_predictions(RunDirectory.of(run_dir).predictions(protocol), result.predictions())
+            path = save_predictions(RunFiles.of(run_dir).predictions(protocol), result.predictions())
             log.info("%s\npredictions: %s", results_table(result, f"final evaluation of {checkpoint}"), path)
         except Exception as exc:  # e.g. a full disk: every rank stops with it
             error = exc

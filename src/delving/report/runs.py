@@ -15,10 +15,10 @@ import yaml
 from torch import nn
 
 from delving.checkpoint import Checkpoint, CheckpointError
-from delving.engine.run_dir import FINISHED_FILE, LAST_CHECKPOINT, METRICS_FILE, RunDirectory
 from delving.errors import UserError
 from delving.evaluation.predictions import load_predictions
 from delving.models import build_model
+from delving.run_files import FINISHED_FILE, LAST_CHECKPOINT, METRICS_FILE, RunFiles
 
 log = logging.getLogger("delving")
 
@@ -242,7 +242,7 @@ def _weights_into(run: Run, checkpoint: Checkpoint, where: Path) -> None:
 def load_run(path: str | Path) -> Run:
     """Reads config, overrides, metrics.jsonl, predictions-*.npz and the slopes and weight norms of last.pt."""
     path = Path(path)
-    last = RunDirectory(path).last
+    last = RunFiles(path).last
     checkpoint = Checkpoint.load(last) if last.is_file() else None
     run = Run(
         path,
