@@ -8,6 +8,7 @@ alike. DELVING_CONFIG_DIR=/some/folder replaces them with a folder of one's own 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -26,6 +27,6 @@ def config_dir() -> Path:
     override = os.environ.get(CONFIG_DIR_ENV)
     if override:
         return Path(override).expanduser().resolve()
-    import delving.configs
-
-    return Path(delving.configs.__file__).resolve().parent
+    spec = importlib.util.find_spec(CONFIG_PACKAGE)  # its folder, found without importing it (YAML, no code)
+    assert spec is not None and spec.origin is not None, f"{CONFIG_PACKAGE} is not installed"
+    return Path(spec.origin).resolve().parent
