@@ -43,6 +43,7 @@ ADDED_KEYS = {
     "train.label_smoothing": 0.0,
     "train.clip_grad_norm": 0.0,
     "train.ema_decay": 0.0,
+    "train.reproducible": False,
 }
 
 
@@ -89,6 +90,8 @@ class Checkpoint:
     # train.ema_decay > 0: the EMA of the weights (torch.optim.swa_utils.AveragedModel's state dict). It is
     # what the run validated and what evaluation and init_from= read (`eval_weights`).
     ema: dict[str, torch.Tensor] | None = None
+    # What decided the arithmetic of the launch that saved it (delving.reproducible.arithmetic()).
+    arithmetic: dict[str, Any] = field(default_factory=dict)
 
     def save(self, path: str | os.PathLike) -> Path:
         state = {"format_version": FORMAT_VERSION, **self.__dict__}

@@ -32,6 +32,7 @@ from delving.engine.run_log import log, setup_console_logging
 from delving.engine.signals import RunStopped, StopRequested, StopSignals, requeue_slurm_job
 from delving.errors import UserError
 from delving.io import DiskFullError
+from delving.reproducible import pin
 
 if TYPE_CHECKING:  # the model, loader and evaluation code (timm, torchvision) load only once the checks pass
     from delving.engine.trainer import Trainer
@@ -58,6 +59,8 @@ def check_first(config: DictConfig) -> None:
 def run_train(cfg: DictConfig, run_dir: str | Path) -> float | None:
     """Trains (or continues) the run in `run_dir`; returns the last val top-1 error for a sweeper."""
     check_launcher(cfg)
+    if cfg.train.reproducible:
+        pin()  # before the run's first tensor operation: torch reads the instruction set at its first kernel
     if HydraConfig.get().mode == RunMode.MULTIRUN:  # a single run has checked it in check_first
         check_run_dir_writable(Path(run_dir))
     ctx = init_distributed(cfg.train.device, cfg.train.dist_timeout_s)

@@ -173,6 +173,10 @@ class TrainConfig:
     precision: Precision = Precision.fp32
     channels_last: bool = False
     compile: bool = False  # torch.compile, applied before DDP
+    # The same numbers on any x86-64 CPU of the last decade: the kernels' instruction set (AVX2), the intra-op
+    # threads (1) and deterministic algorithms pinned (delving/reproducible.py). On for the demo and the minis;
+    # off for the paper's GPU runs (it costs speed there).
+    reproducible: bool = False
     cudnn_benchmark: bool = True
     device: str = "auto"  # auto: cuda:<local rank> when CUDA is available, else cpu
     checkpoint_every_steps: int = 0  # 0: only at the end of each epoch (last.pt)

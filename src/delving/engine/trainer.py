@@ -51,6 +51,7 @@ from delving.engine.run_log import MetricsLog, TrainingProgress, log
 from delving.engine.signals import StopRequested, StopSignals
 from delving.errors import UserError
 from delving.models import build_model
+from delving.reproducible import ARITHMETIC_KEYS, arithmetic
 from delving.run_files import best_checkpoint_name
 
 # Test hooks (fault injection): SIGKILL this process right after this global step; sleep after each step.
@@ -108,6 +109,7 @@ class Trainer:
             )  # fmt: skip
         self.net = self._wrap_model()
         self.state = TrainState()
+        self.arithmetic = arithmetic()  # recorded in last.pt and metrics.jsonl: what decided the numbers
         self.metrics: MetricsLog | None = None
         with failing_together(ctx):
             wandb_run_id = self._restore_or_seed()
@@ -115,6 +117,7 @@ class Trainer:
                 self.metrics = MetricsLog(self.run, cfg.logger, self.config, wandb_run_id)
                 # Records a killed run wrote after last.pt (and its validation, when last.pt came before it).
                 self.metrics.truncate_after(self.state.global_step, keep_val=not self.state.val_pending)
+                self.metrics.write({"type": "arithmetic", "step": self.state.global_step, **self.arithmetic})
 
     def _per_rank_batch(self) -> int:
         train = self.cfg.train
@@ -269,6 +272,13 @@ class Trainer:
                 self.ctx.world_size,
             )
             torch.manual_seed(_dropout_seed(self.cfg.seed, self.ctx.rank, self.state.global_step))
+        saved = {k: checkpoint.arithmetic.get(k) for k in ARITHMETIC_KEYS}
+        if checkpoint.arithmetic and saved != {k: self.arithmetic[k] for k in ARITHMETIC_KEYS}:
+            log.warning(
+                "%s was computed with %s, this launch computes with %s: the numbers will differ from an "
+                "uninterrupted run's (train.reproducible=true pins them)",
+                path, saved, {k: self.arithmetic[k] for k in ARITHMETIC_KEYS},
+            )  # fmt: skip
         log.info(
             "resumed from %s at epoch %d, step %d (global step %d)",
             path, self.state.epoch, self.state.step_in_epoch, self.state.global_step,
@@ -298,6 +308,7 @@ class Trainer:
             wandb_run_id=self.metrics.wandb_run_id if self.metrics else None,
             pretrained_cfg=Checkpoint.pretrained_cfg_of(self.model, self.config),
             ema=self.ema.state_dict() if self.ema is not None else None,
+            arithmetic=self.arithmetic,
         )
 
     def _update_best_k(self, top1_error: float, finished: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -536,6 +547,13 @@ class Trainer:
             "training %s: %d epoch(s) x %d step(s), global batch %d over %d rank(s), device %s, run dir %s",
             self.config["model"]["name"], cfg.train.epochs, self.train_loader.steps_per_epoch,
             cfg.train.batch_size, self.ctx.world_size, self.device, self.run.path,
+        )  # fmt: skip
+        log.info(
+            "arithmetic: %s CPU kernels, %d intra-op thread(s), deterministic algorithms %s (%s)",
+            self.arithmetic["cpu_capability"], self.arithmetic["threads"],
+            "on" if self.arithmetic["deterministic_algorithms"] else "off",
+            "train.reproducible=true: pinned" if cfg.train.reproducible
+            else "train.reproducible=false: another CPU or thread count gives other numbers",
         )  # fmt: skip
         self.model.train()
         if self.state.val_pending:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -33,6 +34,7 @@ from delving.evaluation.evaluator import EvalResult, evaluate
 from delving.evaluation.predictions import Predictions, load_predictions, predictions_writer, save_predictions
 from delving.io import atomic_write_files, check_output_folder, utf8
 from delving.progress import Progress, format_duration
+from delving.reproducible import arithmetic, pin
 from delving.run_files import RunFiles
 
 log = logging.getLogger("delving")
@@ -105,6 +107,7 @@ def provenance(
         "model_config": model_config,
         "eval_config": config_dict(eval_cfg),
         "data_config": config_dict(data_cfg),
+        "arithmetic": arithmetic(),
     }
 
 
@@ -205,9 +208,22 @@ def run_eval(config: EvaluateAppConfig | DictConfig) -> Path | None:
             shutdown_distributed()
 
 
+def trained_reproducibly(checkpoint: Path) -> bool:
+    """The run's train.reproducible, read without a tensor operation (memory-mapped, tensors unread)."""
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return False
+    config = state.get("config") if isinstance(state, dict) else None
+    train = config.get("train") if isinstance(config, dict) else None
+    return isinstance(train, dict) and train.get("reproducible") is True
+
+
 def _eval_checkpoint(
     cfg: EvaluateAppConfig, checkpoint: Path, eval_cfg: EvalConfig, output: Path, ctx: DistributedContext
 ) -> Path | None:
+    if trained_reproducibly(checkpoint):
+        pin()  # the evaluation of a train.reproducible run computes as it did, before building the model
     model, saved, sha256 = load_model(checkpoint)
     check_eval(eval_cfg, model.input_size)  # before any image: the scales need the model's input size
     model.to(ctx.device)
