@@ -87,7 +87,7 @@ class Trainer:
         self.run, self.stop = RunDirectory.of(run), stop or StopSignals()
         self.device = ctx.device
         if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
+            torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark and not cfg.train.reproducible
         with failing_together(ctx):  # a rank that cannot build its part must not leave the others in DDP
             torch.manual_seed(cfg.seed)  # the same initial weights on every rank
             self.model = build_model(cfg.model).to(self.device)
