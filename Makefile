@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The torch build to install; override on a cluster, e.g. make TORCH="torch torchvision" install
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install train test test-quick lint format clean
+.PHONY: install train test test-quick lint format clean demo-readme
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ lint: install
 	$(VENV)/bin/shellcheck $(SHELL_SCRIPTS)
 	$(VENV)/bin/hadolint Dockerfile
 	$(VENV)/bin/lint-imports
+
+# Reruns the demo (train, ten-view eval, ensemble) in a temporary folder and rewrites README.md's demo block.
+demo-readme: install
+	$(PY) scripts/demo_readme.py
 
 # The suite runs on every core (pytest-xdist); tests that share a session-wide run are grouped onto one worker
 # (xdist_group marks, --dist loadgroup), so each long real run is made once.

@@ -16,7 +16,8 @@ import time
 import numpy as np
 from hydra import compose, initialize_config_dir
 
-from delving.config import config_dir, register_all
+from delving.config import register_all
+from delving.config_files import config_dir
 from delving.data.config import as_data_config
 from delving.data.mean_image import compute_mean_image, mean_image_path
 

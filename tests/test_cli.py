@@ -283,7 +283,7 @@ def test_import_delving_registers_the_nets_in_timm_and_stays_light() -> None:
 
 
 def test_config_dir_override(monkeypatch, tmp_path: Path) -> None:
-    from delving.config import config_dir, config_path
+    from delving.config_files import config_dir, config_path
 
     monkeypatch.delenv("DELVING_CONFIG_DIR", raising=False)
     assert config_path() == "pkg://delving.configs" and (config_dir() / "train.yaml").is_file()

@@ -29,7 +29,7 @@ from delving.evaluation.config import EvaluateAppConfig, Protocol
 SIZES = [(80, 64), (160, 128), (64, 64), (64, 96), (100, 70)]
 CLASSES = ["class_0", "class_1", "class_2"]
 SINGLE = DistributedContext(0, 1, 0, torch.device("cpu"))
-PROVENANCE_KEYS = {"checkpoint", "model_config", "eval_config", "data_config"}
+PROVENANCE_KEYS = {"checkpoint", "model_config", "eval_config", "data_config", "arithmetic"}
 
 
 @pytest.fixture(scope="module")

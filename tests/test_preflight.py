@@ -14,7 +14,8 @@ import torch
 from helpers.configs import compose_config
 from helpers.runs import TINY_DATA, TINY_MODEL, TINY_TRAIN, cli_env
 
-from delving.config import config_dir, register_all
+from delving.config import register_all
+from delving.config_files import config_dir
 from delving.engine.preflight import preflight
 from delving.errors import UserError
 

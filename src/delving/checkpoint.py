@@ -43,6 +43,7 @@ ADDED_KEYS = {
     "train.label_smoothing": 0.0,
     "train.clip_grad_norm": 0.0,
     "train.ema_decay": 0.0,
+    "train.reproducible": False,
 }
 
 
@@ -92,6 +93,8 @@ class Checkpoint:
     # data.normalize=mean_image: the (3, H, W) mean image the run subtracted. Evaluation and resume compare
     # the one they would read with it (`check_mean_image`): another one would silently change every input.
     mean_image: torch.Tensor | None = None
+    # What decided the arithmetic of the launch that saved it (delving.reproducible.arithmetic()).
+    arithmetic: dict[str, Any] = field(default_factory=dict)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Every tensor on the CPU, so a plain torch.load reads the file on a machine without a GPU."""

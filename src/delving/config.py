@@ -1,15 +1,9 @@
-"""Where the config files are, and the one `register_all()` that every entry point calls before composing.
-
-The YAML files live in the repository's top-level configs/ folder, which the package ships as
-`delving.configs`: Hydra reads them as pkg://delving.configs from an editable install and from a wheel
-alike. DELVING_CONFIG_DIR=/some/folder replaces them with a folder of one's own (same layout).
-"""
+"""The one `register_all()` that every entry point calls before composing: every schema in Hydra's
+ConfigStore, and the resolvers the configs use (where the files are: config_files.py)."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
@@ -23,9 +17,6 @@ from delving.plan.config import PlanAppConfig
 from delving.report.config import InitCheckAppConfig, ReportAppConfig
 from delving.run_identity import global_rank, run_name_from_overrides
 
-CONFIG_PACKAGE = "delving.configs"
-CONFIG_DIR_ENV = "DELVING_CONFIG_DIR"
-
 
 @dataclass
 class VerifyDataAppConfig:
@@ -34,22 +25,6 @@ class VerifyDataAppConfig:
     data: DataConfig = field(default_factory=DataConfig)
     splits: list[str] | None = None  # None: data.train_split and data.val_split
     processes: int | None = None  # decoding processes; None: data.num_workers (at least 1)
-
-
-def config_path() -> str:
-    """What @hydra.main reads: $DELVING_CONFIG_DIR as an absolute folder, else the package's configs."""
-    override = os.environ.get(CONFIG_DIR_ENV)
-    return str(Path(override).expanduser().resolve()) if override else f"pkg://{CONFIG_PACKAGE}"
-
-
-def config_dir() -> Path:
-    """The config files' folder on disk (for compose in tests and scripts, and for listing experiments)."""
-    override = os.environ.get(CONFIG_DIR_ENV)
-    if override:
-        return Path(override).expanduser().resolve()
-    import delving.configs
-
-    return Path(delving.configs.__file__).resolve().parent
 
 
 def run_name(given: str | None) -> str:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from delving.config import config_dir, register_all
+from delving.config import register_all
+from delving.config_files import config_dir
 
 
 def compose_config(

@@ -51,7 +51,12 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 
 def run_train(
-    run_dir: Path, overrides: list[str], nproc: int = 1, env: dict[str, str] | None = None, check: bool = True
+    run_dir: Path,
+    overrides: list[str],
+    nproc: int = 1,
+    env: dict[str, str] | None = None,
+    check: bool = True,
+    timeout: float = 300,
 ) -> subprocess.CompletedProcess:
     """`python -m delving.train` (under torchrun when nproc > 1) with the tiny settings and `overrides`."""
     launcher = [sys.executable]
@@ -67,7 +72,12 @@ def run_train(
         f"hydra.run.dir={run_dir}",
     ]
     result = subprocess.run(
-        [*command, *overrides], capture_output=True, text=True, env=env or cli_env(), cwd=REPO, timeout=300
+        [*command, *overrides],
+        capture_output=True,
+        text=True,
+        env=env or cli_env(),
+        cwd=REPO,
+        timeout=timeout,
     )
     if check and result.returncode != 0:
         raise AssertionError(

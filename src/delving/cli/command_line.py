@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from delving.config import config_dir
+from delving.config_files import config_dir
 from delving.run_identity import global_rank
 
 EXIT_USER_ERROR = 2

@@ -11,7 +11,8 @@ from contextlib import ContextDecorator, contextmanager
 
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException, ValidationError
 
-from delving.config import config_dir, config_path, register_all, register_resolvers
+from delving.config import register_all, register_resolvers
+from delving.config_files import config_dir, config_path
 from delving.engine.signals import end_on_signal
 from delving.errors import UserError, safe_message
 from delving.run_identity import global_rank

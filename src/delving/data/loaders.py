@@ -343,7 +343,7 @@ class TrainLoader(_WorkerOwner):
             )
         cfg = as_data_config(cfg)  # the data room's entry: typed once here, a DataConfig below
         reader, self.classes = open_split(cfg, cfg.train_split)
-        self.reader = reader  # its listing: ranks compare it (engine/same_data.py)
+        self.reader = reader  # its listing: ranks compare it (data/same_data.py)
         self.num_classes = len(self.classes)
         self.num_samples = len(reader)
         self.batches = _EpochBatches(reader, batch_size, rank, world_size, seed)

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
@@ -34,6 +33,7 @@ from delving.engine.run_log import log, setup_console_logging
 from delving.engine.signals import RunStopped, StopRequested, StopSignals, requeue_slurm_job
 from delving.errors import UserError
 from delving.io import DiskFullError
+from delving.reproducible import pin
 
 if TYPE_CHECKING:  # the model, loader and evaluation code (timm, torchvision) load only once the checks pass
     from delving.engine.trainer import Trainer
@@ -47,27 +47,24 @@ def check_launcher(cfg: DictConfig) -> None:
         )
 
 
-class CheckFirst(Callback):
-    """hydra.callbacks of delving-train: every check before Hydra makes the run folder, its .hydra/ and
-    train.log, so a refused command leaves nothing behind (a single run; a sweep's jobs check in run_train)."""
-
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from delving.cli.common import user_errors
-
-        HydraConfig.instance().set_config(config)  # the run folder's name reads the overrides
-        task = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
-        with user_errors():
-            check_launcher(task)
-            _, world_size, local_rank = environment_ranks(dict(os.environ))
-            preflight(task, world_size)
-            pick_device(str(task.train.device), local_rank)  # a GPU for this rank, or one line why not
-            check_run_dir_writable(Path(str(config.hydra.run.dir)).absolute())
+def check_first(config: DictConfig) -> None:
+    """Every check of a single run before Hydra makes its folder, its .hydra/ and train.log, so a refused
+    command leaves nothing behind (delving.cli.train.CheckFirst calls it; a sweep's jobs check in run_train)."""
+    HydraConfig.instance().set_config(config)  # the run folder's name reads the overrides
+    task = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+    check_launcher(task)
+    _, world_size, local_rank = environment_ranks(dict(os.environ))
+    preflight(task, world_size)
+    pick_device(str(task.train.device), local_rank)  # a GPU for this rank, or one line why not
+    check_run_dir_writable(Path(str(config.hydra.run.dir)).absolute())
 
 
 def run_train(cfg: DictConfig, run_dir: str | Path) -> float | None:
     """Trains (or continues) the run in `run_dir`; returns the last val top-1 error for a sweeper."""
     check_launcher(cfg)
-    if HydraConfig.get().mode == RunMode.MULTIRUN:  # a single run has checked it in CheckFirst
+    if cfg.train.reproducible:
+        pin()  # before the run's first tensor operation: torch reads the instruction set at its first kernel
+    if HydraConfig.get().mode == RunMode.MULTIRUN:  # a single run has checked it in check_first
         check_run_dir_writable(Path(run_dir))
     ctx = init_distributed(cfg.train.device, cfg.train.dist_timeout_s)
     run = RunDirectory(run_dir)

@@ -173,6 +173,10 @@ class TrainConfig:
     precision: Precision = Precision.fp32
     channels_last: bool = False
     compile: bool = False  # torch.compile, applied before DDP
+    # The same numbers on any x86-64 CPU of the last decade: the kernels' instruction set (AVX2), the intra-op
+    # threads (1) and deterministic algorithms pinned (delving/reproducible.py). On for the demo and the minis;
+    # off for the paper's GPU runs (it costs speed there).
+    reproducible: bool = False
     cudnn_benchmark: bool = True
     # float32 convolutions and matmuls on CUDA (precision=fp32, and whatever autocast leaves in fp32) in TF32
     # (Ampere and later: 10-bit mantissa on tensor cores) or, with false, IEEE fp32 everywhere (slower). torch's

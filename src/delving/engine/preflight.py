@@ -20,7 +20,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from delving.config import config_dir
+from delving.config_files import config_dir
 from delving.data.checks import (
     DEMO_HINT,
     check_data_set,

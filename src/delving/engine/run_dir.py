@@ -20,18 +20,20 @@ from typing import Any, TextIO
 from delving.errors import UserError
 from delving.evaluation.config import Protocol
 from delving.io import atomic_write_text, can_write, remove_stale_temps, unwritable_place, user_name
+from delving.run_files import (
+    BEST_PATTERN,
+    FINAL_CHECKPOINT_KEY,
+    FINISHED_FILE,
+    LAST_CHECKPOINT,
+    LOCK_FILE,
+    LOG_FILE,
+    METRICS_FILE,
+    PREVIOUS_FOLDER,
+    RunFiles,
+)
 
 log = logging.getLogger("delving")
 
-# A run folder's files: these names are spelled here only (RunDirectory's properties give their paths).
-LAST_CHECKPOINT = "last.pt"
-METRICS_FILE = "metrics.jsonl"
-LOG_FILE = "train.log"
-LOCK_FILE = ".lock"
-FINISHED_FILE = "finished.json"
-PREVIOUS_FOLDER = "previous"
-BEST_PATTERN = "best-*.pt"
-FINAL_CHECKPOINT_KEY = "checkpoint_sha256"  # finished.json: the sha256 of last.pt as the run finished
 # What a run writes; start_over moves these aside (the Hydra config and train.log of this launch stay).
 RUN_OUTPUTS = (LAST_CHECKPOINT, BEST_PATTERN, METRICS_FILE, "predictions-*.npz", FINISHED_FILE, "wandb")
 # The files only the run (the lock holder) writes: a temp file of these is a killed write's, never a live one
@@ -39,11 +41,6 @@ RUN_OUTPUTS = (LAST_CHECKPOINT, BEST_PATTERN, METRICS_FILE, "predictions-*.npz",
 TRAINER_FILES = (
     LAST_CHECKPOINT, METRICS_FILE, FINISHED_FILE, *(f"predictions-{p.value}.npz" for p in Protocol)
 )  # fmt: skip
-
-
-def best_checkpoint_name(epoch: int) -> str:
-    """A best-k checkpoint's file name (a hard link to last.pt as it was after that epoch's validation)."""
-    return f"best-epoch{epoch:03d}.pt"
 
 
 class RunDirectoryBusy(UserError):
@@ -72,36 +69,13 @@ def starts_fresh(resume: str | None) -> bool:
     return resume in (None, "", "null")
 
 
-class RunDirectory:
-    """A run's folder: its lock, its file names (`last`, `metrics`, `log`, `predictions(...)`), and its record of
-    having finished. The Trainer and the entry points reach a run's files only through it."""
+class RunDirectory(RunFiles):
+    """A run's folder: its file names (RunFiles), its lock, and its record of having finished. The Trainer and
+    the entry points reach a run's files only through it."""
 
     def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
+        super().__init__(path)
         self._lock_handle: TextIO | None = None
-
-    @classmethod
-    def of(cls, run: RunDirectory | str | os.PathLike) -> RunDirectory:
-        return run if isinstance(run, RunDirectory) else cls(run)
-
-    @property
-    def last(self) -> Path:
-        return self.path / LAST_CHECKPOINT
-
-    @property
-    def metrics(self) -> Path:
-        return self.path / METRICS_FILE
-
-    @property
-    def log_file(self) -> Path:
-        return self.path / LOG_FILE
-
-    def predictions(self, protocol: str) -> Path:
-        """The trainer's own final-evaluation predictions (delving-eval's names carry their scales)."""
-        return self.path / f"predictions-{protocol}.npz"
-
-    def best(self, file_name: str) -> Path:
-        return self.path / file_name
 
     def lock(self) -> None:
         """Take the run's lock or refuse, naming the holder; a lock left by a dead run is taken over."""
@@ -154,19 +128,6 @@ class RunDirectory:
         log.info("start_over=true: moved the previous run's files to %s", target)
         return target
 
-    def final_checkpoint_sha256(self) -> str | None:
-        """The sha256 of last.pt as the run finished (None: not finished, or finished before it was kept)."""
-        return (self.finished() or {}).get(FINAL_CHECKPOINT_KEY)
-
-    def finished(self) -> dict[str, Any] | None:
-        path = self.path / FINISHED_FILE
-        if not path.is_file():
-            return None
-        try:
-            return json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):  # written atomically, so only a hand edit gets here
-            return None
-
     def mark_finished(self, record: dict[str, Any]) -> Path:
         """finished.json, with the sha256 of the final last.pt: a predictions file of another state of it
         (delving-eval on the live run) is told apart by delving-report and delving-ensemble."""
@@ -178,15 +139,3 @@ class RunDirectory:
             self.path / FINISHED_FILE,
             json.dumps({"finished": stamp, **record, FINAL_CHECKPOINT_KEY: sha256}, indent=2),
         )
-
-
-def not_from_final_checkpoint(checkpoint: Any, final_sha256: str | None, final: Path) -> str | None:
-    """Why a predictions file (its metadata's `checkpoint` {path, sha256}) is not of the final checkpoint
-    `final` whose sha256 is `final_sha256`, or None where it is (or either hash is unknown)."""
-    sha256 = checkpoint.get("sha256") if isinstance(checkpoint, dict) else None
-    if not sha256 or not final_sha256 or sha256 == final_sha256:
-        return None
-    return (
-        f"made from another state of {final} (sha256 {sha256[:12]}, e.g. by delving-eval during training), not "
-        f"the final one (sha256 {final_sha256[:12]}): evaluate it again (delving-eval checkpoint={final.parent})"
-    )

@@ -39,6 +39,7 @@ from delving.data.datasets import ClassListError, check_class_lists
 from delving.data.loaders import EvalLoader, TrainLoader
 from delving.data.normalize import mean_image_path
 from delving.data.readers import prepare_listings
+from delving.data.same_data import check_ranks_see_the_same_data
 from delving.dist import (
     DistributedContext,
     agree,
@@ -49,13 +50,14 @@ from delving.dist import (
 )
 from delving.engine.config import AppConfig, Precision, as_app_config
 from delving.engine.optim import EpochScheduler, build_optimizer, lr_scale
-from delving.engine.run_dir import RunDirectory, best_checkpoint_name, starts_fresh
+from delving.engine.run_dir import RunDirectory, starts_fresh
 from delving.engine.run_log import MetricsLog, TrainingProgress, log
-from delving.engine.same_data import check_ranks_see_the_same_data
 from delving.engine.signals import StopRequested, StopSignals
 from delving.errors import UserError
 from delving.models import build_model
 from delving.numerics import fp32_math, set_tf32
+from delving.reproducible import ARITHMETIC_KEYS, arithmetic
+from delving.run_files import best_checkpoint_name
 
 # Test hooks (fault injection): SIGKILL this process right after this global step; sleep after each step.
 KILL_AT_STEP_ENV = "DELVING_KILL_AT_STEP"
@@ -90,8 +92,9 @@ class Trainer:
         self.run, self.stop = RunDirectory.of(run), stop or StopSignals()
         self.device = ctx.device
         if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
-        set_tf32(cfg.train.tf32)  # training and validation; the final evaluation runs as eval.tf32 says
+            torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark and not cfg.train.reproducible
+        # Training and validation; the final evaluation runs as eval.tf32 says. A reproducible run keeps IEEE fp32.
+        set_tf32(cfg.train.tf32 and not cfg.train.reproducible)
         with failing_together(ctx):  # a rank that cannot build its part must not leave the others in DDP
             torch.manual_seed(cfg.seed)  # the same initial weights on every rank
             self.model = build_model(cfg.model).to(self.device)
@@ -121,6 +124,7 @@ class Trainer:
             )  # fmt: skip
         self.net = self._wrap_model()
         self.state = TrainState()
+        self.arithmetic = arithmetic()  # recorded in last.pt and metrics.jsonl: what decided the numbers
         self.metrics: MetricsLog | None = None
         with failing_together(ctx):
             wandb_run_id = self._restore_or_seed()
@@ -128,6 +132,7 @@ class Trainer:
                 self.metrics = MetricsLog(self.run, cfg.logger, self.config, wandb_run_id)
                 # Records a killed run wrote after last.pt (and its validation, when last.pt came before it).
                 self.metrics.truncate_after(self.state.global_step, keep_val=not self.state.val_pending)
+                self.metrics.write({"type": "arithmetic", "step": self.state.global_step, **self.arithmetic})
 
     def _per_rank_batch(self) -> int:
         train = self.cfg.train
@@ -286,6 +291,13 @@ class Trainer:
                 self.ctx.world_size,
             )
             torch.manual_seed(_dropout_seed(self.cfg.seed, self.ctx.rank, self.state.global_step))
+        saved = {k: checkpoint.arithmetic.get(k) for k in ARITHMETIC_KEYS}
+        if checkpoint.arithmetic and saved != {k: self.arithmetic[k] for k in ARITHMETIC_KEYS}:
+            log.warning(
+                "%s was computed with %s, this launch computes with %s: the numbers will differ from an "
+                "uninterrupted run's (train.reproducible=true pins them)",
+                path, saved, {k: self.arithmetic[k] for k in ARITHMETIC_KEYS},
+            )  # fmt: skip
         log.info(
             "resumed from %s at epoch %d, step %d (global step %d)",
             path, self.state.epoch, self.state.step_in_epoch, self.state.global_step,
@@ -316,6 +328,7 @@ class Trainer:
             pretrained_cfg=Checkpoint.pretrained_cfg_of(self.model, self.config),
             ema=self.ema.state_dict() if self.ema is not None else None,
             mean_image=self._mean_image(),
+            arithmetic=self.arithmetic,
         )
 
     def _mean_image(self) -> torch.Tensor | None:
@@ -562,6 +575,13 @@ class Trainer:
             "matmuls %s), run dir %s",
             self.config["model"]["name"], cfg.train.epochs, self.train_loader.steps_per_epoch,
             cfg.train.batch_size, self.ctx.world_size, self.device, math["conv"], math["matmul"], self.run.path,
+        )  # fmt: skip
+        log.info(
+            "arithmetic: %s CPU kernels, %d intra-op thread(s), deterministic algorithms %s (%s)",
+            self.arithmetic["cpu_capability"], self.arithmetic["threads"],
+            "on" if self.arithmetic["deterministic_algorithms"] else "off",
+            "train.reproducible=true: pinned" if cfg.train.reproducible
+            else "train.reproducible=false: another CPU or thread count gives other numbers",
         )  # fmt: skip
         self.model.train()
         if self.state.val_pending:

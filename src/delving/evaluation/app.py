@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ValidationError
@@ -35,7 +36,6 @@ from delving.dist import (
     init_distributed,
     shutdown_distributed,
 )
-from delving.engine.run_dir import LAST_CHECKPOINT, RunDirectory, not_from_final_checkpoint
 from delving.errors import ConfigError, UserError
 from delving.evaluation.config import EvalConfig, EvaluateAppConfig, Protocol, check_eval
 from delving.evaluation.ensemble import check_weights, member_names
@@ -45,6 +45,8 @@ from delving.evaluation.memory import check_eval_memory
 from delving.evaluation.predictions import Predictions, load_predictions, predictions_writer, save_predictions
 from delving.io import atomic_write_files, check_output_folder, utf8, write_probe
 from delving.progress import Progress, format_duration
+from delving.reproducible import arithmetic, pin
+from delving.run_files import LAST_CHECKPOINT, RunFiles, not_from_final_checkpoint
 
 log = logging.getLogger("delving")
 
@@ -136,6 +138,7 @@ def provenance(
         "model_config": model_config,
         "eval_config": config_dict(eval_cfg),
         "data_config": config_dict(data_cfg),
+        "arithmetic": arithmetic(),
     }
 
 
@@ -163,7 +166,7 @@ def resolve_checkpoint(value: str | os.PathLike) -> Path:
     """checkpoint= as a file: a checkpoint file, or a run directory's last.pt."""
     path = Path(value).expanduser()
     if path.is_dir():
-        last = RunDirectory(path).last
+        last = RunFiles(path).last
         if not last.is_file():
             raise CheckpointError(
                 f"checkpoint={path} is a folder without a {last.name}: pass a run directory or a file"
@@ -249,9 +252,22 @@ def run_eval(config: EvaluateAppConfig | DictConfig) -> Path | None:
             shutdown_distributed()
 
 
+def trained_reproducibly(checkpoint: Path) -> bool:
+    """The run's train.reproducible, read without a tensor operation (memory-mapped, tensors unread)."""
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return False
+    config = state.get("config") if isinstance(state, dict) else None
+    train = config.get("train") if isinstance(config, dict) else None
+    return isinstance(train, dict) and train.get("reproducible") is True
+
+
 def _eval_checkpoint(
     cfg: EvaluateAppConfig, checkpoint: Path, eval_cfg: EvalConfig, output: Path, ctx: DistributedContext
 ) -> Path | None:
+    if trained_reproducibly(checkpoint):
+        pin()  # the evaluation of a train.reproducible run computes as it did, before building the model
     model, saved, sha256 = load_model(checkpoint)
     check_eval(eval_cfg, model.input_size)  # before any image: the scales need the model's input size
     check_eval_memory(eval_cfg, saved.config["model"], model.input_size, ctx.device)
@@ -287,7 +303,7 @@ def final_evaluation(
     config: dict[str, Any],
     data_cfg: DataConfig,
     eval_cfg: EvalConfig,
-    run_dir: RunDirectory | Path,
+    run_dir: RunFiles | Path,
     ctx: DistributedContext,
     checkpoint: Path,
     classes: list[str] | None,
@@ -308,7 +324,7 @@ def final_evaluation(
     path, error = None, None
     if ctx.is_main:
         try:
-            path = save_predictions(RunDirectory.of(run_dir).predictions(protocol), result.predictions())
+            path = save_predictions(RunFiles.of(run_dir).predictions(protocol), result.predictions())
             log.info("%s\npredictions: %s", results_table(result, f"final evaluation of {checkpoint}"), path)
         except Exception as exc:  # e.g. a full disk: every rank stops with it
             error = exc
@@ -366,7 +382,7 @@ def _not_of_a_finished_run(pred: Predictions) -> str | None:
     path = Path(checkpoint.get("path") or "") if isinstance(checkpoint, dict) else None
     if path is None or path.name != LAST_CHECKPOINT:
         return None
-    return not_from_final_checkpoint(checkpoint, RunDirectory(path.parent).final_checkpoint_sha256(), path)
+    return not_from_final_checkpoint(checkpoint, RunFiles(path.parent).final_checkpoint_sha256(), path)
 
 
 def _write_ensemble(report: EnsembleReport, first: Predictions, out: Path, with_predictions: bool) -> None:

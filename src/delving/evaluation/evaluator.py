@@ -35,6 +35,7 @@ from delving.data.decode import BadImageError, decode_image
 from delving.data.loaders import BadFileCounter, Failure, init_worker_process
 from delving.data.normalize import InputNormalizer
 from delving.data.readers import SampleReader, open_split
+from delving.data.same_data import check_ranks_see_the_same_data
 from delving.data.transforms import pil_to_uint8, resize_shorter
 from delving.dist import (
     DistributedContext,
@@ -44,7 +45,6 @@ from delving.dist import (
     gather_objects,
     gather_rows_to_main,
 )
-from delving.engine.same_data import check_ranks_see_the_same_data
 from delving.errors import UserError
 from delving.evaluation.config import EvalConfig, ProbsDtype, Protocol, effective_scales
 from delving.evaluation.metrics import topk_errors

@@ -15,16 +15,16 @@ import yaml
 from torch import nn
 
 from delving.checkpoint import Checkpoint, CheckpointError
-from delving.engine.run_dir import (
-    FINISHED_FILE,
-    LAST_CHECKPOINT,
-    METRICS_FILE,
-    RunDirectory,
-    not_from_final_checkpoint,
-)
 from delving.errors import UserError
 from delving.evaluation.predictions import load_predictions
 from delving.models import build_model
+from delving.run_files import (
+    FINISHED_FILE,
+    LAST_CHECKPOINT,
+    METRICS_FILE,
+    RunFiles,
+    not_from_final_checkpoint,
+)
 
 log = logging.getLogger("delving")
 
@@ -235,7 +235,7 @@ def eval_record_from_predictions(path: Path) -> EvalRecord:
 def not_of_the_final_checkpoint(record: EvalRecord, run: Run) -> str | None:
     """Why `record` is not a result of the run's last.pt as it is now, or None."""
     return not_from_final_checkpoint(
-        {"sha256": record.checkpoint_sha256}, run.checkpoint_sha256, RunDirectory(run.path).last
+        {"sha256": record.checkpoint_sha256}, run.checkpoint_sha256, RunFiles(run.path).last
     )
 
 
@@ -259,7 +259,7 @@ def _weights_into(run: Run, checkpoint: Checkpoint, where: Path) -> None:
 def load_run(path: str | Path) -> Run:
     """Reads config, overrides, metrics.jsonl, predictions-*.npz and the slopes and weight norms of last.pt."""
     path = Path(path)
-    last = RunDirectory(path).last
+    last = RunFiles(path).last
     checkpoint, sha256 = Checkpoint.load_hashed(last) if last.is_file() else (None, None)
     run = Run(
         path,
