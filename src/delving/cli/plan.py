@@ -5,14 +5,26 @@ folder (run_dir=X): the plan writes nothing there, only into plan_dir."""
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import hydra
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from delving.cli.command_line import check_command_line
 from delving.cli.common import CONFIG_PATH, register_all, user_errors
 
 RUN_DIR_OVERRIDE = "hydra.run.dir="
+
+
+class CheckPlanFirst(Callback):
+    """hydra.callbacks of delving-plan (configs/plan.yaml): the checks before anything is measured."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from delving.plan.app import check_plan_first
+
+        with user_errors():
+            check_plan_first(config)
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="plan", version_base="1.3")

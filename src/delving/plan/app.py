@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from delving.dist import (
@@ -62,17 +61,12 @@ def train_part(cfg: DictConfig) -> DictConfig:
     return OmegaConf.masked_copy(cfg, [k for k in cfg if k not in (*PLAN_KEYS, "hydra")])
 
 
-class CheckPlanFirst(Callback):
-    """hydra.callbacks of delving-plan: the training config's checks (delving-train's preflight) and a
-    writable plan_dir, before anything is measured."""
-
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from delving.cli.common import user_errors
-
-        HydraConfig.instance().set_config(config)
-        with user_errors():
-            preflight(train_part(config), environment_ranks(dict(os.environ))[1])
-            check_plan_values(float(config.budget_s), Path(str(config.plan_dir)))
+def check_plan_first(config: DictConfig) -> None:
+    """The training config's checks (delving-train's preflight) and a writable plan_dir, before anything is
+    measured (delving.cli.plan.CheckPlanFirst calls it)."""
+    HydraConfig.instance().set_config(config)
+    preflight(train_part(config), environment_ranks(dict(os.environ))[1])
+    check_plan_values(float(config.budget_s), Path(str(config.plan_dir)))
 
 
 def check_plan_values(budget_s: float, folder: Path) -> None:
@@ -395,4 +389,4 @@ def _device_name(device: torch.device) -> str:
     return f"CPU ({torch.get_num_threads()} threads)"
 
 
-__all__ = ["EXIT_BLOCKED", "CheckPlanFirst", "run_plan"]
+__all__ = ["EXIT_BLOCKED", "check_plan_first", "run_plan"]
