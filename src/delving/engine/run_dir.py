@@ -28,6 +28,7 @@ LAST_CHECKPOINT = "last.pt"
 METRICS_FILE = "metrics.jsonl"
 LOG_FILE = "train.log"
 LOCK_FILE = ".lock"
+RELEASED = "released"  # how .lock starts once its run has ended cleanly
 FINISHED_FILE = "finished.json"
 PREVIOUS_FOLDER = "previous"
 BEST_PATTERN = "best-*.pt"
@@ -121,7 +122,7 @@ class RunDirectory:
             ) from None
         handle.seek(0)
         previous = handle.read().strip()
-        if previous:
+        if previous and not previous.startswith(RELEASED):  # its holder ended without unlock(): killed
             log.info("took over the lock of a run that is no longer alive (%s)", previous)
         handle.seek(0)
         handle.truncate()
@@ -136,9 +137,20 @@ class RunDirectory:
         remove_stale_temps(self.path, TRAINER_FILES)
 
     def unlock(self) -> None:
+        """Release the lock and mark it released, so the next run of this folder does not take this run for
+        one that was killed (the file stays: its content is history)."""
         if self._lock_handle is not None:
-            self._lock_handle.close()  # closing drops the lock; the file stays (its content is history)
-            self._lock_handle = None
+            handle, self._lock_handle = self._lock_handle, None
+            try:
+                handle.seek(0)
+                holder = handle.read().strip()
+                handle.seek(0)
+                handle.truncate()
+                handle.write(f"{RELEASED} {time.strftime('%Y-%m-%d %H:%M:%S')} by {holder}\n")
+            except OSError:  # a full or vanished disk: the lock still goes with the close
+                pass
+            finally:
+                handle.close()
 
     def has_outputs(self) -> bool:
         return any(any(self.path.glob(pattern)) for pattern in RUN_OUTPUTS)

@@ -175,7 +175,6 @@ def _findings_figure(results: list[FindingResult]) -> Figure | None:
     ax.set_xlabel("a − b, error points (top-1; Table 7: top-5), with its 95 % interval")
     ax.set_title("The paper's findings: green holds, red contradicted, orange inconclusive", fontsize=9)
     ax.grid(True, axis="x", alpha=0.3)
-    fig.tight_layout()
     return fig
 
 

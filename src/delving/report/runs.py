@@ -19,6 +19,7 @@ from delving.engine.run_dir import FINISHED_FILE, LAST_CHECKPOINT, METRICS_FILE,
 from delving.errors import UserError
 from delving.evaluation.predictions import load_predictions
 from delving.models import build_model
+from delving.run_identity import may_change_on_resume
 
 log = logging.getLogger("delving")
 
@@ -270,33 +271,79 @@ def override_items(run: Run) -> dict[str, str]:
     return items
 
 
-def config_value(config: dict[str, Any], key: str) -> str | None:
+_ABSENT = object()
+
+
+def _config_node(config: dict[str, Any], key: str) -> Any:
+    """The config's value at a dotted key (a dict for a group), or _ABSENT."""
     node: Any = config
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
-            return None
+            return _ABSENT
         node = node[part]
-    return str(node)
+    return node
+
+
+def config_value(config: dict[str, Any], key: str) -> str | None:
+    node = _config_node(config, key)
+    return None if node is _ABSENT else str(node)
 
 
 def label_runs(runs: list[Run]) -> None:
-    """Sets each run's `tag` where runs share an experiment name (ad-hoc runs all read "default"): the
-    overrides whose values differ between them (a run without one shows its config's value), or the run
-    folder's name where their overrides are the same."""
+    """Sets each run's `tag` where runs share an experiment name (ad-hoc runs all read "default"): the run
+    folder's name and the few overrides whose values differ between them that the name does not already spell
+    (a run without one shows its config's value); `setting_tag`: those overrides without the seed. Short labels:
+    the whole config of every run is in report.json."""
     groups: dict[str, list[Run]] = defaultdict(list)
     for run in runs:
         groups[run.name].append(run)
     for group in (g for g in groups.values() if len(g) > 1):
-        items = [override_items(run) for run in group]
+        items = [{k: v for k, v in override_items(run).items() if _tells_apart(k)} for run in group]
         keys = list(dict.fromkeys(key for run_items in items for key in run_items))
         differ = [key for key in keys if len({run_items.get(key) for run_items in items}) > 1]
         for run, run_items in zip(group, items, strict=True):
-            values = {
-                key: f"{key}={run_items[key] if key in run_items else config_value(run.config, key) or '–'}"
-                for key in differ
-            }
-            run.tag = " ".join(values.values()) if values else run.path.name
-            run.setting_tag = " ".join(v for k, v in values.items() if k != "seed")
+            values = {key: f"{key}={_short_value(_value_of(run, run_items, key))}" for key in differ}
+            folder = run.path.name
+            spelled = [v for k, v in values.items() if k not in folder]
+            run.tag = _shorten_folder(folder) + (f": {_first(spelled)}" if spelled else "")
+            run.setting_tag = _first([v for k, v in values.items() if k != "seed"])
+
+
+LABEL_OVERRIDES_SHOWN = 3  # a label shows this many differing overrides, then "+N more"
+
+
+def _tells_apart(key: str) -> bool:
+    """Keys of what a run computed: not where or how it was launched (run_name: the folder name says it), but
+    the checkpoint it started from and the data it read."""
+    return key in ("init_from", "data.root") or not may_change_on_resume(key)
+
+
+def _value_of(run: Run, items: dict[str, str], key: str) -> str:
+    """The override's value, else the config's; a config group (data=folder) by its name, not its contents."""
+    if key in items:
+        return items[key]
+    node = _config_node(run.config, key)
+    if isinstance(node, dict):
+        return str(node.get("name", "default"))
+    return "–" if node is _ABSENT else str(node)
+
+
+def _short_value(value: str) -> str:
+    """Paths by their last two parts, other long values cut: a label stays one short line."""
+    if "/" in value.strip("/"):
+        value = "…/" + "/".join(value.rstrip("/").split("/")[-2:])
+    return value if len(value) <= 28 else value[:27] + "…"
+
+
+def _shorten_folder(name: str) -> str:
+    """A long folder name keeps its start and its end (where a hashed name's hash is)."""
+    return name if len(name) <= 36 else f"{name[:26]}…{name[-9:]}"
+
+
+def _first(values: list[str]) -> str:
+    shown = " ".join(values[:LABEL_OVERRIDES_SHOWN])
+    more = len(values) - LABEL_OVERRIDES_SHOWN
+    return f"{shown} +{more} more" if more > 0 else shown
 
 
 def _is_run(path: Path) -> bool:
