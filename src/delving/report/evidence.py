@@ -60,6 +60,17 @@ def replicate_groups(runs: list[Run]) -> list[list[Run]]:
     return [sorted(group, key=seed_of) for group in groups.values()]
 
 
+def group_labels(groups: list[list[Run]]) -> list[str]:
+    """A label for each replicate group, each a different one: a single run's own label, or the setting's; a
+    label that would repeat gets its first run's folder name."""
+    labels = [g[0].label if len(g) == 1 else g[0].setting_label for g in groups]
+    repeated = {label for label in labels if labels.count(label) > 1}
+    return [
+        f"{label} ({g[0].path.name})" if label in repeated else label
+        for label, g in zip(labels, groups, strict=True)
+    ]
+
+
 def _matches(run: Run, measure: Measure) -> bool:
     if run.name not in (measure.experiment, f"{measure.experiment}_mini"):
         return False

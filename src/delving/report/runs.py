@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from delving.engine.run_dir import FINISHED_FILE, LAST_CHECKPOINT, METRICS_FILE,
 from delving.errors import UserError
 from delving.evaluation.predictions import load_predictions
 from delving.models import build_model
-from delving.run_identity import may_change_on_resume
+from delving.run_identity import may_change_on_resume, override_in_name
 
 log = logging.getLogger("delving")
 
@@ -88,8 +88,11 @@ class Run:
 
     @property
     def title(self) -> str:
-        """The experiment name, with the overrides that tell it apart where several runs share that name."""
-        return f"{self.name} [{self.tag}]" if self.tag else self.name
+        """The experiment name, with the folder and overrides that tell it apart where several runs share that
+        name (a folder named after the experiment, table2_mini-s0, stands for both)."""
+        if not self.tag:
+            return self.name
+        return self.tag if self.tag.startswith(f"{self.name}-") else f"{self.name} [{self.tag}]"
 
     @property
     def model(self) -> dict[str, Any]:
@@ -139,7 +142,7 @@ class Run:
         return vals[-1] if vals else None
 
 
-def _layer_name(module_name: str) -> str:
+def layer_name(module_name: str) -> str:
     # features.act2_1 -> conv2_1, head.act_fc1 -> fc1: the names of the paper's Table 1.
     leaf = module_name.rsplit(".", 1)[-1]
     return leaf.removeprefix("act_") if leaf.startswith("act_") else "conv" + leaf.removeprefix("act")
@@ -152,7 +155,7 @@ def slope_stats(model: nn.Module) -> list[SlopeStats]:
             a = module.weight.detach().float()
             std = a.std().item() if a.numel() > 1 else 0.0
             stats.append(
-                SlopeStats(_layer_name(name), a.numel(), a.mean().item(), std, a.min().item(), a.max().item())
+                SlopeStats(layer_name(name), a.numel(), a.mean().item(), std, a.min().item(), a.max().item())
             )
     return stats
 
@@ -291,22 +294,32 @@ def config_value(config: dict[str, Any], key: str) -> str | None:
 
 def label_runs(runs: list[Run]) -> None:
     """Sets each run's `tag` where runs share an experiment name (ad-hoc runs all read "default"): the run
-    folder's name and the few overrides whose values differ between them that the name does not already spell
-    (a run without one shows its config's value); `setting_tag`: those overrides without the seed. Short labels:
-    the whole config of every run is in report.json."""
+    folder's name and the few overrides in which it departs from the others (a value the most runs share is
+    left out; a run without the override shows its config's value) that the name does not already spell;
+    `setting_tag`: those overrides without the seed. Short labels: every run's whole config is in report.json."""
     groups: dict[str, list[Run]] = defaultdict(list)
     for run in runs:
         groups[run.name].append(run)
     for group in (g for g in groups.values() if len(g) > 1):
         items = [{k: v for k, v in override_items(run).items() if _tells_apart(k)} for run in group]
         keys = list(dict.fromkeys(key for run_items in items for key in run_items))
-        differ = [key for key in keys if len({run_items.get(key) for run_items in items}) > 1]
-        for run, run_items in zip(group, items, strict=True):
-            values = {key: f"{key}={_short_value(_value_of(run, run_items, key))}" for key in differ}
+        values = [
+            {key: _value_of(run, run_items, key) for key in keys}
+            for run, run_items in zip(group, items, strict=True)
+        ]
+        usual = {key: _most_common([v[key] for v in values]) for key in keys}
+        for run, run_values in zip(group, values, strict=True):
+            departs = {k: f"{k}={_short_value(v)}" for k, v in run_values.items() if v != usual[k]}
             folder = run.path.name
-            spelled = [v for k, v in values.items() if k not in folder]
-            run.tag = _shorten_folder(folder) + (f": {_first(spelled)}" if spelled else "")
-            run.setting_tag = _first([v for k, v in values.items() if k != "seed"])
+            unspelled = [text for k, text in departs.items() if not _spelled_in(folder, k, run_values[k])]
+            run.tag = _shorten_folder(folder) + (f": {_first(unspelled)}" if unspelled else "")
+            run.setting_tag = _first([text for k, text in departs.items() if k != "seed"])
+
+
+def _most_common(values: list[str]) -> str | None:
+    """The value more runs have than any other (None on a tie: then every run shows its own)."""
+    counts = Counter(values).most_common(2)
+    return counts[0][0] if len(counts) == 1 or counts[0][1] > counts[1][1] else None
 
 
 LABEL_OVERRIDES_SHOWN = 3  # a label shows this many differing overrides, then "+N more"
@@ -316,6 +329,13 @@ def _tells_apart(key: str) -> bool:
     """Keys of what a run computed: not where or how it was launched (run_name: the folder name says it), but
     the checkpoint it started from and the data it read."""
     return key in ("init_from", "data.root") or not may_change_on_resume(key)
+
+
+def _spelled_in(folder: str, key: str, value: str | None) -> bool:
+    """The folder's name already says key=value (named from its overrides, either spelling)."""
+    return value is not None and any(
+        spelling in folder for spelling in (f"{key}={value}", override_in_name(f"{key}={value}"))
+    )
 
 
 def _value_of(run: Run, items: dict[str, str], key: str) -> str:
