@@ -53,11 +53,17 @@ def _replicate_key(run: Run) -> tuple[str, tuple[tuple[str, str], ...]]:
 
 
 def replicate_groups(runs: list[Run]) -> list[list[Run]]:
-    """Runs that differ only in their seed, each group sorted by seed (in the order first met)."""
-    groups: dict[tuple, list[Run]] = defaultdict(list)
+    """Runs that differ only in their seed, each group sorted by seed (in the order first met). Two runs of one
+    seed are not replicates (a run and its DDP twin, or copies in two folders): each goes to its own group."""
+    groups: dict[tuple, list[list[Run]]] = defaultdict(list)
     for run in runs:
-        groups[_replicate_key(run)].append(run)
-    return [sorted(group, key=seed_of) for group in groups.values()]
+        same = groups[_replicate_key(run)]
+        free = next((group for group in same if all(seed_of(r) != seed_of(run) for r in group)), None)
+        if free is None:
+            same.append([run])
+        else:
+            free.append(run)
+    return [sorted(group, key=seed_of) for same in groups.values() for group in same]
 
 
 def group_labels(groups: list[list[Run]]) -> list[str]:
