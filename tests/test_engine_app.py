@@ -143,9 +143,14 @@ def test_a_live_run_holds_its_directory_and_a_dead_ones_lock_is_taken_over(tmp_p
     finally:
         holder.kill()
         holder.wait()
-    # The holder died without unlocking: its lock is stale, and the next run takes it over.
-    run_train(tmp_path, ["train.epochs=1"])
+    # The holder died without unlocking: its lock is stale, and the next run takes it over, saying so.
+    taken = run_train(tmp_path, ["train.epochs=1"])
     assert (tmp_path / "last.pt").exists()
+    assert (
+        f"took over the lock of a run that is no longer alive (host {os.uname().nodename} pid {holder.pid}"
+        in (taken.stdout + taken.stderr)
+    )
+    assert (tmp_path / ".lock").read_text().startswith("released ")  # this run ended by itself
 
 
 def test_resume_null_refuses_to_mix_runs_and_start_over_moves_the_old_one_aside(tmp_path: Path) -> None:
