@@ -1,9 +1,12 @@
 import logging
+import os
+import warnings
 
 import pytest
 import torch
 from helpers.data import make_folder_dataset, tiny_config, write_jpeg
 
+from delving.data import loaders
 from delving.data.decode import TooManyBadImagesError
 from delving.data.loaders import EvalLoader, TrainLoader
 from delving.data.transforms import EvalTransform
@@ -65,6 +68,25 @@ def test_workers_and_resume_do_not_change_the_batches(dataset):
     assert len(tail) == 2
     for (a, la), (b, lb) in zip(reference[4:], tail, strict=True):
         assert torch.equal(a, b) and torch.equal(la, lb)
+
+
+def test_workers_are_capped_at_the_cores_and_that_is_said_once(dataset, monkeypatch, caplog):
+    """data=folder's 4 workers on a 2-core machine: 2 workers, one line, and no torch warning per loader."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1})
+    monkeypatch.setattr(loaders, "_CAPS_SAID", set())
+    cfg = tiny_config(dataset, num_workers=4)
+    with warnings.catch_warnings(), caplog.at_level(logging.WARNING, logger="delving"):
+        warnings.simplefilter("error")  # torch: "This DataLoader will create 4 worker processes in total..."
+        train = TrainLoader(cfg, batch_size=6, seed=3)
+        val = EvalLoader(cfg, "val", batch_size=4)
+        assert len(_epoch(train, 0)) == 6 and len(torch.cat([labels for _, labels in val])) == 15
+    assert train._loader.num_workers == val._loader.num_workers == 2
+    train.close()
+    val.close()
+    said = [r.getMessage() for r in caplog.records if "data.num_workers=4" in r.getMessage()]
+    assert said == ["data.num_workers=4, but this process may use 2 CPU cores: 2 loader workers (set "
+                    "data.num_workers=2 to say so yourself)"]  # fmt: skip
+    assert loaders.usable_workers(2) == 2 and loaders.usable_workers(0) == 0
 
 
 def test_eval_loader_covers_every_image_exactly_once(dataset):

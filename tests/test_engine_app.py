@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -32,17 +33,50 @@ def _assert_bitwise_equal(a: Path, b: Path) -> None:
 
 def test_run_name_ignores_order_and_launch_keys_but_not_the_recipe() -> None:
     name = run_name_from_overrides(["seed=1", "optim.lr=0.1", "experiment=demo"])
-    assert name == "optim.lr=0.1,seed=1"
+    assert name == "optim.lr-0.1+seed-1"
     relaunch = ["resume=auto", "optim.lr=0.1", "launcher=slurm", "seed=1", "logger.wandb.mode=disabled"]
     assert run_name_from_overrides(relaunch) == name
     assert run_name_from_overrides(["seed=2", "optim.lr=0.1"]) != name
     assert run_name_from_overrides(["experiment=demo", "train.device=cpu"]) == "default"
     odd = run_name_from_overrides(["data.root=/datasets/imagenet"])
     assert "/" not in odd and odd != run_name_from_overrides(["data.root=/datasets/imagenet2"])
+    # A "+" inside a value would read as two overrides: such a name carries the hash of all of them.
+    assert run_name_from_overrides(["a=b+c"]) != run_name_from_overrides(["a=b", "c"])
+
+
+# What the default naming makes of typical commands: short and readable, lists, paths, long ones (hashed).
+NAMED_COMMANDS = [
+    ["train.epochs=1"],
+    ["train.epochs=7", "optim.lr=-0.1"],
+    ["model.spp_levels=[3,2,1]", "+model.extra=1"],
+    [
+        "data=folder",
+        "data.root=/data/my photos",
+        "data.crop_size=24",
+        "model.num_classes=3",
+        "train.epochs=9",
+    ],
+    ["~model.dropout", "optim.lr=1e-3"],
+]
+
+
+@pytest.mark.parametrize("overrides", NAMED_COMMANDS)
+def test_every_default_run_name_can_be_given_back_to_a_path_taking_key(overrides: list[str]) -> None:
+    """Hydra's grammar refuses "=" and "," in a value: outputs/demo/train.epochs=1 once failed as checkpoint=."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    name = run_name_from_overrides(overrides)
+    parser = OverridesParser.create()
+    path = f"outputs/demo/{name}"
+    for key in ("checkpoint", "init_from", "hydra.run.dir"):
+        assert parser.parse_override(f"{key}={path}/last.pt").value() == f"{path}/last.pt"
+    assert parser.parse_override(f"runs=[{path},{path}]").value() == [path, path]
 
 
 def test_the_same_command_finds_its_run_and_a_finished_run_is_not_redone(tmp_path: Path) -> None:
-    """Relaunched from the same folder without hydra.run.dir: the same directory, which says it is finished."""
+    """Relaunched from the same folder without hydra.run.dir: the same directory, which says it is finished in
+    words (not a crash); its folder name is typed back to delving-eval as it is; train.epochs=2 alone is a new
+    run and says so, run_name= extends it and says which predictions stay from the old checkpoint."""
     command = [
         sys.executable, "-m", "delving.train", "experiment=demo", "train.epochs=1", "train.batch_size=8",
         "data.synthetic_classes=4", "data.synthetic_train_per_class=4", "data.synthetic_val_per_class=2",
@@ -56,13 +90,42 @@ def test_the_same_command_finds_its_run_and_a_finished_run_is_not_redone(tmp_pat
         and (runs[0] / "finished.json").exists()
         and (runs[0] / "predictions-dense.npz").exists()
     )
+    assert "a new run in" not in first.stderr + first.stdout  # no finished run beside it
     predictions_time = (runs[0] / "predictions-dense.npz").stat().st_mtime_ns
     again = subprocess.run(
         [*command, "resume=auto"], cwd=tmp_path, capture_output=True, text=True, timeout=300
     )
-    assert again.returncode == 0 and "nothing to do" in again.stdout
+    said = again.stdout + again.stderr
+    assert again.returncode == 0 and "nothing to do" in said
+    assert "no longer alive" not in said  # a clean end released its lock
+    assert re.search(r"\(val top-1 error \d+\.\d\d %; final evaluation dense: top-1 \d+\.\d\d %, top-5 \d+\.\d\d % "
+                     r"on 4 images\); nothing to do", said), said[-2000:]  # fmt: skip
     assert list((tmp_path / "outputs" / "demo").iterdir()) == runs
     assert (runs[0] / "predictions-dense.npz").stat().st_mtime_ns == predictions_time  # no second final eval
+
+    # The folder as the default naming made it, typed back as it is (the console script, a user's shell words).
+    folder = f"outputs/demo/{runs[0].name}"
+    evaluated = subprocess.run(
+        [str(Path(sys.executable).parent / "delving-eval"), f"checkpoint={folder}", "eval=center", "eval.limit=4"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env=cli_env(),
+    )  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    (center,) = runs[0].glob("predictions-center*.npz")
+
+    longer = [*command[:4], "train.epochs=2", *command[5:]]
+    new_run = subprocess.run(longer, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert new_run.returncode == 0, new_run.stderr[-3000:]
+    assert f"so it does not extend the finished run {runs[0].name} of" in new_run.stderr + new_run.stdout
+    assert f"run_name={runs[0].name} and the same overrides" in new_run.stderr + new_run.stdout
+    assert len(list((tmp_path / "outputs" / "demo").iterdir())) == 2
+
+    extended = subprocess.run([*longer, f"run_name={runs[0].name}"], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300)  # fmt: skip
+    said = extended.stdout + extended.stderr
+    assert extended.returncode == 0 and "train.epochs=2 extends it" in said, said[-3000:]
+    assert f"{center.name} came from the checkpoint before this extension" in said
+    assert "predictions-dense.npz came" not in said  # the final evaluation rewrites that one
+    assert (runs[0] / "predictions-dense.npz").stat().st_mtime_ns > predictions_time
 
 
 def test_a_live_run_holds_its_directory_and_a_dead_ones_lock_is_taken_over(tmp_path: Path) -> None:
@@ -80,9 +143,14 @@ def test_a_live_run_holds_its_directory_and_a_dead_ones_lock_is_taken_over(tmp_p
     finally:
         holder.kill()
         holder.wait()
-    # The holder died without unlocking: its lock is stale, and the next run takes it over.
-    run_train(tmp_path, ["train.epochs=1"])
+    # The holder died without unlocking: its lock is stale, and the next run takes it over, saying so.
+    taken = run_train(tmp_path, ["train.epochs=1"])
     assert (tmp_path / "last.pt").exists()
+    assert (
+        f"took over the lock of a run that is no longer alive (host {os.uname().nodename} pid {holder.pid}"
+        in (taken.stdout + taken.stderr)
+    )
+    assert (tmp_path / ".lock").read_text().startswith("released ")  # this run ended by itself
 
 
 def test_resume_null_refuses_to_mix_runs_and_start_over_moves_the_old_one_aside(tmp_path: Path) -> None:

@@ -150,6 +150,20 @@ def test_broken_files_are_clear_errors_and_write_nothing(tmp_path: Path) -> None
     assert not (tmp_path / "out").exists()
 
 
+def test_two_protocols_of_one_model_are_not_counted_as_two_models(tmp_path: Path) -> None:
+    checkpoint = {"path": "/runs/a/last.pt", "sha256": "ab" * 32}
+    files = []
+    for name, protocol in (("dense", "dense"), ("ten", "ten_view")):
+        predictions = make_predictions(PROBS_A, LABELS, protocol=protocol)
+        predictions.metadata["checkpoint"] = checkpoint
+        files.append(save_predictions(tmp_path / f"{name}.npz", predictions))
+    files.append(save_predictions(tmp_path / "b.npz", make_predictions(PROBS_B, LABELS, model="model_b")))
+    out = run_ensemble(_ensemble_cfg(files[:2], tmp_path / "one"))
+    assert "| **ensemble** (2 predictions of 1 model) |" in (out / "ensemble.md").read_text()
+    out = run_ensemble(_ensemble_cfg(files, tmp_path / "two"))
+    assert "| **ensemble** (3 predictions of 2 models) |" in (out / "ensemble.md").read_text()
+
+
 def test_delving_ensemble_report_with_the_papers_numbers(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

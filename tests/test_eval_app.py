@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+import os
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -148,6 +150,19 @@ def test_loader_workers_end_with_the_evaluation(tmp_path: Path, data_root: Path)
     with pytest.raises(TooManyBadImagesError):
         evaluate(model, folder_data_config(root), EvalConfig(protocol="center", num_workers=2))
     assert multiprocessing.active_children() == []  # also when an error stops the evaluation
+
+
+def test_evaluation_workers_are_capped_at_the_cores(data_root: Path, monkeypatch) -> None:
+    """eval.num_workers=4 on 2 cores: 2 workers, and no torch warning about too many."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1})
+    model = tiny_model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch: "This DataLoader will create 4 worker processes in total..."
+        capped = evaluate(model, folder_data_config(data_root), EvalConfig(protocol="center", num_workers=4))
+    assert (
+        capped.top1_error
+        == evaluate(model, folder_data_config(data_root), EvalConfig(protocol="center")).top1_error
+    )
 
 
 def test_shards_are_evaluated_like_the_folders_they_came_from(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from delving.progress import Progress, format_duration
+from delving.progress import Progress, format_duration, format_rate
 
 
 class _Clock:
@@ -37,6 +37,17 @@ def test_plain_lines_every_n_items_or_every_minute_and_a_total() -> None:
         "eval dense: 411/1,000 images (41%), 5.87 images/s, ETA 1m40s, elapsed 1m10s",
         "eval dense: 1,000 images in 1m40s (10 images/s)",
     ]
+
+
+def test_fast_rates_read_in_plain_figures() -> None:
+    clock, out = _Clock(), io.StringIO()
+    with Progress(7240, "verify", unit="files", stream=out, clock=clock) as progress:
+        clock.now = 1.0
+        progress.update(7240)
+    assert out.getvalue().splitlines()[-1] == "verify: 7,240 files in 1.0 s (7,240 files/s)"
+    assert [format_rate(r) for r in (0.157, 5.87, 72.4, 724.4, 7240.4, 1.2e6)] == [
+        "0.157", "5.87", "72.4", "724", "7,240", "1,200,000",
+    ]  # fmt: skip
 
 
 def test_lines_go_to_the_delving_logger_when_it_is_set_up(caplog: pytest.LogCaptureFixture) -> None:

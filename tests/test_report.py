@@ -149,16 +149,41 @@ def test_runs_of_one_experiment_are_labelled_by_the_overrides_that_differ(tmp_pa
     ]
     label_runs(runs)
     assert [run.title for run in runs] == [
-        "default [optim.lr=0.1]",
-        "default [optim.lr=0.01]",
-        "x [model.act=relu model.init=he]",
-        "x [model.act=prelu model.init=xavier]",
+        "default [a: optim.lr=0.1]",
+        "default [b: optim.lr=0.01]",
+        "x [0: model.act=relu model.init=he]",
+        "x [1: model.act=prelu model.init=xavier]",
         "table2",
         "twice [again]",
         "twice [again2]",
     ]
     md = build_report(runs[:2], title="t").markdown
-    assert "| default [optim.lr=0.1] | `a` |" in md and "| default [optim.lr=0.01] | `b` |" in md
+    assert "| default [a: optim.lr=0.1] | `a` |" in md and "| default [b: optim.lr=0.01] | `b` |" in md
+
+
+def test_a_run_is_labelled_by_what_it_departs_in_and_a_group_override_by_its_name(tmp_path: Path) -> None:
+    """The README's outputs/demo: the first run, a fine-tune, a longer run, a run on a folder, seeds of a sweep."""
+    demo = {"data": {"name": "synthetic", "crop_size": 56}, "model": {"num_classes": 100}, "seed": 0}
+    runs = [
+        _run(tmp_path, "default", ["experiment=demo"], "demo", **demo),
+        _run(tmp_path, "demo_ft20", ["experiment=demo", "model.num_classes=20", "data.synthetic_classes=20",
+             "init_from=outputs/demo/default/last.pt", "train.epochs=2", "run_name=demo_ft20"], "demo", **demo),
+        _run(tmp_path, "train.epochs-7", ["experiment=demo", "train.epochs=7"], "demo", **demo),
+        _run(tmp_path, "photos", ["experiment=demo", "data=folder", "data.root=/data/my/photos", "run_name=photos",
+             "model.num_classes=5"], "demo", **demo),
+        _run(tmp_path, "ddp2", ["experiment=demo", "run_name=ddp2", "data.num_workers=1"], "demo", **demo),
+        _run(tmp_path, "seed-1", ["experiment=demo", "seed=1"], "demo", **{**demo, "seed": 1}),
+    ]  # fmt: skip
+    label_runs(runs)
+    assert [run.title for run in runs] == [
+        "demo [default]",
+        "demo [demo_ft20: model.num_classes=20 data.synthetic_classes=20 init_from=…/default/last.pt +1 more]",
+        "demo [train.epochs-7]",  # the folder's name already says train.epochs=7
+        "demo [photos: model.num_classes=5 data=folder data.root=…/my/photos]",  # not data={...}
+        "demo [ddp2]",
+        "demo [seed-1]",
+    ]
+    assert runs[5].setting_label == "demo"  # its replicates' label leaves the seed out
 
 
 def test_every_ensemble_given_appears_in_the_report(tmp_path: Path) -> None:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.runs import REPO
 
 from delving.evaluation.predictions import Predictions, save_predictions
 from delving.paper import FINDINGS
 from delving.report.evidence import FindingInputError, replicate_groups
-from delving.report.findings import decide_all
+from delving.report.findings import decide_all, findings_figure
 from delving.report.report import build_report
 from delving.report.runs import EvalRecord, Run, SlopeStats
 from delving.report.stats import Verdict
@@ -241,3 +244,23 @@ def test_one_seed_decides_nothing_on_a_per_seed_number(tmp_path: Path) -> None:
         "channel-wise: conv1's learned slope is above the deeper convs' (mean slope, conv1 minus deeper)",
     ]
     assert result.a.mean == pytest.approx(0.4) and result.verdict is Verdict.INCONCLUSIVE
+
+
+def test_the_findings_plot_shows_whole_labels_and_counts_what_it_leaves_out(tmp_path: Path) -> None:
+    """docs/results/findings.png once cut its labels at the left ("able 7: ...") and showed 20 of 22 unsaid."""
+    spec = importlib.util.spec_from_file_location("redraw_findings", REPO / "scripts" / "redraw_findings.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    summary = json.loads((REPO / "docs" / "results" / "report.json").read_text(encoding="utf-8"))
+    fig = findings_figure(script.results_from_summary(summary["findings"]))
+    (ax,) = fig.axes
+    assert ax.get_title().startswith("20 of the paper's 22 decided findings; the 2 learned-slope findings")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    labels = ax.get_yticklabels()
+    assert len(labels) == 20 and labels[0].get_text().startswith("Table 7: the ensemble")
+    for label in [*labels, ax.title, ax.xaxis.label]:
+        box = label.get_window_extent(renderer)
+        assert box.x0 >= 0 and box.x1 <= fig.bbox.x1 and box.y0 >= 0 and box.y1 <= fig.bbox.y1, (
+            label.get_text()
+        )

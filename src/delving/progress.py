@@ -33,6 +33,11 @@ def format_duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
+def format_rate(rate: float) -> str:
+    """Three significant digits, in plain figures from 1,000 on (7,240, not 7.24e+03)."""
+    return f"{rate:,.0f}" if rate >= 1000 else f"{rate:.3g}"
+
+
 class Progress:
     """`update(n)` after each item (or batch of items), `close()` (or leave the `with` block) at the end."""
 
@@ -115,7 +120,7 @@ class Progress:
         percent = 100.0 * self.done / self.total if self.total else 100.0
         note = f", {self.note()}" if self.note is not None else ""
         return (
-            f"{self.what}: {self.done:,}/{self.total:,} {self.unit} ({percent:.0f}%), {rate:.3g} {self.unit}/s"
+            f"{self.what}: {self.done:,}/{self.total:,} {self.unit} ({percent:.0f}%), {format_rate(rate)} {self.unit}/s"
             f"{note}, ETA {format_duration(eta)}, elapsed {format_duration(elapsed)}"
         )
 
@@ -124,7 +129,7 @@ class Progress:
         elapsed = self.elapsed
         line = f"{self.what}: {self.done:,} {self.unit} in {format_duration(elapsed)}"
         if self.done and elapsed > 0:
-            line += f" ({self.done / elapsed:.3g} {self.unit}/s)"
+            line += f" ({format_rate(self.done / elapsed)} {self.unit}/s)"
         if self.note is not None:
             line += f", {self.note()}"
         if self.closed or not self.enabled:

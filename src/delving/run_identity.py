@@ -2,7 +2,8 @@
 
 - LAUNCH_KEYS: the config keys that say where and how a run is launched, logged and evaluated, never what it
   computes. A resumed run may change them, and an unnamed run's folder name leaves them out.
-- run_name_from_overrides: the same command always names the same run folder (relaunch, requeue, torchrun).
+- run_name_from_overrides: the same command always names the same run folder (relaunch, requeue, torchrun),
+  a name every command takes back as it is (no "=" or "," for Hydra's grammar to trip on).
 - environment_ranks: this process's (rank, world size, local rank) from torchrun's or SLURM's variables.
 """
 
@@ -51,18 +52,26 @@ def may_change_on_resume(key: str) -> bool:
 def run_name_from_overrides(overrides: list[str]) -> str:
     """The run directory's name when no run_name= is given: the same command always gives the same name.
 
-    The overrides that define the run, sorted, readable when short and safe, else shortened with a hash of
-    all of them; "default" when there are none. Launch-only keys (launcher, resume, logger...) are left out,
-    so a relaunch with resume=auto, another launcher or under torchrun meets the same run directory.
+    The overrides that define the run, sorted, each as key-value, joined by "+" (train.epochs=7 optim.lr=0.1 ->
+    optim.lr-0.1+train.epochs-7), readable when short and plain, else shortened with a hash of all of them;
+    "default" when there are none. No "=" or ",": the folder can be given back to any command as it is
+    (checkpoint=outputs/demo/train.epochs-7), which Hydra's override grammar refuses for "key=value" names.
+    Launch-only keys (launcher, resume, logger...) are left out, so a relaunch with resume=auto, another
+    launcher or under torchrun meets the same run directory.
     """
     defining = sorted(o for o in overrides if not _is_launch_key(o.lstrip("+~").split("=", 1)[0]))
     if not defining:
         return "default"
-    joined = ",".join(defining)
-    safe = re.sub(r"[^A-Za-z0-9._,=+-]", "_", joined)
-    if safe == joined and len(joined) <= 80:
-        return joined
-    return f"{safe[:60]}-{hashlib.sha1(joined.encode()).hexdigest()[:8]}"
+    readable = "+".join(override_in_name(o) for o in defining)
+    safe = "+".join(re.sub(r"[^A-Za-z0-9._+-]", "_", override_in_name(o)) for o in defining)
+    if safe == readable and len(readable) <= 80 and not any("+" in o.lstrip("+") for o in defining):
+        return readable
+    return f"{safe[:60]}-{hashlib.sha1(','.join(defining).encode()).hexdigest()[:8]}"
+
+
+def override_in_name(override: str) -> str:
+    """How one override is spelled in a run folder's name: train.epochs=7 -> train.epochs-7."""
+    return override.replace("=", "-", 1)
 
 
 def _is_launch_key(key: str) -> bool:

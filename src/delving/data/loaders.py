@@ -257,15 +257,35 @@ def _collate_train(items: list[tuple[Any, int, list[Failure]]]):
     return images, labels, [f for _, _, failures in items for f in failures]
 
 
+def usable_workers(asked: int) -> int:
+    """data.num_workers, capped at the cores this process may run on: more workers only compete for them (and
+    torch warns at every loader they start). Said once per process. The batches do not depend on it."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if asked <= cores:
+        return asked
+    if asked not in _CAPS_SAID:
+        _CAPS_SAID.add(asked)
+        log.warning(
+            "data.num_workers=%d, but this process may use %d CPU core%s: %d loader worker%s (set "
+            "data.num_workers=%d to say so yourself)",
+            asked, cores, "s" if cores > 1 else "", cores, "s" if cores > 1 else "", cores,
+        )  # fmt: skip
+    return cores
+
+
+_CAPS_SAID: set[int] = set()
+
+
 def _loader_kwargs(cfg: DataConfig, pin_memory: bool, init: _WorkerInit) -> dict:
     # A private generator: each new iterator draws a base seed from it, never from the global torch RNG,
     # which the trainer's dropout uses and restores on resume.
     generator = torch.Generator().manual_seed(0)
-    if cfg.num_workers == 0:
+    workers = usable_workers(cfg.num_workers)
+    if workers == 0:
         return {"num_workers": 0, "pin_memory": pin_memory, "generator": generator}
     return {
         "generator": generator,
-        "num_workers": cfg.num_workers,
+        "num_workers": workers,
         "persistent_workers": True,
         "prefetch_factor": cfg.prefetch_factor,
         "worker_init_fn": init,

@@ -28,12 +28,13 @@ from delving.dist import (
 )
 from delving.engine.config import AppConfig
 from delving.engine.preflight import preflight
-from delving.engine.run_dir import RunDirectory, check_run_dir_writable, starts_fresh
+from delving.engine.run_dir import FINISHED_FILE, RunDirectory, check_run_dir_writable, starts_fresh
 from delving.engine.run_log import log, setup_console_logging
 from delving.engine.signals import RunStopped, StopRequested, StopSignals, requeue_slurm_job
 from delving.errors import UserError
 from delving.io import DiskFullError
 from delving.reproducible import pin
+from delving.run_identity import run_name_from_overrides
 
 if TYPE_CHECKING:  # the model, loader and evaluation code (timm, torchvision) load only once the checks pass
     from delving.engine.trainer import Trainer
@@ -102,6 +103,29 @@ def _claim(run: RunDirectory, cfg: AppConfig) -> None:
                 "another run_name="
             )
         run.move_outputs_aside()
+    if cfg.run_name is None and not run.last.is_file() and _named_from_overrides(run):
+        _say_it_is_a_new_run(run)
+
+
+def _named_from_overrides(run: RunDirectory) -> bool:
+    """A single run whose folder the default naming chose (not run_name=, not hydra.run.dir=, not a sweep)."""
+    hydra = HydraConfig.get()
+    return hydra.mode == RunMode.RUN and run.path.name == run_name_from_overrides(list(hydra.overrides.task))
+
+
+def _say_it_is_a_new_run(run: RunDirectory) -> None:
+    """An unnamed run is named from its overrides: train.epochs=7 beside a finished run starts a new run in
+    its own folder instead of extending that one, so say so (and how to extend) before the work."""
+    finished = sorted(
+        p.parent.name for p in run.path.parent.glob(f"*/{FINISHED_FILE}") if p.parent != run.path
+    )
+    if finished:
+        log.warning(
+            "a new run in %s: without run_name= a run is named from its overrides (%s), so it does not extend "
+            "the finished run%s %s of %s; to extend one, give its name: run_name=%s and the same overrides",
+            run.path, run.path.name, "s" if len(finished) > 1 else "", ", ".join(finished), run.path.parent,
+            finished[0],
+        )  # fmt: skip
 
 
 def _train_and_evaluate(
@@ -110,12 +134,13 @@ def _train_and_evaluate(
     finished = run.finished()
     if finished is not None and cfg.resume == "auto" and _trained_epochs(run, finished) < cfg.train.epochs:
         log.info("%s finished after fewer epochs: train.epochs=%d extends it", run.path, cfg.train.epochs)
+        if ctx.is_main:
+            _warn_of_older_predictions(run, cfg.eval.protocol.value if cfg.train.final_eval else None)
         finished = None
     if finished is not None and cfg.resume == "auto":
         log.info(
-            "%s finished on %s (val top-1 error %s, final evaluation %s); nothing to do. start_over=true with "
-            "resume=null trains it again.",
-            run.path, finished.get("finished"), finished.get("val_top1_error"), finished.get("final_eval"),
+            "%s finished on %s (%s); nothing to do. start_over=true with resume=null trains it again.",
+            run.path, finished.get("finished"), _finished_summary(finished),
         )  # fmt: skip
         return finished.get("val_top1_error")
     from delving.engine.trainer import Trainer
@@ -180,6 +205,36 @@ def _after_stop(cfg: AppConfig, ctx: DistributedContext, request: StopRequested,
             "The job is requeued and continues when it starts again." if requeued
             else "Relaunch the same command (resume=auto) to continue"
             + (", it evaluates again." if trained and cfg.train.final_eval else "."),
+        )  # fmt: skip
+
+
+def _finished_summary(finished: dict[str, Any]) -> str:
+    """finished.json in words: "val top-1 error 73.45 %; final evaluation dense: top-1 74.50 %, top-5 20.90 %"."""
+    parts = [f"val top-1 error {_percent(finished.get('val_top1_error'))}"]
+    final = finished.get("final_eval")
+    if isinstance(final, dict):
+        parts.append(
+            f"final evaluation {final.get('protocol', '')}: top-1 {_percent(final.get('top1_error'))}, "
+            f"top-5 {_percent(final.get('top5_error'))} on {final.get('num_images', '?')} images"
+        )
+    else:
+        parts.append("no final evaluation")
+    return "; ".join(parts)
+
+
+def _percent(value: Any) -> str:
+    return f"{value:.2f} %" if isinstance(value, int | float) else "unknown"
+
+
+def _warn_of_older_predictions(run: RunDirectory, final_protocol: str | None) -> None:
+    """Extending a run rewrites only its own final evaluation's predictions: the others are of the old last.pt."""
+    own = run.predictions(final_protocol).name if final_protocol else None
+    older = sorted(p.name for p in run.path.glob("predictions*.npz") if p.name != own)
+    if older:
+        log.warning(
+            "%s: %s came from the checkpoint before this extension and stay as they "
+            "are; once it ends, evaluate again (delving-eval checkpoint=%s ...) and redo any ensemble of them",
+            run.path, ", ".join(older), run.path,
         )  # fmt: skip
 
 

@@ -34,6 +34,7 @@ from delving.run_files import (
 
 log = logging.getLogger("delving")
 
+RELEASED = "released"  # how .lock starts once its run has ended cleanly
 # What a run writes; start_over moves these aside (the Hydra config and train.log of this launch stay).
 RUN_OUTPUTS = (LAST_CHECKPOINT, BEST_PATTERN, METRICS_FILE, "predictions-*.npz", FINISHED_FILE, "wandb")
 # The files only the run (the lock holder) writes: a temp file of these is a killed write's, never a live one
@@ -96,7 +97,7 @@ class RunDirectory(RunFiles):
             ) from None
         handle.seek(0)
         previous = handle.read().strip()
-        if previous:
+        if previous and not previous.startswith(RELEASED):  # its holder ended without unlock(): killed
             log.info("took over the lock of a run that is no longer alive (%s)", previous)
         handle.seek(0)
         handle.truncate()
@@ -111,9 +112,20 @@ class RunDirectory(RunFiles):
         remove_stale_temps(self.path, TRAINER_FILES)
 
     def unlock(self) -> None:
+        """Release the lock and mark it released, so the next run of this folder does not take this run for
+        one that was killed (the file stays: its content is history)."""
         if self._lock_handle is not None:
-            self._lock_handle.close()  # closing drops the lock; the file stays (its content is history)
-            self._lock_handle = None
+            handle, self._lock_handle = self._lock_handle, None
+            try:
+                handle.seek(0)
+                holder = handle.read().strip()
+                handle.seek(0)
+                handle.truncate()
+                handle.write(f"{RELEASED} {time.strftime('%Y-%m-%d %H:%M:%S')} by {holder}\n")
+            except OSError:  # a full or vanished disk: the lock still goes with the close
+                pass
+            finally:
+                handle.close()
 
     def has_outputs(self) -> bool:
         return any(any(self.path.glob(pattern)) for pattern in RUN_OUTPUTS)

@@ -240,6 +240,16 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _members_text(models: list[dict[str, Any]]) -> str:
+    """ "2 models", or "2 predictions of 1 model" where files share a checkpoint (two protocols of one model);
+    a file that does not name its checkpoint counts as a model of its own."""
+    checkpoints = {m.get("checkpoint_sha256") or f"file {i}" for i, m in enumerate(models)}
+    plural = "s" if len(checkpoints) > 1 else ""
+    if len(checkpoints) == len(models):
+        return f"{len(models)} model{plural}"
+    return f"{len(models)} predictions of {len(checkpoints)} model{plural}"
+
+
 def _md_models(report: dict[str, Any]) -> list[str]:
     lines = [
         "",
@@ -256,7 +266,7 @@ def _md_models(report: dict[str, Any]) -> list[str]:
     paper = ens["paper"] or {}
     weights = "" if ens["weights"] is None else f" weights {ens['weights']}"
     lines.append(
-        f"| **ensemble** ({len(ens['members'])} models{weights}) | | | {ens['top1']:.2f} | {ens['top5']:.2f} | "
+        f"| **ensemble** ({_members_text(report['models'])}{weights}) | | | {ens['top1']:.2f} | {ens['top5']:.2f} | "
         f"{paper.get('label', '–')} | {_cell(paper.get('top1'))} | {_cell(paper.get('top5'))} |"
     )
     selection = report["selection"]

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from delving.data.config import DataConfig, DatasetKind
 from delving.data.datasets import ClassListError, check_class_lists, class_names, resolve_root
 from delving.data.decode import BadImageError, decode_image
-from delving.data.loaders import BadFileCounter, Failure, init_worker_process
+from delving.data.loaders import BadFileCounter, Failure, init_worker_process, usable_workers
 from delving.data.normalize import InputNormalizer
 from delving.data.readers import SampleReader, open_split
 from delving.data.same_data import check_ranks_see_the_same_data
@@ -226,7 +226,9 @@ def _bare_model(model: nn.Module) -> SPPNet:
 def _items(
     dataset: _EvalImages, workers: int
 ) -> Iterator[tuple[int, list[torch.Tensor] | None, Failure | None]]:
-    """The dataset's items, decoded in `workers` processes; closing the generator ends them at once."""
+    """The dataset's items, decoded in `workers` processes (at most one per core); closing the generator ends
+    them at once."""
+    workers = usable_workers(workers)
     if workers == 0:
         yield from (dataset[i] for i in range(len(dataset)))
         return

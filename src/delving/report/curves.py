@@ -9,8 +9,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from delving.report.evidence import replicate_groups
-from delving.report.plots import new_figure
+from delving.report.evidence import group_labels, replicate_groups
+from delving.report.plots import colours, legend_below, new_figure
 from delving.report.runs import Run
 from delving.report.section import Section
 from delving.report.stats import Estimate, seed_estimate
@@ -63,12 +63,12 @@ def _train_losses(group: list[Run]) -> tuple[list[float], list[float]]:
 
 
 def curves_figure(study: str, runs: list[Run]) -> Figure:
+    """Loss and val error side by side, a colour per setting (the same in both), one legend below both."""
     fig, (ax_loss, ax_val) = new_figure(1, 2, width=11, height=4)
     groups = replicate_groups(runs)
-    for group in groups:
-        label = group[0].setting_label
-        ax_loss.plot(*_train_losses(group), label=label)
-        plot_val_curve(ax_val, group, label, marker=".")
+    for group, label, colour in zip(groups, group_labels(groups), colours(len(groups)), strict=True):
+        ax_loss.plot(*_train_losses(group), label=label, color=colour)
+        plot_val_curve(ax_val, group, label, marker=".", color=colour)
     ax_loss.set_title(f"{study}: training loss\nrunning mean, mean over seeds", fontsize=10)
     ax_loss.set_ylabel("cross-entropy (train)")
     ax_val.set_title(
@@ -79,8 +79,7 @@ def curves_figure(study: str, runs: list[Run]) -> Figure:
         ax.set_xlabel(EPOCH_AXIS)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+    legend_below(fig, [ax_val])  # the val labels carry the seed counts
     return fig
 
 

@@ -53,11 +53,28 @@ def _replicate_key(run: Run) -> tuple[str, tuple[tuple[str, str], ...]]:
 
 
 def replicate_groups(runs: list[Run]) -> list[list[Run]]:
-    """Runs that differ only in their seed, each group sorted by seed (in the order first met)."""
-    groups: dict[tuple, list[Run]] = defaultdict(list)
+    """Runs that differ only in their seed, each group sorted by seed (in the order first met). Two runs of one
+    seed are not replicates (a run and its DDP twin, or copies in two folders): each goes to its own group."""
+    groups: dict[tuple, list[list[Run]]] = defaultdict(list)
     for run in runs:
-        groups[_replicate_key(run)].append(run)
-    return [sorted(group, key=seed_of) for group in groups.values()]
+        same = groups[_replicate_key(run)]
+        free = next((group for group in same if all(seed_of(r) != seed_of(run) for r in group)), None)
+        if free is None:
+            same.append([run])
+        else:
+            free.append(run)
+    return [sorted(group, key=seed_of) for same in groups.values() for group in same]
+
+
+def group_labels(groups: list[list[Run]]) -> list[str]:
+    """A label for each replicate group, each a different one: a single run's own label, or the setting's; a
+    label that would repeat gets its first run's folder name."""
+    labels = [g[0].label if len(g) == 1 else g[0].setting_label for g in groups]
+    repeated = {label for label in labels if labels.count(label) > 1}
+    return [
+        f"{label} ({g[0].path.name})" if label in repeated else label
+        for label, g in zip(labels, groups, strict=True)
+    ]
 
 
 def _matches(run: Run, measure: Measure) -> bool:

@@ -6,6 +6,7 @@ replicate runs (those that differ only in `seed`) with an interval from `delving
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,12 +149,16 @@ def _findings_table(results: list[FindingResult]) -> list[str]:
     return lines
 
 
-def _findings_figure(results: list[FindingResult]) -> Figure | None:
-    """Each decided error finding: a - b with its 95 % interval, coloured by verdict, against 0 (and ±margin)."""
-    shown = [r for r in results if r.verdict is not None and not r.finding.a.kind.startswith("slope")]
+def findings_figure(results: list[FindingResult]) -> Figure | None:
+    """Each decided error finding: a - b with its 95 % interval, coloured by verdict, against 0 (and ±margin);
+    the title counts what it leaves out (the learned-slope findings, decided in the table, in other units)."""
+    decided = [r for r in results if r.verdict is not None]
+    shown = [r for r in decided if not r.finding.a.kind.startswith("slope")]
     if not shown:
         return None
-    fig, (ax,) = new_figure(1, 1, width=9, height=0.8 + 0.35 * len(shown))
+    labels = [textwrap.fill(f"{r.finding.source}: {r.finding.claim}", 60) for r in reversed(shown)]
+    rows = sum(label.count("\n") + 1 for label in labels)
+    fig, (ax,) = new_figure(1, 1, width=11, height=1.2 + 0.16 * rows + 0.12 * len(shown))
     for row, result in enumerate(reversed(shown)):
         diff = result.difference
         ax.errorbar(
@@ -167,15 +172,17 @@ def _findings_figure(results: list[FindingResult]) -> Figure | None:
     ax.axvline(0.0, color="black", linewidth=0.8)
     for margin in (-EQUAL_MARGIN, EQUAL_MARGIN):
         ax.axvline(margin, color="grey", linewidth=0.6, linestyle=":")
-    ax.set_yticks(
-        range(len(shown)),
-        [f"{r.finding.source}: {r.finding.claim}"[:70] for r in reversed(shown)],
-        fontsize=7,
-    )
+    ax.set_yticks(range(len(shown)), labels, fontsize=7)
+    ax.set_ylim(-0.6, len(shown) - 0.4)
     ax.set_xlabel("a − b, error points (top-1; Table 7: top-5), with its 95 % interval")
-    ax.set_title("The paper's findings: green holds, red contradicted, orange inconclusive", fontsize=9)
+    left_out = len(decided) - len(shown)
+    note = f"; the {left_out} learned-slope findings are in the table" if left_out else ""
+    ax.set_title(
+        f"{len(shown)} of the paper's {len(decided)} decided findings{note}\n"
+        "green holds, red contradicted, orange inconclusive",
+        fontsize=9,
+    )
     ax.grid(True, axis="x", alpha=0.3)
-    fig.tight_layout()
     return fig
 
 
@@ -215,7 +222,7 @@ def findings_section(runs: list[Run], evidence: Evidence) -> Section:
         *_findings_table(results),
         "",
     ]
-    figure = _findings_figure(results)
+    figure = findings_figure(results)
     if figure is not None:
         section.figures["findings.png"] = figure
         section.lines += ["![findings](findings.png)", ""]

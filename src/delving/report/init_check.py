@@ -214,7 +214,6 @@ def plot(reports: Sequence[InitReport]):
         ax.set_ylabel(what)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
-    fig.tight_layout()
     return fig
 
 

@@ -57,7 +57,6 @@ def _init_study_figure(study: str, runs: list[Run]) -> Figure:
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:  # no gradients logged: no legend to draw
             ax.legend(fontsize=8)
-    fig.tight_layout()
     return fig
 
 

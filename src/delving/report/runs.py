@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from delving.run_files import (
     RunFiles,
     not_from_final_checkpoint,
 )
+from delving.run_identity import may_change_on_resume, override_in_name
 
 log = logging.getLogger("delving")
 
@@ -95,8 +96,11 @@ class Run:
 
     @property
     def title(self) -> str:
-        """The experiment name, with the overrides that tell it apart where several runs share that name."""
-        return f"{self.name} [{self.tag}]" if self.tag else self.name
+        """The experiment name, with the folder and overrides that tell it apart where several runs share that
+        name (a folder named after the experiment, table2_mini-s0, stands for both)."""
+        if not self.tag:
+            return self.name
+        return self.tag if self.tag.startswith(f"{self.name}-") else f"{self.name} [{self.tag}]"
 
     @property
     def model(self) -> dict[str, Any]:
@@ -146,7 +150,7 @@ class Run:
         return vals[-1] if vals else None
 
 
-def _layer_name(module_name: str) -> str:
+def layer_name(module_name: str) -> str:
     # features.act2_1 -> conv2_1, head.act_fc1 -> fc1: the names of the paper's Table 1.
     leaf = module_name.rsplit(".", 1)[-1]
     return leaf.removeprefix("act_") if leaf.startswith("act_") else "conv" + leaf.removeprefix("act")
@@ -159,7 +163,7 @@ def slope_stats(model: nn.Module) -> list[SlopeStats]:
             a = module.weight.detach().float()
             std = a.std().item() if a.numel() > 1 else 0.0
             stats.append(
-                SlopeStats(_layer_name(name), a.numel(), a.mean().item(), std, a.min().item(), a.max().item())
+                SlopeStats(layer_name(name), a.numel(), a.mean().item(), std, a.min().item(), a.max().item())
             )
     return stats
 
@@ -294,33 +298,96 @@ def override_items(run: Run) -> dict[str, str]:
     return items
 
 
-def config_value(config: dict[str, Any], key: str) -> str | None:
+_ABSENT = object()
+
+
+def _config_node(config: dict[str, Any], key: str) -> Any:
+    """The config's value at a dotted key (a dict for a group), or _ABSENT."""
     node: Any = config
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
-            return None
+            return _ABSENT
         node = node[part]
-    return str(node)
+    return node
+
+
+def config_value(config: dict[str, Any], key: str) -> str | None:
+    node = _config_node(config, key)
+    return None if node is _ABSENT else str(node)
 
 
 def label_runs(runs: list[Run]) -> None:
-    """Sets each run's `tag` where runs share an experiment name (ad-hoc runs all read "default"): the
-    overrides whose values differ between them (a run without one shows its config's value), or the run
-    folder's name where their overrides are the same."""
+    """Sets each run's `tag` where runs share an experiment name (ad-hoc runs all read "default"): the run
+    folder's name and the few overrides in which it departs from the others (a value the most runs share is
+    left out; a run without the override shows its config's value) that the name does not already spell;
+    `setting_tag`: those overrides without the seed. Short labels: every run's whole config is in report.json."""
     groups: dict[str, list[Run]] = defaultdict(list)
     for run in runs:
         groups[run.name].append(run)
     for group in (g for g in groups.values() if len(g) > 1):
-        items = [override_items(run) for run in group]
+        items = [{k: v for k, v in override_items(run).items() if _tells_apart(k)} for run in group]
         keys = list(dict.fromkeys(key for run_items in items for key in run_items))
-        differ = [key for key in keys if len({run_items.get(key) for run_items in items}) > 1]
-        for run, run_items in zip(group, items, strict=True):
-            values = {
-                key: f"{key}={run_items[key] if key in run_items else config_value(run.config, key) or '–'}"
-                for key in differ
-            }
-            run.tag = " ".join(values.values()) if values else run.path.name
-            run.setting_tag = " ".join(v for k, v in values.items() if k != "seed")
+        values = [
+            {key: _value_of(run, run_items, key) for key in keys}
+            for run, run_items in zip(group, items, strict=True)
+        ]
+        usual = {key: _most_common([v[key] for v in values]) for key in keys}
+        for run, run_values in zip(group, values, strict=True):
+            departs = {k: f"{k}={_short_value(v)}" for k, v in run_values.items() if v != usual[k]}
+            folder = run.path.name
+            unspelled = [text for k, text in departs.items() if not _spelled_in(folder, k, run_values[k])]
+            run.tag = _shorten_folder(folder) + (f": {_first(unspelled)}" if unspelled else "")
+            run.setting_tag = _first([text for k, text in departs.items() if k != "seed"])
+
+
+def _most_common(values: list[str]) -> str | None:
+    """The value more runs have than any other (None on a tie: then every run shows its own)."""
+    counts = Counter(values).most_common(2)
+    return counts[0][0] if len(counts) == 1 or counts[0][1] > counts[1][1] else None
+
+
+LABEL_OVERRIDES_SHOWN = 3  # a label shows this many differing overrides, then "+N more"
+
+
+def _tells_apart(key: str) -> bool:
+    """Keys of what a run computed: not where or how it was launched (run_name: the folder name says it), but
+    the checkpoint it started from and the data it read."""
+    return key in ("init_from", "data.root") or not may_change_on_resume(key)
+
+
+def _spelled_in(folder: str, key: str, value: str | None) -> bool:
+    """The folder's name already says key=value (named from its overrides, either spelling)."""
+    return value is not None and any(
+        spelling in folder for spelling in (f"{key}={value}", override_in_name(f"{key}={value}"))
+    )
+
+
+def _value_of(run: Run, items: dict[str, str], key: str) -> str:
+    """The override's value, else the config's; a config group (data=folder) by its name, not its contents."""
+    if key in items:
+        return items[key]
+    node = _config_node(run.config, key)
+    if isinstance(node, dict):
+        return str(node.get("name", "default"))
+    return "–" if node is _ABSENT else str(node)
+
+
+def _short_value(value: str) -> str:
+    """Paths by their last two parts, other long values cut: a label stays one short line."""
+    if "/" in value.strip("/"):
+        value = "…/" + "/".join(value.rstrip("/").split("/")[-2:])
+    return value if len(value) <= 28 else value[:27] + "…"
+
+
+def _shorten_folder(name: str) -> str:
+    """A long folder name keeps its start and its end (where a hashed name's hash is)."""
+    return name if len(name) <= 36 else f"{name[:26]}…{name[-9:]}"
+
+
+def _first(values: list[str]) -> str:
+    shown = " ".join(values[:LABEL_OVERRIDES_SHOWN])
+    more = len(values) - LABEL_OVERRIDES_SHOWN
+    return f"{shown} +{more} more" if more > 0 else shown
 
 
 def _is_run(path: Path) -> bool:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import math
+import textwrap
 
 import numpy as np
 from matplotlib.figure import Figure
 
 from delving.paper import TABLE1_SLOPES
-from delving.report.evidence import replicate_groups
-from delving.report.plots import new_figure
-from delving.report.runs import Run
+from delving.report.curves import EPOCH_AXIS, epoch_position
+from delving.report.evidence import group_labels, replicate_groups, seed_of
+from delving.report.plots import colours, legend_below, new_figure
+from delving.report.runs import Run, layer_name
 from delving.report.section import Section, act_name
 from delving.report.stats import Estimate, seed_estimate
 
@@ -23,13 +25,14 @@ def _layer_slopes(group: list[Run], layer: str) -> Estimate | None:
 
 def _slopes_figure(title: str, runs: list[Run]) -> Figure:
     """Per layer: the mean slope with error bars (over seeds: the 95 % interval; one channel-wise run: the
-    spread of its channels), Table 1's values for net14."""
+    spread of its channels), Table 1's values for net14; a colour and a legend entry per setting."""
     fig, (ax,) = new_figure(1, 1, width=9, height=4)
     layers = [s.layer for s in runs[0].slopes]
     positions = range(len(layers))
-    for group in replicate_groups(runs):
+    groups = replicate_groups(runs)
+    for group, name, colour in zip(groups, group_labels(groups), colours(len(groups)), strict=True):
         run = group[0]
-        label = f"ours: {act_name(run)}"
+        label = f"{name}: {act_name(run)}"
         estimates = [_layer_slopes(group, layer) for layer in layers]
         means = [e.mean if e else math.nan for e in estimates]
         if len(group) > 1:
@@ -38,7 +41,7 @@ def _slopes_figure(title: str, runs: list[Run]) -> Figure:
                 [e.high - e.mean if e else 0.0 for e in estimates],
             ]
             label += f" (mean of {len(group)} seeds, 95 % interval)"
-            ax.errorbar(positions, means, yerr=errors, marker="o", capsize=3, label=label)
+            ax.errorbar(positions, means, yerr=errors, marker="o", capsize=3, label=label, color=colour)
         elif any(s.count > 1 for s in run.slopes):
             stats = {s.layer: s for s in run.slopes}
             spreads = [stats[layer].std if layer in stats else 0.0 for layer in layers]
@@ -49,9 +52,10 @@ def _slopes_figure(title: str, runs: list[Run]) -> Figure:
                 marker="o",
                 capsize=3,
                 label=label + " (mean ± std of channels)",
+                color=colour,
             )
         else:
-            ax.plot(positions, means, marker="s", label=label)
+            ax.plot(positions, means, marker="s", label=label, color=colour)
     if all(layer in TABLE1_SLOPES for layer in layers):
         ax.plot(
             positions, [TABLE1_SLOPES[layer][0] for layer in layers], "k--", marker="x", label="paper: shared"
@@ -65,27 +69,53 @@ def _slopes_figure(title: str, runs: list[Run]) -> Figure:
     ax.set_ylabel("learned slope a")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    legend_below(fig, [ax])
     return fig
 
 
-def _slope_history_figure(run: Run) -> Figure | None:
-    """The per-layer mean slope over training, from metrics.jsonl: every layer starts at 0.25."""
+def _slope_history(run: Run) -> tuple[list[float], dict[str, list[float]]] | None:
+    """The per-layer mean slope at each logged step (metrics.jsonl), by the paper's layer names."""
     trains = [r for r in run.of_type("train") if any(k.startswith("prelu_slope/") for k in r)]
     if not trains:
         return None
-    fig, (ax,) = new_figure(1, 1, width=7, height=4)
-    keys = [k for k in trains[0] if k.startswith("prelu_slope/")]
     per_epoch = run.steps_per_epoch
-    for key in keys:
-        ax.plot([r["step"] / per_epoch for r in trains], [r[key] for r in trains], label=key.split("/", 1)[1])
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("mean slope a of the layer")
-    ax.set_title(f"{run.title}: PReLU slopes during training")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
+    xs = [epoch_position(r["step"], per_epoch) for r in trains]
+    keys = [k for k in trains[0] if k.startswith("prelu_slope/")]
+    return xs, {layer_name(k.split("/", 1)[1]): [r.get(k, math.nan) for r in trains] for k in keys}
+
+
+HISTORY_COLUMNS = 3
+
+
+def _slope_history_figure(study: str, runs: list[Run]) -> Figure | None:
+    """The slopes during training (every layer starts at 0.25): a panel per setting, drawn from its first seed,
+    a colour per layer, one legend of the layers below the panels."""
+    groups = replicate_groups(runs)
+    panels = [
+        (group, label, history)
+        for group, label in zip(groups, group_labels(groups), strict=True)
+        if (history := _slope_history(group[0])) is not None
+    ]
+    if not panels:
+        return None
+    cols = min(HISTORY_COLUMNS, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = new_figure(rows, cols, width=4.6 * cols, height=3.2 * rows)
+    layers = list(dict.fromkeys(layer for _, _, (_, series) in panels for layer in series))
+    palette = dict(zip(layers, colours(len(layers)), strict=True))
+    for ax, (group, label, (xs, series)) in zip(axes, panels, strict=False):
+        for layer, values in series.items():
+            ax.plot(xs, values, label=layer, color=palette[layer])
+        seed = f"\nseed {seed_of(group[0])} of {len(group)}" if len(group) > 1 else ""
+        ax.set_title(textwrap.fill(label, 48) + seed, fontsize=9)
+        ax.set_xlabel(EPOCH_AXIS, fontsize=8)
+        ax.set_ylabel("mean slope a of the layer", fontsize=8)
+        ax.ticklabel_format(axis="y", useOffset=False)
+        ax.grid(True, alpha=0.3)
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    fig.suptitle(f"{study}: PReLU slopes during training", fontsize=10)
+    legend_below(fig, axes[: len(panels)], fontsize=7)
     return fig
 
 
@@ -131,8 +161,7 @@ def slopes_section(groups: dict[str, list[Run]]) -> Section:
         name = f"{study}_slopes.png"
         section.figures[name] = _slopes_figure(f"{study}: learned slopes per layer", members)
         section.lines += [f"### {study}", "", *_slopes_table(members), "", f"![{study} slopes]({name})", ""]
-        wise = next((r for r in members if any(s.count > 1 for s in r.slopes)), members[0])
-        history = _slope_history_figure(wise)
+        history = _slope_history_figure(study, members)
         if history is not None:
             section.figures[f"{study}_slope_history.png"] = history
             section.lines += [f"![{study} slopes during training]({study}_slope_history.png)", ""]

@@ -6,7 +6,7 @@ from typing import Any
 
 from delving.evaluation.paper_results import find_paper_row
 from delving.paper import PAPER_TABLES, Measure, PaperRow
-from delving.report.evidence import Evidence, replicate_groups, seed_of
+from delving.report.evidence import Evidence, group_labels, replicate_groups, seed_of
 from delving.report.runs import EvalRecord, Run
 from delving.report.section import Section, act_name, fmt_num
 from delving.report.stats import Estimate, error_estimate
@@ -81,12 +81,13 @@ def _tests_table(runs: list[Run], evidence: Evidence) -> list[str]:
         "| setting | test | seeds | top-1 error (%) [95 % interval] | top-5 error (%) [95 % interval] |",
         "|---|---|---|---|---|",
     ]
-    for group in replicate_groups(runs):
+    groups = replicate_groups(runs)
+    for group, label in zip(groups, group_labels(groups), strict=True):
         tests = {(e.protocol, tuple(e.scales or ())): e for run in group for e in run.evals}
         for (protocol, scales), record in sorted(tests.items()):
             top1, top5, seeds = _replicate_errors(evidence, group[0], record)
             lines.append(
-                f"| {group[0].setting_label} | {protocol} {'/'.join(map(str, scales))} | {seeds} | "
+                f"| {label} | {protocol} {'/'.join(map(str, scales))} | {seeds} | "
                 f"{top1.text()} | {top5.text()} |"
             )
     return lines
