@@ -1,7 +1,10 @@
 """A data set checked before a run, in a second: its values, its folders or shard indexes, its classes.
 
 What a launch's preflight asks of the data room. It reads folder names and shard indexes only (no image, no
-full listing) and never generates the synthetic set; each refusal is a ConfigError naming the key.
+full listing) and never generates the synthetic set; each refusal is a ConfigError naming the key. The hub's
+copies (data=wds, data=parquet) are indexed here, once (the index is stored; the loaders reuse it): their
+refusals (no shards, a shard that is not a tar, a parquet file without an image column, labels out of range
+or against the class names) come before the run folder exists.
 """
 
 from __future__ import annotations
@@ -10,7 +13,8 @@ import os
 from pathlib import Path
 
 from delving.data.config import DataConfig, DatasetKind, validate
-from delving.data.datasets import check_same_classes
+from delving.data.datasets import check_class_lists, check_same_classes
+from delving.data.readers import copy_of, split_classes
 from delving.data.shards import index_path, open_shards
 from delving.data.synthetic import CACHE_ENV, COMPLETE_MARKER, MAX_CLASSES, SyntheticParams, default_root
 from delving.errors import ConfigError, UserError, require_at_least
@@ -73,6 +77,8 @@ def check_data_set(data: DataConfig) -> tuple[list[str] | None, int | None]:
                 f"({len(train)} vs {len(val)}): write both splits' shards from one data set"
             )
         return train, count
+    if data.name in (DatasetKind.wds, DatasetKind.parquet):
+        return _indexed_copy(data, root)
     _existing_folder(root, "data.root", f"the folder that holds {data.train_split}/ and {data.val_split}/")
     for key, split in (("data.train_split", data.train_split), ("data.val_split", data.val_split)):
         folder = root / split
@@ -89,6 +95,26 @@ def check_data_set(data: DataConfig) -> tuple[list[str] | None, int | None]:
         raise
     except (OSError, ValueError) as error:
         raise ConfigError(f"data.root={root}: {error}") from None
+
+
+def _indexed_copy(data: DataConfig, root: Path) -> tuple[list[str], int]:
+    """A copy behind the readers' seam (data/readers.py `COPIES`): both splits opened (indexed once, stored)."""
+    copy = copy_of(data)
+    _existing_folder(root, "data.root", f"the folder holding {copy.layout}")
+    try:
+        train = copy.open(root, data.train_split, data)
+        val = split_classes(data, root, data.val_split)
+        if val is None:
+            raise ConfigError(
+                f"data={data.name.value} data.root={root} has no split {data.val_split!r} (data.val_split="
+                f"{data.val_split}): the validation split the trainer scores each epoch; check data.val_split"
+            )
+        check_class_lists(train.classes, val, f"split {data.train_split!r}", f"split {data.val_split!r}", root)
+    except UserError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ConfigError(f"data.root={root}: {error}") from None
+    return list(train.classes), len(train)
 
 
 def _shard_index(root: Path, split: str, key: str) -> tuple[list[str], int]:

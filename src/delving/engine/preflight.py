@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from delving.config import config_dir
 from delving.data.checks import DEMO_HINT, check_data_set, checked_data_values
 from delving.data.config import DataConfig, DatasetKind
+from delving.data.readers import copy_of
 from delving.engine.config import AppConfig, SchedKind, TrainConfig, as_app_config
 from delving.errors import ConfigError, require_at_least
 from delving.evaluation.config import check_eval
@@ -67,9 +68,9 @@ def _check_data_root_given(data: DataConfig | DictConfig) -> None:
         return
     kind = data.name.value
     where = "ILSVRC-2012 in the folder layout" if kind == "imagenet" else "the data set"
-    layout = "<split>.json and <split>-NNNNNN.tar shards" if kind == "shards" else "train/ and val/"
     raise ConfigError(
-        f"data.root is not set: data={kind} reads {where}; give data.root=/path/to/the/folder (holding {layout}), "
+        f"data.root is not set: data={kind} reads {where}; give data.root=/path/to/the/folder (holding "
+        f"{copy_of(data).layout}), "
         f"{DEMO_HINT}"
     )
 
