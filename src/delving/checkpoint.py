@@ -89,6 +89,9 @@ class Checkpoint:
     # train.ema_decay > 0: the EMA of the weights (torch.optim.swa_utils.AveragedModel's state dict). It is
     # what the run validated and what evaluation and init_from= read (`eval_weights`).
     ema: dict[str, torch.Tensor] | None = None
+    # The copy of the data set it was trained on (data/readers.py describe_copy: kind, root, split, sizes);
+    # evaluation may read any copy of the same classes and records both. None in older checkpoints.
+    data_copy: dict[str, Any] | None = None
 
     def save(self, path: str | os.PathLike) -> Path:
         state = {"format_version": FORMAT_VERSION, **self.__dict__}

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from helpers.data import write_jpeg
 
 from delving.data.datasets import list_samples
 from delving.data.shards import write_shards
+from helpers.data import write_jpeg
 
 WNIDS = ["n01440764", "n01443537", "n01484850", "n01491361"]
 CLASS_NAMES = ["tench, Tinca tinca", "goldfish, Carassius auratus", "great white shark", "tiger shark"]
@@ -29,7 +29,9 @@ def make_imagenet_folder(root: Path, train_per_class: int = 11, val_per_class: i
     val_no = 0
     for k, wnid in enumerate(WNIDS):
         for i in range(1, train_per_class + 1):
-            write_jpeg(root / "train" / wnid / f"{wnid}_{i}.JPEG", 36 + i % 3 * 4, 30 + i % 2 * 6, k * 100 + i)
+            write_jpeg(
+                root / "train" / wnid / f"{wnid}_{i}.JPEG", 36 + i % 3 * 4, 30 + i % 2 * 6, k * 100 + i
+            )
         for _ in range(val_per_class):
             val_no += 1
             write_jpeg(root / "val" / wnid / f"ILSVRC2012_val_{val_no:08d}.JPEG", 34, 30, 10_000 + val_no)
@@ -88,7 +90,9 @@ def hub_metadata(names: list[str]) -> dict[bytes, bytes]:
     return {b"huggingface": json.dumps({"info": {"features": features}}).encode()}
 
 
-def write_hub_parquet(path: Path, rows: list[tuple[str, bytes, int]], row_group: int, names=CLASS_NAMES) -> None:
+def write_hub_parquet(
+    path: Path, rows: list[tuple[str, bytes, int]], row_group: int, names=CLASS_NAMES
+) -> None:
     table = pa.table(
         {
             "image": [{"bytes": data, "path": file_name} for file_name, data, _ in rows],

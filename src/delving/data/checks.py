@@ -109,7 +109,9 @@ def _indexed_copy(data: DataConfig, root: Path) -> tuple[list[str], int]:
                 f"data={data.name.value} data.root={root} has no split {data.val_split!r} (data.val_split="
                 f"{data.val_split}): the validation split the trainer scores each epoch; check data.val_split"
             )
-        check_class_lists(train.classes, val, f"split {data.train_split!r}", f"split {data.val_split!r}", root)
+        check_class_lists(
+            train.classes, val, f"split {data.train_split!r}", f"split {data.val_split!r}", root
+        )
     except UserError:
         raise
     except (OSError, ValueError, KeyError, TypeError) as error:

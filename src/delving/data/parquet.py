@@ -101,7 +101,9 @@ def _file_index(path: Path, file_no: int) -> tuple[dict[str, np.ndarray], list[b
     arrays = {
         "file_of": np.full(len(labels), file_no, dtype=np.int64),
         "row_group": np.repeat(np.arange(len(rows), dtype=np.int64), rows),
-        "row": np.concatenate([np.arange(n, dtype=np.int64) for n in rows]) if rows else np.zeros(0, np.int64),
+        "row": np.concatenate([np.arange(n, dtype=np.int64) for n in rows])
+        if rows
+        else np.zeros(0, np.int64),
         "labels": labels,
     }
     return arrays, names, carried_class_names(schema)

@@ -13,9 +13,9 @@ classes differ.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -151,6 +151,17 @@ def split_classes(cfg: DataConfig, root: Path, split: str) -> list[str] | None:
     return copy.open(root, split, cfg).classes
 
 
+def describe_copy(cfg: DataConfig, split: str, reader: SampleReader) -> dict:
+    """Which copy a run read (the data contract a checkpoint records): kind, real root, split, sizes."""
+    return {
+        "kind": DatasetKind(cfg.name).value,
+        "root": os.path.realpath(resolve_root(cfg)),
+        "split": split,
+        "samples": len(reader),
+        "classes": len(reader.classes),
+    }
+
+
 def prepare_listings(cfg: DataConfig) -> None:
     """Indexes (and stores) the train and val splits, so that other processes of a launch read the stored
     index instead of walking the tree or scanning the files again; splits that are not there are left alone."""
@@ -169,6 +180,7 @@ __all__ = [
     "SampleReader",
     "ShardReader",
     "copy_of",
+    "describe_copy",
     "open_split",
     "prepare_listings",
 ]

@@ -33,7 +33,14 @@ def _identity(kind: str, files: Sequence[Path]) -> list:
     for path in files:
         stat = os.stat(path)
         facts.append(
-            [os.path.realpath(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
+            [
+                os.path.realpath(path),
+                stat.st_dev,
+                stat.st_ino,
+                stat.st_size,
+                stat.st_mtime_ns,
+                stat.st_ctime_ns,
+            ]
         )
     return [STORED_VERSION, kind, facts]
 

@@ -297,6 +297,7 @@ class Trainer:
             wandb_run_id=self.metrics.wandb_run_id if self.metrics else None,
             pretrained_cfg=Checkpoint.pretrained_cfg_of(self.model, self.config),
             ema=self.ema.state_dict() if self.ema is not None else None,
+            data_copy=self.train_loader.data_copy,
         )
 
     def _update_best_k(self, top1_error: float, finished: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
