@@ -8,6 +8,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -19,8 +22,9 @@ import torch
 from helpers.configs import compose_config
 from helpers.copies import CLASS_NAMES, WNIDS, make_every_copy, make_hub_shards, write_hub_parquet
 from helpers.data import tiny_config, write_jpeg
-from helpers.runs import TINY_DATA, TINY_MODEL, TINY_TRAIN
+from helpers.runs import EQUAL_RUN, KILL_STEP, TINY_DATA, TINY_MODEL, TINY_TRAIN, cli_env, run_train
 
+from delving.checkpoint import Checkpoint
 from delving.data import hub_shards, parquet, stored_index
 from delving.data.config import DatasetKind
 from delving.data.loaders import EvalLoader, TrainLoader
@@ -74,7 +78,7 @@ def test_every_copy_gives_bitwise_equal_training_batches(copies):
     """The same seed draws the same batches from the folder, our shards, the hub's shards and parquet (the
     three others store shuffled orders), and a mid-epoch restart with workers replays the same tail."""
     expected = [_batches(config(copies, "folder"), epoch) for epoch in (0, 1)]
-    assert len(expected[0]) == 5 and not torch.equal(expected[0][0][1], expected[1][0][1])
+    assert len(expected[0]) == 6 and not torch.equal(expected[0][0][1], expected[1][0][1])
     for kind in KINDS:
         for epoch in (0, 1):
             got = _batches(config(copies, kind), epoch)
@@ -220,3 +224,58 @@ def test_parquet_rows_are_read_in_place_through_their_row_group(copies):
     assert first.name.endswith(f":{reader.row_group[0]}/{reader.row[0]}:{WNIDS[0]}_1.JPEG")
     assert reader.class_names == CLASS_NAMES
     assert io.BytesIO(first.read()).getvalue()[:2] == b"\xff\xd8"
+
+
+# Training on each copy: SIGKILLed mid-epoch and relaunched, it ends bitwise equal to the uninterrupted run
+# on the folder (runs shared by the tests below: one uninterrupted, one killed + relaunched per copy).
+
+
+@pytest.fixture(scope="module")
+def copy_runs(copies, tmp_path_factory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("copy_runs")
+    data = [o for o in TINY_DATA if o != "data=synthetic"]
+
+    def overrides(kind: str) -> list[str]:
+        return [*data, f"data={kind}", f"data.root={copies[kind]}", *EQUAL_RUN]
+
+    runs = {"folder": base / "folder"}
+    run_train(runs["folder"], overrides("folder"))
+    for kind in KINDS:
+        runs[kind] = base / kind
+        killed = run_train(runs[kind], overrides(kind), check=False,
+                           env=cli_env(DELVING_KILL_AT_STEP=str(KILL_STEP)))  # fmt: skip
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+        run_train(runs[kind], [*overrides(kind), "resume=auto"])
+    return runs
+
+
+@pytest.mark.slow
+def test_a_run_killed_and_relaunched_on_any_copy_equals_the_folders_run_bitwise(copy_runs, copies):
+    expected = Checkpoint.load(copy_runs["folder"] / "last.pt")
+    assert expected.train_state["global_step"] == 12  # 48 images / batch 8 = 6 steps, 2 epochs
+    for kind in KINDS:
+        got = Checkpoint.load(copy_runs[kind] / "last.pt")
+        assert all(torch.equal(got.model[k], expected.model[k]) for k in expected.model), kind
+        assert got.data_copy == {"kind": kind, "root": os.path.realpath(copies[kind]), "split": "train",
+                                 "samples": 48, "classes": 4}  # fmt: skip
+
+
+@pytest.mark.slow
+def test_delving_eval_scores_a_checkpoint_on_another_copy_of_the_same_classes(copy_runs, copies, tmp_path):
+    """Trained on parquet, scored on the hub's shards and on the folder: the same predictions."""
+    checkpoint = copy_runs["parquet"] / "last.pt"
+    outputs = {}
+    for kind in ("wds", "folder"):
+        outputs[kind] = tmp_path / f"{kind}.npz"
+        result = subprocess.run(
+            [str(Path(sys.executable).parent / "delving-eval"), f"checkpoint={checkpoint}", f"data={kind}",
+             f"data.root={copies[kind]}", f"data.val_split={'validation' if kind == 'wds' else 'val'}",
+             "eval=center", *TINY_DATA[-5:], "device=cpu", f"output={outputs[kind]}"],
+            capture_output=True, text=True, env=cli_env(), cwd=tmp_path, timeout=300,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+    wds, folder = (np.load(outputs[kind], allow_pickle=False) for kind in ("wds", "folder"))
+    np.testing.assert_array_equal(wds["probs"], folder["probs"])
+    np.testing.assert_array_equal(wds["labels"], folder["labels"])
+    metadata = json.loads(str(wds["metadata"]))
+    assert metadata["trained_on"]["kind"] == "parquet" and metadata["dataset"]["name"] == "wds"

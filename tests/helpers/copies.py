@@ -23,8 +23,8 @@ WNIDS = ["n01440764", "n01443537", "n01484850", "n01491361"]
 CLASS_NAMES = ["tench, Tinca tinca", "goldfish, Carassius auratus", "great white shark", "tiger shark"]
 
 
-def make_imagenet_folder(root: Path, train_per_class: int = 11, val_per_class: int = 2) -> Path:
-    """root/train/<wnid>/<wnid>_<i>.JPEG (i = 1, 2, ..., 10, 11: `_1` and `_10` test the name order) and
+def make_imagenet_folder(root: Path, train_per_class: int = 12, val_per_class: int = 2) -> Path:
+    """root/train/<wnid>/<wnid>_<i>.JPEG (i = 1, 2, ..., 11, 12: `_1` and `_10` test the name order) and
     root/val/<wnid>/ILSVRC2012_val_<n>.JPEG, as ImageNet names its files."""
     val_no = 0
     for k, wnid in enumerate(WNIDS):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from delving.data.config import DataConfig, DatasetKind, validate
 from delving.data.datasets import check_class_lists, check_same_classes
-from delving.data.readers import copy_of, split_classes
+from delving.data.readers import FOLDER, copy_of, split_classes
 from delving.data.shards import index_path, open_shards
 from delving.data.synthetic import CACHE_ENV, COMPLETE_MARKER, MAX_CLASSES, SyntheticParams, default_root
 from delving.errors import ConfigError, UserError, require_at_least
@@ -77,7 +77,7 @@ def check_data_set(data: DataConfig) -> tuple[list[str] | None, int | None]:
                 f"({len(train)} vs {len(val)}): write both splits' shards from one data set"
             )
         return train, count
-    if data.name in (DatasetKind.wds, DatasetKind.parquet):
+    if copy_of(data) is not FOLDER:  # any other copy behind the readers' seam: its reader checks it
         return _indexed_copy(data, root)
     _existing_folder(root, "data.root", f"the folder that holds {data.train_split}/ and {data.val_split}/")
     for key, split in (("data.train_split", data.train_split), ("data.val_split", data.val_split)):

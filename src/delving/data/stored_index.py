@@ -4,11 +4,15 @@ Scanning the hub's 1,024 train shards' tar headers or its parquet files' label c
 minute; the arrays it gives are stored under the listing cache ($DELVING_DATA_CACHE/index/, data/index.py)
 and reused while every file it read is the same: real path, device, inode, size, and modification and change
 times (the change time is what no user can set back). Files changed within the last seconds are not trusted
-(their times may not move on the next change): that index is not stored.
+(their times may not move on the next change): that index is not stored. Processes that need the same
+index at once (the ranks of a launch, each in its preflight) take turns on a lock file beside it: one builds
+and stores it, the others then read it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -83,6 +87,20 @@ def _store(path: Path, identity: list, index: Index, started_ns: int) -> None:
             Path(tmp).unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def _turn(path: Path):
+    """Holds an exclusive lock on `<path>.lock` (no lock where the cache cannot be written)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path.with_suffix(".lock"), "a")  # noqa: SIM115 (held for the block)
+    except OSError:
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 def stored_index(kind: str, files: Sequence[Path], build: Callable[[], Index]) -> Index:
     """The index of `files`: the stored one while they are unchanged, else `build()` (then stored)."""
     if not files:
@@ -92,7 +110,11 @@ def stored_index(kind: str, files: Sequence[Path], build: Callable[[], Index]) -
     found = _load(path, identity)
     if found is not None:
         return found
-    started = time.time_ns()
-    index = build()
-    _store(path, identity, index, started)
+    with _turn(path):
+        found = _load(path, identity)  # another process may have built it while this one waited
+        if found is not None:
+            return found
+        started = time.time_ns()
+        index = build()
+        _store(path, identity, index, started)
     return index
