@@ -279,3 +279,31 @@ def test_delving_eval_scores_a_checkpoint_on_another_copy_of_the_same_classes(co
     np.testing.assert_array_equal(wds["labels"], folder["labels"])
     metadata = json.loads(str(wds["metadata"]))
     assert metadata["trained_on"]["kind"] == "parquet" and metadata["dataset"]["name"] == "wds"
+
+
+@pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT, tarfile.USTAR_FORMAT])
+def test_the_header_scan_finds_what_tarfile_finds(tmp_path, fmt):
+    """Long names (GNU 'L', pax 'path', ustar prefix), non-ASCII names, folders: the same members, offsets
+    and small members' bytes as Python's tarfile, which reads every header the slow way."""
+    long_name = "d" * 60 + "/" + "y" * 60 + ".jpg"
+    members = [
+        (long_name, b"J" * 700),
+        ("k.cls", b"3"),
+        ("dir/k.json", b'{"a": 1}'),
+        ("é" * 30 + ".cls", b"1"),
+    ]
+    path = tmp_path / "shard.tar"
+    with tarfile.open(path, "w", format=fmt) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        folder = tarfile.TarInfo("sub")
+        folder.type = tarfile.DIRTYPE
+        tar.addfile(folder)
+    small = hub_shards._is_small_member
+    with tarfile.open(path) as tar:
+        expected = [(m.name, m.offset_data, m.size, tar.extractfile(m).read() if small(m.name) else None)
+                    for m in tar if m.isfile()]  # fmt: skip
+    assert list(hub_shards.tar_members(path, small)) == expected
+    assert [name for name, *_ in expected] == [name for name, _ in members]

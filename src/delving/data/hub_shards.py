@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tarfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -95,35 +95,106 @@ def split_shards(root: Path, split: str) -> tuple[list[str], list[int] | None]:
     return names, None
 
 
+WINDOW = 1 << 14  # bytes read at a time: the headers and the small .cls/.json members of a few samples
+BLOCK = 512
+
+
+class _NotATar(ValueError):
+    pass
+
+
+def _octal(field: bytes) -> int:
+    if field[:1] and field[0] & 0x80:  # GNU base-256 for sizes past 8 GiB
+        return int.from_bytes(field[1:], "big")
+    digits = field.split(b"\0", 1)[0].strip()
+    try:
+        return int(digits, 8) if digits else 0
+    except ValueError:
+        raise _NotATar(f"a header field reads {digits[:12]!r}, not a number") from None
+
+
+def _pax_path(data: bytes) -> str | None:
+    """The `path` record of a pax extended header ('<len> path=<name>\n' records)."""
+    for record in data.decode("utf-8", "replace").split("\n"):
+        _, _, field = record.partition(" ")
+        if field.startswith("path="):
+            return field[5:]
+    return None
+
+
+def tar_members(path: Path, wanted: Callable[[str], bool]) -> Iterator[tuple[str, int, int, bytes | None]]:
+    """(name, data offset, size, data where `wanted(name)`, else None) of each regular file of a tar, from its
+    headers alone: the data of other members is skipped, never read. Reads a window at a time, so the headers
+    and small members of a few samples cost one read."""
+    with open(path, "rb", buffering=0) as file:
+        window, window_at, position = b"", 0, 0
+        long_name: str | None = None
+
+        def read(at: int, size: int) -> bytes:
+            nonlocal window, window_at
+            if not window_at <= at <= at + size <= window_at + len(window):
+                window, window_at = os.pread(file.fileno(), max(WINDOW, size), at), at
+            return window[at - window_at : at - window_at + size]
+
+        while True:
+            header = read(position, BLOCK)
+            if len(header) < BLOCK or header == bytes(BLOCK):
+                if position == 0:
+                    raise _NotATar("empty")
+                return  # the end-of-archive blocks (or a file that ends at a member boundary)
+            stored = _octal(header[148:156])
+            if stored != sum(header) - sum(header[148:156]) + 8 * 32:
+                raise _NotATar(f"bad header checksum at byte {position}")
+            size, kind = _octal(header[124:136]), header[156:157]
+            data_at = position + BLOCK
+            position = data_at + -(-size // BLOCK) * BLOCK
+            if kind in (b"L", b"x"):  # GNU long name, pax extended header: the next member's name
+                data = read(data_at, size)
+                long_name = data.rstrip(b"\0").decode("utf-8") if kind == b"L" else _pax_path(data)
+                continue
+            if kind not in (b"0", b"\0", b"7"):
+                long_name = None
+                continue  # folders, links, global headers
+            name = long_name
+            if name is None:
+                name = header[:100].split(b"\0", 1)[0].decode("utf-8")
+                prefix = header[345:500].split(b"\0", 1)[0] if header[257:262] == b"ustar" else b""
+                if prefix:
+                    name = f"{prefix.decode('utf-8')}/{name}"
+            long_name = None
+            yield name, data_at, size, read(data_at, size) if wanted(name) else None
+
+
+def _is_small_member(name: str) -> bool:
+    return name.endswith((".cls", ".json"))
+
+
 def _scan_shard(path: Path, shard_no: int) -> tuple[dict[str, list], list[bytes], list[bytes]]:
     """(members in tar order: shard_of, offsets, sizes, labels; keys; file names) of one shard."""
     images: dict[str, tuple[int, int]] = {}
     labels: dict[str, int] = {}
     filenames: dict[str, str] = {}
     try:
-        with tarfile.open(path, mode="r:") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                directory, _, base = member.name.rpartition("/")
-                stem, dot, ext = base.partition(".")
-                if not dot:
-                    continue
-                key = f"{directory}/{stem}" if directory else stem
-                ext = ext.lower()
-                if ext in IMAGE_EXTENSIONS:
-                    images[key] = (member.offset_data, member.size)
-                elif ext == "cls":
-                    labels[key] = int(tar.extractfile(member).read().strip())
-                elif ext == "json":
-                    meta = json.loads(tar.extractfile(member).read())
-                    if "filename" in meta:
-                        filenames[key] = str(meta["filename"])
-                    if key not in labels and "label" in meta:
-                        labels.setdefault(key, int(meta["label"]))
-    except tarfile.TarError as error:
+        for name, offset, size, data in tar_members(path, _is_small_member):
+            directory, _, base = name.rpartition("/")
+            stem, dot, ext = base.partition(".")
+            if not dot:
+                continue
+            key = f"{directory}/{stem}" if directory else stem
+            ext = ext.lower()
+            if ext in IMAGE_EXTENSIONS:
+                images[key] = (offset, size)
+            elif ext == "cls" and data is not None:
+                labels[key] = int(data.strip())
+            elif ext == "json" and data is not None:
+                meta = json.loads(data)
+                if "filename" in meta:
+                    filenames[key] = str(meta["filename"])
+                if "label" in meta:
+                    labels.setdefault(key, int(meta["label"]))
+    except (_NotATar, UnicodeDecodeError) as error:
         raise DataSetLayoutError(f"{path}: not a tar shard ({error}); re-download it") from None
-    except (ValueError, UnicodeDecodeError) as error:
+    except ValueError as error:
         raise DataSetLayoutError(f"{path}: a .cls or .json member is unreadable ({error})") from None
     unlabelled = [key for key in images if key not in labels]
     if unlabelled:
