@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing as mp
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -142,10 +143,13 @@ def tar_members(path: Path, wanted: Callable[[str], bool]) -> Iterator[tuple[str
                 if position == 0:
                     raise _NotATar("empty")
                 return  # the end-of-archive blocks (or a file that ends at a member boundary)
-            stored = _octal(header[148:156])
-            if stored != sum(header) - sum(header[148:156]) + 8 * 32:
-                raise _NotATar(f"bad header checksum at byte {position}")
-            size, kind = _octal(header[124:136]), header[156:157]
+            if position == 0 and _octal(header[148:156]) != sum(header) - sum(header[148:156]) + 8 * 32:
+                raise _NotATar("bad header checksum")  # a tar's first header, checked once: not a tar at all
+            try:
+                size = int(header[124:135], 8)  # the usual field: 11 octal digits
+            except ValueError:
+                size = _octal(header[124:136])
+            kind = header[156:157]
             data_at = position + BLOCK
             position = data_at + -(-size // BLOCK) * BLOCK
             if kind in (b"L", b"x"):  # GNU long name, pax extended header: the next member's name
@@ -215,27 +219,46 @@ def _scan_shard(path: Path, shard_no: int) -> tuple[dict[str, list], list[bytes]
     )
 
 
+def _scan_task(task: tuple[Path, int]) -> tuple[dict[str, list], list[bytes], list[bytes]]:
+    return _scan_shard(*task)
+
+
+def scan_processes(shards: int) -> int:
+    """Processes for the header scan: the shards are independent (at most 16, one per core)."""
+    return max(1, min(16, len(os.sched_getaffinity(0)), shards))
+
+
 def scan_shards(root: Path, split: str, names: list[str], lengths: list[int] | None):
-    """Builds the index of the split's shards from their tar headers (progress lines on the log)."""
+    """Builds the index of the split's shards from their tar headers, shards in parallel processes (progress
+    lines on the log)."""
     columns: dict[str, list] = {"shard_of": [], "offsets": [], "sizes": [], "labels": []}
     keys: list[bytes] = []
     files: list[bytes] = []
     started = last = time.monotonic()
-    for shard_no, name in enumerate(names):
-        members, shard_keys, shard_files = _scan_shard(root / name, shard_no)
-        if lengths is not None and len(shard_keys) != lengths[shard_no]:
-            raise InfoFileError(
-                f"{root / name}: {len(shard_keys)} samples, but the info file says {lengths[shard_no]}: a "
-                "truncated or replaced shard; re-download it"
-            )
-        for column, values in members.items():
-            columns[column].extend(values)
-        keys.extend(shard_keys)
-        files.extend(shard_files)
-        if time.monotonic() - last > PROGRESS_EVERY_S:
-            last = time.monotonic()
-            log.info("indexing %s: %d/%d shards, %d samples, %.0f s", split, shard_no + 1, len(names),
-                     len(keys), last - started)  # fmt: skip
+    tasks = [(root / name, shard_no) for shard_no, name in enumerate(names)]
+    processes = scan_processes(len(tasks))
+    pool = mp.get_context("fork").Pool(processes) if processes > 1 else None
+    try:
+        results = pool.imap(_scan_task, tasks, chunksize=4) if pool else map(_scan_task, tasks)
+        for shard_no, (members, shard_keys, shard_files) in enumerate(results):
+            name = names[shard_no]
+            if lengths is not None and len(shard_keys) != lengths[shard_no]:
+                raise InfoFileError(
+                    f"{root / name}: {len(shard_keys)} samples, but the info file says {lengths[shard_no]}: a "
+                    "truncated or replaced shard; re-download it"
+                )
+            for column, values in members.items():
+                columns[column].extend(values)
+            keys.extend(shard_keys)
+            files.extend(shard_files)
+            if time.monotonic() - last > PROGRESS_EVERY_S:
+                last = time.monotonic()
+                log.info("indexing %s: %d/%d shards, %d samples, %.0f s", split, shard_no + 1, len(names),
+                         len(keys), last - started)  # fmt: skip
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
     if not keys:
         raise DataSetNotFoundError(f"the shards of split {split!r} in {root} hold no images")
     arrays = {column: np.asarray(values, dtype=np.int64) for column, values in columns.items()}
