@@ -203,6 +203,26 @@ def test_hub_shards_val_without_wnids_takes_the_training_splits_classes(copies, 
     assert open_split(cfg, "validation")[1] == WNIDS
 
 
+def test_hub_shards_carry_class_names_and_refuse_a_label_named_twice(copies, tmp_path):
+    reader, _ = open_split(config(copies, "wds"), "train")
+    assert reader.class_names == CLASS_NAMES
+    renamed = tmp_path / "renamed"
+    renamed.mkdir()
+    for path in copies["wds"].iterdir():
+        os.link(path, renamed / path.name)
+    shard = renamed / "imagenet1k-train-0003.tar"
+    shard.unlink()
+    with tarfile.open(copies["wds"] / shard.name) as source, tarfile.open(shard, "w") as target:
+        for member in source:
+            data = source.extractfile(member).read()
+            if member.name.endswith(".json"):
+                data = json.dumps({**json.loads(data), "class_name": "another name"}).encode()
+                member.size = len(data)
+            target.addfile(member, io.BytesIO(data))
+    with pytest.raises(UserError, match=r"label \d is .* but 'another name' in imagenet1k-train-0003.tar"):
+        open_split(tiny_config(renamed, name=DatasetKind.wds, val_split="validation"), "train")
+
+
 def test_verify_data_names_a_bad_member_by_shard_and_key(copies, tmp_path):
     folder = _copy_tree(copies["folder"], tmp_path / "folder")
     bad = folder / "train" / WNIDS[2] / f"{WNIDS[2]}_3.JPEG"

@@ -173,11 +173,15 @@ def _is_small_member(name: str) -> bool:
     return name.endswith((".cls", ".json"))
 
 
-def _scan_shard(path: Path, shard_no: int) -> tuple[dict[str, list], list[bytes], list[bytes]]:
-    """(members in tar order: shard_of, offsets, sizes, labels; keys; file names) of one shard."""
+def _scan_shard(
+    path: Path, shard_no: int
+) -> tuple[dict[str, list], list[bytes], list[bytes], dict[int, str]]:
+    """(members in tar order: shard_of, offsets, sizes, labels; keys; file names; the json's class name of
+    each label) of one shard."""
     images: dict[str, tuple[int, int]] = {}
     labels: dict[str, int] = {}
     filenames: dict[str, str] = {}
+    named: dict[str, str] = {}
     try:
         for name, offset, size, data in tar_members(path, _is_small_member):
             directory, _, base = name.rpartition("/")
@@ -196,6 +200,8 @@ def _scan_shard(path: Path, shard_no: int) -> tuple[dict[str, list], list[bytes]
                     filenames[key] = str(meta["filename"])
                 if "label" in meta:
                     labels.setdefault(key, int(meta["label"]))
+                if "class_name" in meta:
+                    named[key] = str(meta["class_name"])
     except (_NotATar, UnicodeDecodeError) as error:
         raise DataSetLayoutError(f"{path}: not a tar shard ({error}); re-download it") from None
     except ValueError as error:
@@ -207,6 +213,13 @@ def _scan_shard(path: Path, shard_no: int) -> tuple[dict[str, list], list[bytes]
             "classification shard"
         )
     keys = list(images)  # tar order: reading a shard front to back stays sequential
+    class_names: dict[int, str] = {}
+    for key, name in named.items():
+        if class_names.setdefault(labels[key], name) != name:
+            raise DataSetLayoutError(
+                f"{path}: label {labels[key]} is {class_names[labels[key]]!r} and {name!r} ({key}.json): the labels "
+                "disagree with the class names the shards carry"
+            )
     return (
         {
             "shard_of": [shard_no] * len(keys),
@@ -216,10 +229,11 @@ def _scan_shard(path: Path, shard_no: int) -> tuple[dict[str, list], list[bytes]
         },
         [k.encode() for k in keys],
         [filenames.get(k, k.rpartition("/")[2] + KEY_EXTENSION).encode() for k in keys],
+        class_names,
     )
 
 
-def _scan_task(task: tuple[Path, int]) -> tuple[dict[str, list], list[bytes], list[bytes]]:
+def _scan_task(task: tuple[Path, int]) -> tuple[dict[str, list], list[bytes], list[bytes], dict[int, str]]:
     return _scan_shard(*task)
 
 
@@ -234,14 +248,22 @@ def scan_shards(root: Path, split: str, names: list[str], lengths: list[int] | N
     columns: dict[str, list] = {"shard_of": [], "offsets": [], "sizes": [], "labels": []}
     keys: list[bytes] = []
     files: list[bytes] = []
+    class_names: dict[int, tuple[str, str]] = {}  # label -> (name, the shard that named it)
     started = last = time.monotonic()
     tasks = [(root / name, shard_no) for shard_no, name in enumerate(names)]
     processes = scan_processes(len(tasks))
     pool = mp.get_context("fork").Pool(processes) if processes > 1 else None
     try:
         results = pool.imap(_scan_task, tasks, chunksize=4) if pool else map(_scan_task, tasks)
-        for shard_no, (members, shard_keys, shard_files) in enumerate(results):
+        for shard_no, (members, shard_keys, shard_files, shard_classes) in enumerate(results):
             name = names[shard_no]
+            for label, class_name in shard_classes.items():
+                first = class_names.setdefault(label, (class_name, name))
+                if first[0] != class_name:
+                    raise DataSetLayoutError(
+                        f"{root}: label {label} is {first[0]!r} in {first[1]} but {class_name!r} in {name}: the "
+                        "labels disagree with the class names the shards carry"
+                    )
             if lengths is not None and len(shard_keys) != lengths[shard_no]:
                 raise InfoFileError(
                     f"{root / name}: {len(shard_keys)} samples, but the info file says {lengths[shard_no]}: a "
@@ -268,7 +290,8 @@ def scan_shards(root: Path, split: str, names: list[str], lengths: list[int] | N
     wnids = label_wnids(arrays["labels"], packed(arrays, "name"), count, f"{root} split {split!r}")
     log.info("indexed %s: %d samples in %d shards in %.1f s", split, len(keys), len(names),
              time.monotonic() - started)  # fmt: skip
-    return {"label_wnids": wnids}, arrays
+    carried = [class_names.get(k, ("",))[0] for k in range(count)] if class_names else None
+    return {"label_wnids": wnids, "class_names": carried}, arrays
 
 
 def open_hub_shards(root: str | os.PathLike, split: str, train_split: str) -> ShardReader:
@@ -287,7 +310,8 @@ def open_hub_shards(root: str | os.PathLike, split: str, train_split: str) -> Sh
 
     classes = resolve_classes(list(facts["label_wnids"]), root, where, train_classes)
     members = {column: arrays[column] for column in ("shard_of", "offsets", "sizes", "labels")}
-    return ShardReader(root=root, files=names, keys=packed(arrays, "key"), classes=classes, **members)
+    return ShardReader(root=root, files=names, keys=packed(arrays, "key"), classes=classes,
+                       class_names=facts.get("class_names"), **members)  # fmt: skip
 
 
 def has_split(root: str | os.PathLike, split: str) -> bool:

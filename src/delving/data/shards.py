@@ -113,6 +113,7 @@ class ShardReader:
     labels: np.ndarray
     keys: PackedStrings
     classes: list[str]
+    class_names: list[str] | None = None  # as the shards carry them (the hub's `.json` class_name)
 
     @classmethod
     def in_canonical_order(
