@@ -19,7 +19,10 @@ import numpy as np
 from delving.data.datasets import CLASS_NAME_FILES, ClassListError, DataSetLayoutError, read_class_names_file
 from delving.data.index import PackedStrings
 
-_WNID = re.compile(rb"(?:^|[_/])(n\d{8})(?=[_.]|$)")
+# A wnid at the start of a name or after `_` or `/` (searched inside one buffer of all names: `^` would not
+# match at a name's start there, so the start is tried with match()).
+_WNID_FIRST = re.compile(rb"(n\d{8})(?=[_.]|$)")
+_WNID_INSIDE = re.compile(rb"[_/](n\d{8})(?=[_.]|$)")
 
 
 def check_label_range(labels: np.ndarray, count: int, where: str) -> None:
@@ -36,11 +39,13 @@ def label_wnids(labels: np.ndarray, names: PackedStrings, count: int, where: str
     """Per label, the wnid its samples' file names carry ("" where none does); refuses a label whose names
     carry two wnids, or a wnid under two labels."""
     found: list[str] = [""] * count
-    for i in range(len(names)):
-        match = _WNID.search(names.raw(i))
+    blob, offsets = names.blob.tobytes(), names.offsets.tolist()
+    first, inside = _WNID_FIRST.match, _WNID_INSIDE.search
+    for i, label in enumerate(labels.tolist()):
+        match = first(blob, offsets[i], offsets[i + 1]) or inside(blob, offsets[i], offsets[i + 1])
         if match is None:
             continue
-        wnid, label = match.group(1).decode(), int(labels[i])
+        wnid = match.group(1).decode()
         if not found[label]:
             found[label] = wnid
         elif found[label] != wnid:

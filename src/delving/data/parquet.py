@@ -17,13 +17,13 @@ import io
 import json
 import logging
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from delving.data.class_ids import check_label_range, label_wnids, resolve_classes
@@ -36,13 +36,15 @@ log = logging.getLogger(__name__)
 
 # The hub appended the wnid to ImageNet's file names (`n01440764_10026_n01440764.JPEG`): the canonical order
 # sorts by the original name, as the folder layout does (`_1_` and `_10_` sort unlike `_1.` and `_10.`).
-_APPENDED_WNID = re.compile(rb"^(.+)_n\d{8}(\.[A-Za-z]+)$")
+_FOLDERS = r"^.*/"
+_APPENDED_WNID = r"^(.+)_n\d{8}(\.[A-Za-z]+)$"
 
 
-def original_name(path: str) -> bytes:
-    """The image's ImageNet file name: the base name, without a wnid the hub appended."""
-    name = os.path.basename(path).encode()
-    return _APPENDED_WNID.sub(rb"\1\2", name)
+def original_names(paths: pa.Array) -> list[bytes]:
+    """The images' ImageNet file names: base names, without a wnid the hub appended (vectorised: RE2)."""
+    names = pc.replace_substring_regex(paths, pattern=_FOLDERS, replacement="")
+    names = pc.replace_substring_regex(names, pattern=_APPENDED_WNID, replacement=r"\1\2")
+    return [name.encode() for name in names.to_pylist()]
 
 
 def split_files(root: Path, split: str) -> list[Path]:
@@ -92,12 +94,12 @@ def _file_index(path: Path, file_no: int) -> tuple[dict[str, np.ndarray], list[b
     has_path = schema.field("image").type.get_field_index("path") >= 0
     table = parquet.read(columns=["label", "image.path"] if has_path else ["label"])
     labels = table.column("label").to_numpy(zero_copy_only=False).astype(np.int64)
-    if has_path:
-        paths = table.column("image").combine_chunks().field("path").to_pylist()
-    else:
-        paths = [None] * len(labels)
+    paths = table.column("image").combine_chunks().field("path") if has_path else None
+    if paths is not None and paths.null_count == 0:
+        names = original_names(paths)
+    else:  # no file names: the row's place sorts the samples of a class
+        names = [f"{path.name}:{i:09d}".encode() for i in range(len(labels))]
     rows = [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)]
-    names = [original_name(p) if p else f"{path.name}:{i:09d}".encode() for i, p in enumerate(paths)]
     arrays = {
         "file_of": np.full(len(labels), file_no, dtype=np.int64),
         "row_group": np.repeat(np.arange(len(rows), dtype=np.int64), rows),
