@@ -6,6 +6,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
+from delving.config import config_dir
 from delving.data.config import DataConfig, DatasetKind, Normalize, as_data_config, validate
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -15,7 +16,7 @@ def _compose_data(name: str, overrides: list[str] = ()) -> DataConfig:
     return compose_config([f"+data={name}", *overrides], config_name=None).data
 
 
-@pytest.mark.parametrize("name", ["synthetic", "imagenet", "folder", "shards"])
+@pytest.mark.parametrize("name", [p.stem for p in sorted((config_dir() / "data").glob("*.yaml"))])
 def test_every_data_yaml_composes_against_the_schema(name):
     data = _compose_data(name, [] if name == "synthetic" else ["data.root=/some/where"])
     assert OmegaConf.get_type(data) is DataConfig
@@ -49,7 +50,7 @@ def test_wrong_enum_value_names_the_allowed_values():
     with pytest.raises(ConfigCompositionException) as bad_name:
         _compose_data("folder", ["data.root=/x", "data.name=imagenett"])
     assert isinstance(bad_name.value.__cause__, ValidationError)
-    assert "[synthetic, imagenet, folder, shards]" in str(bad_name.value.__cause__)
+    assert "[synthetic, imagenet, folder, shards, wds, parquet]" in str(bad_name.value.__cause__)
     with pytest.raises(ConfigCompositionException) as bad_norm:
         _compose_data("folder", ["data.root=/x", "data.normalize=std"])
     assert "[mean, mean_std, mean_image]" in str(bad_norm.value.__cause__)

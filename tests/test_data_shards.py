@@ -12,6 +12,7 @@ from webdataset import WebDataset
 from delving.data.config import DatasetKind
 from delving.data.datasets import ClassListError
 from delving.data.loaders import EvalLoader, TrainLoader
+from delving.data.readers import open_split
 from delving.data.shards import ShardReader, write_shards
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "make_shards.py"
@@ -45,7 +46,8 @@ def test_shards_are_webdataset_tars_with_an_index(shards):
         assert len(tar.getnames()) == 20
     reader = ShardReader.open(root, "train")
     assert len(reader) == 39 and sorted(reader.labels.tolist()) == [0] * 13 + [1] * 13 + [2] * 13
-    assert reader.source(0).read() == samples[0]["jpg"]
+    first = next(i for i in range(len(reader)) if reader.sample_id(i) == samples[0]["__key__"])
+    assert reader.source(first).read() == samples[0]["jpg"]
 
 
 def test_every_rank_gets_equal_batches_reproducibly(shards):
@@ -75,14 +77,18 @@ def test_shard_loader_resume_and_workers(shards):
         assert torch.equal(a, b) and torch.equal(la, lb)
 
 
-def test_shard_order_reads_one_shard_at_a_time(shards):
-    _, root = shards
+def test_shards_keep_the_folders_order_and_epoch_permutation(shards):
+    """The shards store a shuffled order; the reader gives the folder's (the canonical order), so a seed
+    draws the same images from both (before: shard by shard, another order than the folder's)."""
+    source, root = shards
     reader = ShardReader.open(root, "train")
-    order = reader.epoch_order(seed=0, epoch=0)
-    assert sorted(order.tolist()) == list(range(39))
-    shard_runs = [int(reader.shard_of[i]) for i in order]
-    changes = sum(a != b for a, b in itertools.pairwise(shard_runs))
-    assert changes == 3  # 4 shards, each read as one contiguous run
+    folder, _ = open_split(tiny_config(source), "train")
+    assert [reader.source(i).read() for i in range(len(reader))] == [
+        Path(folder.source(i)).read_bytes() for i in range(len(folder))
+    ]
+    assert reader.epoch_order(seed=3, epoch=1).tolist() == folder.epoch_order(seed=3, epoch=1).tolist()
+    shard_runs = [int(reader.shard_of[i]) for i in reader.epoch_order(seed=1, epoch=0)]
+    assert sum(a != b for a, b in itertools.pairwise(shard_runs)) > 3  # reads move between shards
 
 
 def test_shard_eval_covers_val_once(shards):

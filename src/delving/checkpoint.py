@@ -95,6 +95,9 @@ class Checkpoint:
     mean_image: torch.Tensor | None = None
     # What decided the arithmetic of the launch that saved it (delving.reproducible.arithmetic()).
     arithmetic: dict[str, Any] = field(default_factory=dict)
+    # The copy of the data set it was trained on (data/readers.py describe_copy: kind, root, split, sizes);
+    # evaluation may read any copy of the same classes and records both. None in older checkpoints.
+    data_copy: dict[str, Any] | None = None
 
     def save(self, path: str | os.PathLike) -> Path:
         """Every tensor on the CPU, so a plain torch.load reads the file on a machine without a GPU."""

@@ -1,5 +1,6 @@
-"""Data: the data sets (synthetic default, ImageNet/folder layout, WebDataset shards), the paper's transforms,
-and loaders whose order and augmentation depend only on (seed, epoch).
+"""Data: the data sets (synthetic default, ImageNet/folder layout, WebDataset shards, the hub's shards and
+parquet read in place behind one reader seam, readers.COPIES), the paper's transforms, and loaders whose order
+and augmentation depend only on (seed, epoch).
 
 The names below are imported on first use (PEP 562), so `import delving.data.config` (every entry point's
 schemas) does not pull in torchvision through the transforms.

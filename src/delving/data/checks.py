@@ -3,7 +3,10 @@ global batch of training images, its mean image, and room for the synthetic set.
 
 What a launch's preflight asks of the data room. It reads folder names, the file names of the first class
 folders and shard indexes only (no image, no full listing) and never generates the synthetic set (a few of
-its images are rendered in memory to estimate its size); each refusal is a ConfigError naming the key.
+its images are rendered in memory to estimate its size); each refusal is a ConfigError naming the key. The
+hub's copies (data=wds, data=parquet) are indexed here, once (the index is stored; the loaders reuse it):
+their refusals (no shards, a shard that is not a tar, a parquet file without an image column, labels out of
+range or against the class names) come before the run folder exists.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from delving.data.config import DataConfig, DatasetKind, Normalize, validate
-from delving.data.datasets import IMG_EXTENSIONS, check_same_classes
+from delving.data.datasets import IMG_EXTENSIONS, check_class_lists, check_same_classes
 from delving.data.normalize import MEAN_IMAGE_FILE
+from delving.data.readers import FOLDER, copy_of, split_classes
 from delving.data.shards import index_path, open_shards
 from delving.data.synthetic import (
     CACHE_ENV,
@@ -85,6 +89,8 @@ def check_data_set(data: DataConfig) -> tuple[list[str] | None, int | None]:
                 f"({len(train)} vs {len(val)}): write both splits' shards from one data set"
             )
         return train, count
+    if copy_of(data) is not FOLDER:  # any other copy behind the readers' seam: its reader checks it
+        return _indexed_copy(data, root)
     _existing_folder(root, "data.root", f"the folder that holds {data.train_split}/ and {data.val_split}/")
     for key, split in (("data.train_split", data.train_split), ("data.val_split", data.val_split)):
         folder = root / split
@@ -101,6 +107,28 @@ def check_data_set(data: DataConfig) -> tuple[list[str] | None, int | None]:
         raise
     except (OSError, ValueError) as error:
         raise ConfigError(f"data.root={root}: {error}") from None
+
+
+def _indexed_copy(data: DataConfig, root: Path) -> tuple[list[str], int]:
+    """A copy behind the readers' seam (data/readers.py `COPIES`): both splits opened (indexed once, stored)."""
+    copy = copy_of(data)
+    _existing_folder(root, "data.root", f"the folder holding {copy.layout}")
+    try:
+        train = copy.open(root, data.train_split, data)
+        val = split_classes(data, root, data.val_split)
+        if val is None:
+            raise ConfigError(
+                f"data={data.name.value} data.root={root} has no split {data.val_split!r} (data.val_split="
+                f"{data.val_split}): the validation split the trainer scores each epoch; check data.val_split"
+            )
+        check_class_lists(
+            train.classes, val, f"split {data.train_split!r}", f"split {data.val_split!r}", root
+        )
+    except UserError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ConfigError(f"data.root={root}: {error}") from None
+    return list(train.classes), len(train)
 
 
 def _shard_index(root: Path, split: str, key: str) -> tuple[list[str], int]:

@@ -21,6 +21,8 @@ class DatasetKind(str, Enum):
     imagenet = "imagenet"
     folder = "folder"
     shards = "shards"
+    wds = "wds"  # WebDataset shards as the hub publishes them (timm/imagenet-1k-wds), read in place
+    parquet = "parquet"  # parquet files in the hub's ImageNet-1k schema, read in place
 
 
 class Normalize(str, Enum):

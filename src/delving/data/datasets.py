@@ -237,8 +237,11 @@ def read_class_names_file(path: str | os.PathLike) -> dict[str, str]:
     return names
 
 
-def class_names(cfg: DataConfig, root: str | os.PathLike, classes: list[str]) -> list[str]:
-    """Human-readable names for reports; the folder names where no name source exists (never an error)."""
+def class_names(
+    cfg: DataConfig, root: str | os.PathLike, classes: list[str], carried: list[str] | None = None
+) -> list[str]:
+    """Human-readable names for reports; those the copy carries (the hub's), else the folder names, where no
+    name source exists (never an error)."""
     root = Path(root)
     candidates = (
         [Path(cfg.class_names_file)] if cfg.class_names_file else [root / f for f in CLASS_NAME_FILES]
@@ -252,4 +255,6 @@ def class_names(cfg: DataConfig, root: str | os.PathLike, classes: list[str]) ->
         devkit = root / "ILSVRC2012_devkit_t12"
         if (devkit / "data" / "meta.mat").is_file():
             names = read_devkit_meta(devkit)[1]
+        elif carried is not None and len(carried) == len(classes):
+            names = {wnid: name or wnid for wnid, name in zip(classes, carried, strict=True)}
     return [names.get(wnid, wnid) for wnid in classes]

@@ -39,7 +39,7 @@ from delving.data.config import DataConfig, DataConfigError, as_data_config
 from delving.data.decode import BadImageError, ImageSource, TooManyBadImagesError
 from delving.data.device_decode import DeviceTrainTransform, EncodedImage, read_for_device
 from delving.data.normalize import InputNormalizer, lighting_offset
-from delving.data.readers import SampleReader, open_split
+from delving.data.readers import SampleReader, describe_copy, open_split
 from delving.data.transforms import EvalTransform, TrainDraws, TrainTransform, sample_rng
 
 log = logging.getLogger(__name__)
@@ -366,6 +366,7 @@ class TrainLoader(_WorkerOwner):
         self.reader = reader  # its listing: ranks compare it (data/same_data.py)
         self.num_classes = len(self.classes)
         self.num_samples = len(reader)
+        self.data_copy = describe_copy(cfg, cfg.train_split, reader)  # what the checkpoint records
         self.batches = _EpochBatches(reader, batch_size, rank, world_size, seed)
         self.steps_per_epoch = self.batches.steps_per_epoch
         if self.steps_per_epoch == 0:  # preflight counted the files; the listing may have found fewer

@@ -1,14 +1,21 @@
-"""Readers: random access to one split's samples (folders or shards), the bottom of the loaders' stack.
+"""Readers: random access to one split's samples, whatever the copy, the bottom of the loaders' stack.
 
-A reader keeps its index in arrays (data/index.py), so forked loader workers share its pages instead of
-copying them. `open_split` is the one way in: it validates the data config, finds the split (the synthetic
-set is generated on first use), and refuses a train/val pair whose classes differ.
+Every copy of a data set (the folder layout, our shards, the hub's shards, parquet files) is one `Copy` in
+`COPIES`: how to open a split's reader, whether a split is there, and what data.root must hold. The loaders,
+delving-verify-data, the mean image, evaluation and preflight's data checks all go through it, so a new copy
+is one reader module and one entry here. Each reader keeps its index in arrays (data/index.py), so forked
+loader workers share its pages, and its samples in the canonical order (data/order.py), so a seed draws the
+same batches from every copy of the same images. `open_split` is the one way in: it validates the data
+config, finds the split (the synthetic set is generated on first use), and refuses a train/val pair whose
+classes differ.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -17,11 +24,20 @@ import numpy as np
 from delving.data.config import DataConfig, DatasetKind, validate
 from delving.data.datasets import check_class_lists, existing_root, list_classes, resolve_root
 from delving.data.decode import ImageSource
+from delving.data.hub_shards import has_split as has_hub_split
+from delving.data.hub_shards import open_hub_shards
 from delving.data.index import FolderListing, folder_listing
+from delving.data.order import epoch_permutation
+from delving.data.parquet import ParquetReader, open_parquet
+from delving.data.parquet import has_split as has_parquet_split
 from delving.data.shards import ShardReader, index_path, open_shards
 
 
 class SampleReader(Protocol):
+    """One split of a copy: samples in the canonical order, `classes[k]` the class of label k."""
+
+    classes: list[str]
+
     def __len__(self) -> int: ...
 
     def label(self, i: int) -> int: ...
@@ -37,6 +53,7 @@ class FolderReader:
     """Samples of a folder data set, in torchvision's ImageFolder order."""
 
     def __init__(self, listing: FolderListing) -> None:
+        self.classes = listing.classes
         self.split_dir = os.fspath(listing.split_dir)
         self.paths = listing.paths  # relative to split_dir, packed: no Python object per sample
         self.labels = listing.labels
@@ -55,7 +72,54 @@ class FolderReader:
         return os.path.join(self.split_dir, self.paths[i])
 
     def epoch_order(self, seed: int, epoch: int) -> np.ndarray:
-        return np.random.default_rng((seed, epoch, 0)).permutation(len(self.labels))
+        return epoch_permutation(len(self.labels), seed, epoch)
+
+
+@dataclass(frozen=True)
+class Copy:
+    """One way a data set is stored: how its splits are opened and found, and what data.root holds."""
+
+    open: Callable[[Path, str, DataConfig], SampleReader]  # (root, split, cfg): the split's reader
+    has_split: Callable[[Path, str], bool]
+    layout: str  # what data.root holds, for messages ("... (holding <layout>)")
+    # The class list of a split without reading its whole index (the train/val check), where cheaper.
+    split_classes: Callable[[Path, str, DataConfig], list[str]] | None = None
+
+
+def _open_folder(root: Path, split: str, cfg: DataConfig) -> FolderReader:
+    return FolderReader(folder_listing(existing_root(root) / split))
+
+
+FOLDER = Copy(
+    _open_folder,
+    lambda root, split: (root / split).is_dir(),
+    "train/ and val/",
+    lambda root, split, cfg: list_classes(root / split),
+)
+COPIES: dict[DatasetKind, Copy] = {
+    DatasetKind.synthetic: FOLDER,
+    DatasetKind.imagenet: FOLDER,
+    DatasetKind.folder: FOLDER,
+    DatasetKind.shards: Copy(
+        lambda root, split, cfg: open_shards(root, split),
+        lambda root, split: index_path(root, split).is_file(),
+        "<split>.json and <split>-NNNNNN.tar shards",
+    ),
+    DatasetKind.wds: Copy(
+        lambda root, split, cfg: open_hub_shards(root, split, cfg.train_split),
+        has_hub_split,
+        "_info.json and *-<split>-NNNN.tar shards, as the hub publishes them",
+    ),
+    DatasetKind.parquet: Copy(
+        lambda root, split, cfg: open_parquet(root, split, cfg.train_split),
+        has_parquet_split,
+        "data/<split>-NNNNN-of-NNNNN.parquet files, as the hub publishes them",
+    ),
+}
+
+
+def copy_of(cfg: DataConfig) -> Copy:
+    return COPIES[DatasetKind(cfg.name)]
 
 
 LISTING_BLOCK = 4096  # samples per digest block: a mismatch is located by block, then entry by entry
@@ -88,7 +152,7 @@ def listing_entries(reader: SampleReader, start: int, stop: int) -> list[tuple[s
 
 
 def open_split(cfg: DataConfig, split: str, fresh_listing: bool = False) -> tuple[SampleReader, list[str]]:
-    """The reader and class list of one split of the configured data set (folders or shards).
+    """The reader and class list of one split of the configured data set (any copy).
     `fresh_listing`: list a folder split afresh whatever is stored (and store the new listing).
 
     When `split` is the train or the val split and the other one exists, their class lists must be equal:
@@ -96,15 +160,14 @@ def open_split(cfg: DataConfig, split: str, fresh_listing: bool = False) -> tupl
     """
     validate(cfg)
     root = resolve_root(cfg)
-    if cfg.name == DatasetKind.shards:
-        shards = open_shards(root, split)
-        reader: SampleReader = shards
-        classes = shards.classes
+    copy = copy_of(cfg)
+    if fresh_listing and copy is FOLDER:
+        reader: SampleReader = FolderReader(folder_listing(existing_root(root) / split, fresh=True))
     else:
-        listing = folder_listing(existing_root(root) / split, fresh=fresh_listing)
-        reader, classes = FolderReader(listing), listing.classes
+        reader = copy.open(root, split, cfg)
+    classes = reader.classes
     other = {cfg.train_split: cfg.val_split, cfg.val_split: cfg.train_split}.get(split)
-    other_classes = None if other is None else _split_classes(cfg, root, other)
+    other_classes = None if other is None else split_classes(cfg, root, other)
     if other_classes is not None:
         train_first = split == cfg.train_split
         train, val = (classes, other_classes) if train_first else (other_classes, classes)
@@ -112,28 +175,46 @@ def open_split(cfg: DataConfig, split: str, fresh_listing: bool = False) -> tupl
     return reader, classes
 
 
-def _split_classes(cfg: DataConfig, root: Path, split: str) -> list[str] | None:
-    """The class list of another split, or None where that split is not there (e.g. a val-only copy)."""
-    if cfg.name == DatasetKind.shards:
-        return open_shards(root, split).classes if index_path(root, split).is_file() else None
-    return list_classes(root / split) if (root / split).is_dir() else None
+def split_classes(cfg: DataConfig, root: Path, split: str) -> list[str] | None:
+    """The class list of a split, or None where that split is not there (e.g. a val-only copy)."""
+    copy = copy_of(cfg)
+    if not copy.has_split(root, split):
+        return None
+    if copy.split_classes is not None:
+        return copy.split_classes(root, split, cfg)
+    return copy.open(root, split, cfg).classes
+
+
+def describe_copy(cfg: DataConfig, split: str, reader: SampleReader) -> dict:
+    """Which copy a run read (the data contract a checkpoint records): kind, real root, split, sizes."""
+    return {
+        "kind": DatasetKind(cfg.name).value,
+        "root": os.path.realpath(resolve_root(cfg)),
+        "split": split,
+        "samples": len(reader),
+        "classes": len(reader.classes),
+    }
 
 
 def prepare_listings(cfg: DataConfig) -> None:
-    """Lists (and stores) the train and val folders, so that other processes of a launch read the stored
-    listing instead of walking the tree again; shards and splits that are not there are left alone."""
-    if cfg.name == DatasetKind.shards:
-        return
+    """Indexes (and stores) the train and val splits, so that other processes of a launch read the stored
+    index instead of walking the tree or scanning the files again; splits that are not there are left alone."""
     root = resolve_root(cfg)
+    copy = copy_of(cfg)
     for split in (cfg.train_split, cfg.val_split):
-        if (root / split).is_dir():
-            folder_listing(root / split)
+        if copy.has_split(root, split):
+            copy.open(root, split, cfg)
 
 
 __all__ = [
+    "COPIES",
+    "Copy",
     "FolderReader",
+    "ParquetReader",
     "SampleReader",
     "ShardReader",
+    "copy_of",
+    "describe_copy",
     "listing_block_digests",
     "listing_entries",
     "open_split",

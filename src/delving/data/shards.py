@@ -3,7 +3,11 @@
 Each shard is a plain WebDataset tar (`<key>.jpg` with the original file bytes, `<key>.cls` with the class
 index), readable by any WebDataset pipeline. Next to the shards, `<split>.json` records the classes and, per
 shard, each member's byte offset and label: with it every rank can compute the same global order and read any
-sample directly, which keeps step counts identical on all ranks and makes mid-epoch resume exact.
+sample directly, which keeps step counts identical on all ranks and makes mid-epoch resume exact. The
+reader keeps the samples in the canonical order (data/order.py: class, then key; the keys are the samples'
+positions in the folder listing, so that is the folder's order), and an epoch draws the same permutation of
+it as every other copy: a seed trains on the same batches from the shards as from the folder (the reads jump
+between shards; on a network file system the page cache or a local copy keeps that cheap).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import webdataset as wds
 
 from delving.data.datasets import DataSetNotFoundError, existing_root, walk_split
 from delving.data.index import PackedStrings
+from delving.data.order import canonical_order, epoch_permutation
 
 INDEX_VERSION = 1
 
@@ -108,22 +113,41 @@ class ShardReader:
     labels: np.ndarray
     keys: PackedStrings
     classes: list[str]
+    class_names: list[str] | None = None  # as the shards carry them (the hub's `.json` class_name)
+
+    @classmethod
+    def in_canonical_order(
+        cls,
+        root: Path,
+        files: list[str],
+        members: dict[str, np.ndarray],
+        keys: PackedStrings,
+        names: PackedStrings,
+        classes: list[str],
+    ) -> ShardReader:
+        """The reader of members given in storage order (`members`: shard_of, offsets, sizes, labels), sorted
+        by (label, name): `names` are the images' file names, or anything sorting as they do."""
+        order = canonical_order(members["labels"], names)
+        picked = {name: np.ascontiguousarray(array[order]) for name, array in members.items()}
+        key_list = [keys.raw(int(i)) for i in order]
+        return cls(root=root, files=files, keys=PackedStrings.from_bytes(key_list), classes=classes, **picked)
 
     @classmethod
     def open(cls, root: str | os.PathLike, split: str) -> ShardReader:
         meta = read_index(root, split)
         shards = meta["shards"]
-        return cls(
-            root=Path(root),
-            files=[s["file"] for s in shards],
-            shard_of=np.concatenate(
+        keys = PackedStrings.from_strings([k for s in shards for k in s["keys"]])
+        members = {
+            "shard_of": np.concatenate(
                 [np.full(len(s["keys"]), n, dtype=np.int64) for n, s in enumerate(shards)]
             ),
-            offsets=np.concatenate([np.asarray(s["offsets"], dtype=np.int64) for s in shards]),
-            sizes=np.concatenate([np.asarray(s["sizes"], dtype=np.int64) for s in shards]),
-            labels=np.concatenate([np.asarray(s["labels"], dtype=np.int64) for s in shards]),
-            keys=PackedStrings.from_strings([k for s in shards for k in s["keys"]]),
-            classes=list(meta["classes"]),
+            "offsets": np.concatenate([np.asarray(s["offsets"], dtype=np.int64) for s in shards]),
+            "sizes": np.concatenate([np.asarray(s["sizes"], dtype=np.int64) for s in shards]),
+            "labels": np.concatenate([np.asarray(s["labels"], dtype=np.int64) for s in shards]),
+        }
+        # The keys are the samples' positions in the folder listing (fixed width): they sort as its file names.
+        return cls.in_canonical_order(
+            Path(root), [s["file"] for s in shards], members, keys, keys, list(meta["classes"])
         )
 
     def __len__(self) -> int:
@@ -145,13 +169,7 @@ class ShardReader:
         return data
 
     def epoch_order(self, seed: int, epoch: int) -> np.ndarray:
-        """Shards in a random order, each shard's samples shuffled: batches read from one or two files at a time."""
-        rng = np.random.default_rng((seed, epoch, 0))
-        bounds = np.searchsorted(
-            self.shard_of, np.arange(len(self.files) + 1)
-        )  # samples are grouped by shard
-        shard_order = rng.permutation(len(self.files))
-        return np.concatenate([rng.permutation(np.arange(bounds[n], bounds[n + 1])) for n in shard_order])
+        return epoch_permutation(len(self.labels), seed, epoch)
 
 
 _OPENED: dict[

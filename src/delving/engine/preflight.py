@@ -29,6 +29,7 @@ from delving.data.checks import (
     count_training_images,
 )
 from delving.data.config import DataConfig, DatasetKind
+from delving.data.readers import copy_of
 from delving.dist import check_device, pick_device
 from delving.engine.config import AppConfig, SchedKind, TrainConfig, as_app_config
 from delving.errors import ConfigError, require_at_least
@@ -90,9 +91,9 @@ def _check_data_root_given(data: DataConfig | DictConfig) -> None:
         return
     kind = data.name.value
     where = "ILSVRC-2012 in the folder layout" if kind == "imagenet" else "the data set"
-    layout = "<split>.json and <split>-NNNNNN.tar shards" if kind == "shards" else "train/ and val/"
     raise ConfigError(
-        f"data.root is not set: data={kind} reads {where}; give data.root=/path/to/the/folder (holding {layout}), "
+        f"data.root is not set: data={kind} reads {where}; give data.root=/path/to/the/folder (holding "
+        f"{copy_of(data).layout}), "
         f"{DEMO_HINT}"
     )
 

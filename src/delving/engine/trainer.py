@@ -329,6 +329,7 @@ class Trainer:
             ema=self.ema.state_dict() if self.ema is not None else None,
             mean_image=self._mean_image(),
             arithmetic=self.arithmetic,
+            data_copy=self.train_loader.data_copy,
         )
 
     def _mean_image(self) -> torch.Tensor | None:

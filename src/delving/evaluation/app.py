@@ -284,7 +284,8 @@ def _eval_checkpoint(
                 "folders are taken to be the ones the model was trained on",
                 file=sys.stderr,
             )
-    extra = provenance(checkpoint, sha256, saved.config["model"], eval_cfg, data_cfg)
+    extra = {**provenance(checkpoint, sha256, saved.config["model"], eval_cfg, data_cfg),
+             "trained_on": saved.data_copy}  # fmt: skip
     result = evaluate(model, data_cfg, eval_cfg, cfg.split, ctx, classes=saved.classes, extra_metadata=extra)
     if not ctx.is_main:
         return None

@@ -385,7 +385,9 @@ def _metadata(
             "limit": eval_cfg.limit,
         },
         "classes": split.classes,
-        "class_names": class_names(data_cfg, split.root, split.classes),
+        "class_names": class_names(
+            data_cfg, split.root, split.classes, getattr(split.reader, "class_names", None)
+        ),
         "num_images": result.num_images,
         "skipped_images": result.skipped_images,
         "skipped_ids": skipped_ids,
