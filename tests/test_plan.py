@@ -13,7 +13,7 @@ import pytest
 import yaml
 from helpers.runs import TINY_DATA, TINY_MODEL, TINY_TRAIN, cli_env
 
-from delving.config import config_dir
+from delving.config_files import config_dir
 from delving.plan.measure import process_memory
 from delving.plan.projection import Stages, advice_for, bottleneck_of
 
