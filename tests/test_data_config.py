@@ -6,7 +6,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
-from delving.config import config_dir
+from delving.config_files import config_dir
 from delving.data.config import DataConfig, DatasetKind, Normalize, as_data_config, validate
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"

@@ -8,6 +8,7 @@ to its budget whatever the size of the model or the data set.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import os
 import time
@@ -227,8 +228,16 @@ def model_step_rate(
         with trainer.net.no_sync() if no_sync else contextlib.nullcontext():
             trainer.train_step(images, labels, want_grad_norms=False)
 
-    reset_peak_memory(trainer.device)
-    seconds, steps, warmup_s = time_per_step(step, trainer.device, warmup, min_steps, max_seconds)
+    # The steps train on one batch over and over: the weights and the optimizer's state are put back after, so
+    # the stages after this one (the Trainer's loop) time a model as the run has it, not one driven to NaN.
+    weights = {k: v.detach().clone() for k, v in trainer.net.state_dict().items()}
+    optimizer_state = copy.deepcopy(trainer.optimizer.state_dict())
+    try:
+        reset_peak_memory(trainer.device)
+        seconds, steps, warmup_s = time_per_step(step, trainer.device, warmup, min_steps, max_seconds)
+    finally:
+        trainer.net.load_state_dict(weights)
+        trainer.optimizer.load_state_dict(optimizer_state)
     return StepRate(seconds, steps, warmup_s, peak_memory_gib(trainer.device), len(labels))
 
 
