@@ -8,11 +8,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from helpers.data import make_folder_dataset, write_jpeg
+from helpers.disks import small_disk as mounted_small_disk
 from helpers.launch import start_train, train_command, wait_for_step
 from helpers.runs import REPO, TINY_DATA, cli_env, run_train
 
@@ -135,17 +137,10 @@ def test_resuming_on_data_whose_class_names_differ_is_refused_before_any_step(tm
 
 
 @pytest.fixture
-def small_disk(tmp_path: Path):
-    """A real 4 MB tmpfs (root only; skipped where mount is not allowed)."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    yield disk
-    subprocess.run(["umount", "-l", str(disk)], check=False)
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 4 MB tmpfs (tests/helpers/disks.py)."""
+    with mounted_small_disk(tmp_path / "disk", "4m") as disk:
+        yield disk
 
 
 def _fill(disk: Path) -> Path:

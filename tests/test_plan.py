@@ -7,10 +7,12 @@ import importlib.util
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+from helpers.disks import small_disk as mounted_small_disk
 from helpers.runs import TINY_DATA, TINY_MODEL, TINY_TRAIN, cli_env
 
 from delving.config_files import config_dir
@@ -104,17 +106,10 @@ def test_a_slow_disk_is_storage_bound(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def small_disk(tmp_path: Path):
-    """A real 1 MB tmpfs (root only; skipped where mount is not allowed), as test_engine_stops' small_disk."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    yield disk
-    subprocess.run(["umount", "-l", str(disk)], check=False)
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 1 MB tmpfs (tests/helpers/disks.py)."""
+    with mounted_small_disk(tmp_path / "disk", "1m") as disk:
+        yield disk
 
 
 def test_a_disk_that_holds_one_checkpoint_but_not_the_best_k_is_a_blocker(
