@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing as mp
 import os
 import time
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,7 @@ from delving.data.datasets import DataSetLayoutError, DataSetNotFoundError, exis
 from delving.data.order import packed, sorted_index
 from delving.data.shards import ShardReader
 from delving.data.stored_index import stored_index
+from delving.worker_pool import forked_pool
 
 log = logging.getLogger(__name__)
 
@@ -252,8 +253,7 @@ def scan_shards(root: Path, split: str, names: list[str], lengths: list[int] | N
     started = last = time.monotonic()
     tasks = [(root / name, shard_no) for shard_no, name in enumerate(names)]
     processes = scan_processes(len(tasks))
-    pool = mp.get_context("fork").Pool(processes) if processes > 1 else None
-    try:
+    with forked_pool(processes) if processes > 1 else nullcontext() as pool:
         results = pool.imap(_scan_task, tasks, chunksize=4) if pool else map(_scan_task, tasks)
         for shard_no, (members, shard_keys, shard_files, shard_classes) in enumerate(results):
             name = names[shard_no]
@@ -277,10 +277,6 @@ def scan_shards(root: Path, split: str, names: list[str], lengths: list[int] | N
                 last = time.monotonic()
                 log.info("indexing %s: %d/%d shards, %d samples, %.0f s", split, shard_no + 1, len(names),
                          len(keys), last - started)  # fmt: skip
-    finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
     if not keys:
         raise DataSetNotFoundError(f"the shards of split {split!r} in {root} hold no images")
     arrays = {column: np.asarray(values, dtype=np.int64) for column, values in columns.items()}

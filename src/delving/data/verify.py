@@ -8,15 +8,15 @@ the bad files so far and the ETA.
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import signal
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 from delving.data.config import DataConfig
 from delving.data.decode import BadImageError, decode_image
 from delving.data.readers import SampleReader, open_split
 from delving.progress import Progress
+from delving.worker_pool import forked_pool
 
 TASK_SIZE = (
     256  # files per task: large enough to amortise the round trip, small enough to balance the workers
@@ -29,8 +29,6 @@ _reader: SampleReader | None = None  # set in each worker by fork, before any ta
 def _set_reader(reader: SampleReader) -> None:
     global _reader
     _reader = reader
-    # Ctrl-C reaches the whole process group: the main process ends the pool, and says what was checked.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @dataclass
@@ -93,13 +91,14 @@ def scan_split(
         every_s=PROGRESS_EVERY_S,
         note=lambda: f"{bad:,} bad",
     ) as progress:
-        if processes <= 1:
-            results: Iterator = ((stop - start, check_range(reader, start, stop)) for start, stop in tasks)
-            pool = None
-        else:
-            pool = mp.get_context("fork").Pool(processes, initializer=_set_reader, initargs=(reader,))
-            results = pool.imap(_check_task, tasks)
-        try:
+        pool_context = forked_pool(processes, _set_reader, (reader,)) if processes > 1 else nullcontext()
+        with pool_context as pool:
+            if pool is None:
+                results: Iterator = (
+                    (stop - start, check_range(reader, start, stop)) for start, stop in tasks
+                )
+            else:
+                results = pool.imap(_check_task, tasks)
             for done, failures in results:
                 bad += len(failures)
                 progress.update(done)
@@ -108,7 +107,3 @@ def scan_split(
                 for failure in failures:
                     tally.bad += 1
                     yield failure
-        finally:
-            if pool is not None:
-                pool.terminate()
-                pool.join()
