@@ -18,6 +18,9 @@ from delving.config import register_all
 _EVERYWHERE = {"private_data_cache", "registered_schemas", "tmp_path_factory", "worker_id", "testrun_uid"}
 
 
+# tryfirst: xdist's own hook (on each worker) reads the marks into the test ids; run after it, the marks were
+# made too late and every shared run was made once per worker.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests that share a session- or module-wide fixture (a real training run, a generated data set) go to one
     xdist worker together (`--dist loadgroup`), so the fixture is made once, not once per worker. Tests that
