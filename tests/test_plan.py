@@ -18,6 +18,7 @@ from helpers.runs import TINY_DATA, TINY_MODEL, TINY_TRAIN, cli_env
 from delving.config_files import config_dir
 from delving.plan.measure import process_memory
 from delving.plan.projection import Stages, advice_for, bottleneck_of
+from delving.plan.room import available_ram
 
 PLAN = Path(sys.executable).parent / "delving-plan"
 TRAIN = Path(sys.executable).parent / "delving-train"
@@ -250,3 +251,86 @@ def test_the_advice_names_the_workers_the_model_needs_and_the_gpu_switches_that_
                               step_nosync_s=0.1, all_reduce_s=0.05, **gpu) for s in (0.105, 0.15))  # fmt: skip
     assert not any("all-reduce" in t for t in advice_for(hidden, "model"))
     assert any("train.grad_accum_steps to 2" in t for t in advice_for(exposed, "model"))
+
+
+# ---------------------------------------------------------------- RAM: the files the kernel writes
+MEMINFO = "MemTotal:       32000000 kB\nMemFree:         1000000 kB\nMemAvailable:   20971520 kB\n"  # 20 GiB
+
+
+def _lay_out(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+def test_without_a_memory_limit_the_room_is_memavailable(tmp_path: Path) -> None:
+    root = _lay_out(tmp_path, {"proc/meminfo": MEMINFO, "proc/self/cgroup": "4:memory:/\n0::/\n",
+                               "sys/fs/cgroup/memory/memory.limit_in_bytes": "9223372036854771712\n",
+                               "sys/fs/cgroup/memory/memory.usage_in_bytes": "4000000000\n"})  # fmt: skip
+    assert available_ram(root) == (20 * 2**30, "MemAvailable")
+
+
+def test_a_slurm_jobs_v1_limit_on_its_parent_counts_and_the_page_cache_does_not(tmp_path: Path) -> None:
+    """SLURM sets --mem on the job's cgroup; the step runs in a child whose own limit file says "none". Its
+    usage holds 3 GiB of page cache of which 2 GiB are inactive: the kernel gives those back."""
+    step = "sys/fs/cgroup/memory/slurm/uid_0/job_7/step_0"
+    root = _lay_out(tmp_path, {
+        "proc/meminfo": MEMINFO, "proc/self/cgroup": "4:memory:/slurm/uid_0/job_7/step_0\n",
+        f"{step}/memory.limit_in_bytes": "9223372036854771712\n",
+        f"{step}/memory.usage_in_bytes": str(5 * 2**30),
+        f"{step}/memory.stat": f"cache {3 * 2**30}\nrss {2 * 2**30}\nhierarchical_memory_limit {8 * 2**30}\n"
+                               f"total_inactive_file {2 * 2**30}\n",
+    })  # fmt: skip
+    free, source = available_ram(root)
+    assert free == (8 - 3) * 2**30  # the limit less the working set (5 GiB used, 2 GiB of it inactive cache)
+    assert source == "the memory cgroup limit of /sys/fs/cgroup/memory/slurm/uid_0/job_7/step_0"
+
+
+def test_a_v2_limit_set_above_the_process_s_cgroup_counts(tmp_path: Path) -> None:
+    job = "sys/fs/cgroup/system.slice/job.scope"
+    root = _lay_out(tmp_path, {
+        "proc/meminfo": MEMINFO, "proc/self/cgroup": "0::/system.slice/job.scope/step\n",
+        "sys/fs/cgroup/system.slice/memory.max": "max\n", f"{job}/memory.max": str(6 * 2**30),
+        f"{job}/step/memory.max": "max\n", f"{job}/step/memory.current": str(3 * 2**30),
+        f"{job}/step/memory.stat": f"anon {2 * 2**30}\ninactive_file {2**29}\n",
+    })  # fmt: skip
+    assert available_ram(root) == (
+        3.5 * 2**30,
+        "the memory cgroup limit of /sys/fs/cgroup/system.slice/job.scope/step",
+    )
+
+
+def test_a_run_the_ram_cannot_hold_is_a_blocker_naming_its_parts(tmp_path: Path, monkeypatch) -> None:
+    from delving.plan import room
+
+    monkeypatch.setattr(room, "available_ram", lambda: (4 * 2**30, "the memory cgroup limit of /x"))
+    # 4 ranks x (2 GB + 8 workers x 0.25 GB) x 1.2 = 19.2 GB against 4 GiB + the 8 GB the plan's ranks hold.
+    ram = room.ram_room(4, 2048, 8, 256, held_now_mb=4 * 2048)
+    assert not ram.fits and ram.needed_bytes == 4 * (2048 + 8 * 256) * 2**20 * room.RAM_MARGIN
+    assert ram.free_bytes == 4 * 2**30 + 4 * 2048 * 2**20
+    assert "4 rank(s) x (2048 MB + 8 worker(s) x 256 MB)" in ram.detail and "/x" in ram.detail
+    assert room.ram_room(1, 2048, 8, 256, held_now_mb=2048).fits
+
+
+def test_inside_a_real_memory_cgroup_its_limit_is_the_room(tmp_path: Path) -> None:
+    """A child of this process's own v1 memory cgroup with a 3 GiB limit (root only; skipped elsewhere)."""
+    line = next((ln for ln in Path("/proc/self/cgroup").read_text().splitlines() if ":memory:" in ln), None)
+    if line is None:
+        pytest.skip("no v1 memory cgroup here")
+    child = Path("/sys/fs/cgroup/memory") / line.split(":", 2)[2].strip("/") / f"delving-test-{tmp_path.name}"
+    try:
+        child.mkdir()
+        (child / "memory.limit_in_bytes").write_text(str(3 * 2**30))
+    except OSError as err:
+        pytest.skip(f"cannot make a memory cgroup here: {err}")
+    try:
+        script = (f"echo $$ > {child}/cgroup.procs && exec {sys.executable} -c 'from delving.plan.room import "
+                  "available_ram; print(*available_ram(), sep=chr(10))'")  # fmt: skip
+        done = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        free, source = done.stdout.splitlines()
+        assert 2 * 2**30 < float(free) < 3 * 2**30  # the limit less what the Python process itself holds
+        assert source == f"the memory cgroup limit of {child}"
+    finally:
+        child.rmdir()

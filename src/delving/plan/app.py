@@ -252,10 +252,12 @@ def _measure(
     ckpt = checkpoint_bytes(trainer.model, trainer.optimizer, trainer.ema)
     saved = trainer.run.last.stat().st_size if ctx.is_main else ckpt
     rank_rss = measure.process_memory().rss_mb
+    # What this node's plan processes hold now: the ranks, and whichever loader workers are still alive.
+    held_now = ranks_here * (rank_rss + sum(m.uss_mb for m in measure.worker_memory()))
 
     rooms = [
         disk_room(run_dir, max(saved, ckpt), cfg.train.keep_best, _predictions_bytes(cfg, val_images)),
-        ram_room(ranks_here, rank_rss, workers, worker_uss),
+        ram_room(ranks_here, rank_rss, workers, worker_uss, held_now),
         *([shm] if shm is not None else []),
     ]
 

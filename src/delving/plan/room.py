@@ -72,52 +72,96 @@ def disk_room(run_dir: Path, checkpoint: int, keep_best: int, predictions: int, 
     return Room("disk", str(place), needed, free, detail)
 
 
-def available_ram() -> tuple[float, str]:
-    """Bytes a job may still take: MemAvailable, or less where a cgroup (a SLURM job's --mem) sets a limit."""
+def available_ram(root: Path = Path("/")) -> tuple[float, str]:
+    """Bytes a job may still take: MemAvailable, or less where a memory cgroup (a SLURM job's --mem, a
+    container's limit) sets a lower one. A cgroup's usage counts the page cache, which the kernel gives back
+    under its limit: the inactive file pages are taken off, as container tools do (the working set).
+    `root` is the file system the /proc and /sys files are read from (tests lay them out elsewhere)."""
     available = 0.0
-    for line in Path("/proc/meminfo").read_text().splitlines():
+    for line in (root / "proc/meminfo").read_text().splitlines():
         if line.startswith("MemAvailable:"):
             available = int(line.split()[1]) * 1024.0
     source = "MemAvailable"
-    for limit_file, usage_file in _cgroup_memory_files():
-        try:
-            limit_text = Path(limit_file).read_text().strip()
-            usage = int(Path(usage_file).read_text().strip())
-        except (OSError, ValueError):
-            continue
-        if limit_text.isdigit() and int(limit_text) - usage < available:
-            available, source = float(int(limit_text) - usage), f"the cgroup limit ({limit_file})"
+    for folder, limit, folder_where in _cgroup_limits(root):
+        usage = _working_set(folder)
+        if usage is not None and limit - usage < available:
+            available, source = float(max(0, limit - usage)), f"the memory cgroup limit of {folder_where}"
     return available, source
 
 
-def _cgroup_memory_files() -> list[tuple[str, str]]:
-    """(limit, usage) files of this process's own memory cgroup, v2 and v1 (from /proc/self/cgroup)."""
-    files = []
+def _cgroup_limits(root: Path) -> list[tuple[Path, int, str]]:
+    """(cgroup folder, its effective limit in bytes, the folder as /sys shows it) of this process's memory
+    cgroups, v2 and v1, from /proc/self/cgroup; only those with a limit. A limit set on a parent (SLURM sets
+    it on the job, the step is a child) holds too: v1 says so in memory.stat, v2 by walking up."""
+    found = []
     try:
-        lines = Path("/proc/self/cgroup").read_text().splitlines()
+        lines = (root / "proc/self/cgroup").read_text().splitlines()
     except OSError:
-        return files
+        return found
     for line in lines:
         _, controllers, path = line.split(":", 2)
-        if controllers == "":
-            folder = f"/sys/fs/cgroup{path}".rstrip("/")
-            files.append((f"{folder}/memory.max", f"{folder}/memory.current"))
+        if controllers == "":  # v2: the lowest memory.max on the way up to the root
+            base = root / "sys/fs/cgroup"
+            folder, limits = base / path.strip("/"), []
+            for level in [folder, *folder.parents]:
+                limits.append(_read_int(level / "memory.max"))
+                if level == base:
+                    break
+            known = [limit for limit in limits if limit is not None]
+            if known and (folder / "memory.current").exists():
+                found.append((folder, min(known), str(Path("/") / folder.relative_to(root))))
         elif "memory" in controllers.split(","):
-            folder = f"/sys/fs/cgroup/memory{path}".rstrip("/")
-            files.append((f"{folder}/memory.limit_in_bytes", f"{folder}/memory.usage_in_bytes"))
-    return files
+            folder = root / "sys/fs/cgroup/memory" / path.strip("/")
+            stat = _memory_stat(folder)
+            limit = stat.get("hierarchical_memory_limit", _read_int(folder / "memory.limit_in_bytes"))
+            if limit is not None and limit < 2**62:  # v1 writes "no limit" as a page-rounded 2**63
+                found.append((folder, limit, str(Path("/") / folder.relative_to(root))))
+    return found
 
 
-def ram_room(local_ranks: int, rank_rss_mb: float, workers: int, worker_uss_mb: float) -> Room:
+def _working_set(folder: Path) -> int | None:
+    """The cgroup's usage less its inactive file pages (v2 memory.current, v1 memory.usage_in_bytes)."""
+    usage = _read_int(folder / "memory.current")
+    if usage is None:
+        usage = _read_int(folder / "memory.usage_in_bytes")
+    if usage is None:
+        return None
+    stat = _memory_stat(folder)
+    inactive = stat.get("total_inactive_file", stat.get("inactive_file", 0))
+    return max(0, usage - inactive)
+
+
+def _memory_stat(folder: Path) -> dict[str, int]:
+    try:
+        lines = (folder / "memory.stat").read_text().splitlines()
+    except OSError:
+        return {}
+    return {key: int(value) for key, value in (line.split() for line in lines if line.count(" ") == 1)}
+
+
+def _read_int(path: Path) -> int | None:
+    """The number in a cgroup file; None where it is missing, unreadable or says "max"."""
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def ram_room(
+    local_ranks: int, rank_rss_mb: float, workers: int, worker_uss_mb: float, held_now_mb: float
+) -> Room:
     """RAM for the node's ranks, each with its own process and `workers` loader workers (their private
-    memory: the index and the libraries they share with the rank are counted once, in the rank)."""
+    memory: the index and the libraries they share with the rank are counted once, in the rank), against
+    what is available plus `held_now_mb`: what the plan's own processes on this node hold now (the run
+    takes their place)."""
     free, source = available_ram()
+    free += held_now_mb * 2**20
     per_rank = (rank_rss_mb + workers * worker_uss_mb) * 2**20
-    free += local_ranks * per_rank  # the plan's own ranks and workers hold it now; the run takes their place
     needed = local_ranks * per_rank * RAM_MARGIN
     detail = (
         f"{local_ranks} rank(s) x ({rank_rss_mb:.0f} MB + {workers} worker(s) x {worker_uss_mb:.0f} MB) "
-        f"x {RAM_MARGIN} margin, against {source} + what the plan's processes hold"
+        f"x {RAM_MARGIN} margin, against {source} + the {held_now_mb:.0f} MB the plan's processes hold"
     )
     return Room("RAM", "this node", needed, free, detail)
 
