@@ -39,6 +39,7 @@ from delving.plan import measure
 from delving.plan.config import PLAN_KEYS
 from delving.plan.projection import Stages, as_record, blocker_lines, project, write_plan
 from delving.plan.room import checkpoint_bytes, disk_room, local_ranks, ram_room, shm_room
+from delving.reproducible import pin
 from delving.run_identity import run_name_from_overrides
 
 EXIT_BLOCKED = 3  # the plan ran and found something that stops the run (2 stays a mistake in the command)
@@ -105,6 +106,8 @@ def run_plan(cfg: DictConfig) -> int:
     started = time.perf_counter()
     plan_dir, run_dir = Path(str(cfg.plan_dir)).absolute(), planned_run_dir(cfg).absolute()
     check_plan_values(float(cfg.budget_s), plan_dir)
+    if cfg.train.reproducible:
+        pin()  # as the run does: its thread count and kernels are what the plan times (the demo: one thread)
     ctx = init_distributed(cfg.train.device, cfg.train.dist_timeout_s)
     try:
         typed = preflight(train_part(cfg), ctx.world_size)
