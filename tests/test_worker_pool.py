@@ -1,10 +1,12 @@
-"""forked_pool: a Ctrl-C that lands while the workers fork is raised in the main process, not dropped."""
+"""A Ctrl-C that lands while workers fork (a pool, a DataLoader's) is raised in the main process, not dropped."""
 
 from __future__ import annotations
 
 import signal
 import subprocess
 import sys
+
+import pytest
 
 from delving.worker_pool import forked_pool
 
@@ -22,9 +24,24 @@ except KeyboardInterrupt:
 """
 
 
-def test_a_ctrl_c_during_the_forks_is_raised_once_the_pool_is_up():
+# The same moment for delving-eval's decoding workers (a torch DataLoader), where CI saw it next.
+CTRL_C_DURING_THE_LOADERS_FORKS = """
+import os, signal
+from delving.evaluation.evaluator import _items
+os.register_at_fork(after_in_parent=lambda: os.kill(os.getpid(), signal.SIGINT))
+try:
+    print("ran to the end", len(list(_items(list(range(6)), 2))))
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+
+
+@pytest.mark.parametrize(
+    "script", [CTRL_C_DURING_THE_FORKS, CTRL_C_DURING_THE_LOADERS_FORKS], ids=["pool", "loader"]
+)
+def test_a_ctrl_c_during_the_forks_is_raised_once_the_workers_are_up(script: str):
     done = subprocess.run(
-        [sys.executable, "-c", CTRL_C_DURING_THE_FORKS], capture_output=True, text=True, timeout=60,
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a background job starts with it ignored
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

@@ -1,9 +1,10 @@
-"""A pool of forked worker processes that a terminal's Ctrl-C stops cleanly, whenever it comes.
+"""Worker processes that a terminal's Ctrl-C stops cleanly, whenever it comes.
 
-Ctrl-C reaches the whole process group. The workers ignore it: the main process alone ends the pool and says
-what was done. The pool starts with SIGINT held back in the main process: a Ctrl-C during the forks would
-otherwise raise KeyboardInterrupt inside one of Python's at-fork hooks, which Python prints as "Exception
-ignored" and drops, and the scan ran on to its end (seen in CI). Held back, it arrives once the pool is up.
+Ctrl-C reaches the whole process group. The workers ignore it: the main process alone ends them and says
+what was done. Workers start with SIGINT held back in the main process (`ctrl_c_held`): a Ctrl-C during a
+fork would otherwise raise KeyboardInterrupt inside one of Python's at-fork hooks, which Python prints as
+"Exception ignored" and drops; delving-verify-data and delving-eval then ran on to their end (seen in CI).
+Held back, it arrives once the workers are up. Workers unblock it after ignoring it (`ignore_ctrl_c`).
 """
 
 from __future__ import annotations
@@ -16,10 +17,26 @@ from multiprocessing.pool import Pool
 from typing import Any
 
 
-def _start_worker(initializer: Callable[..., None] | None, initargs: tuple) -> None:
-    # A Ctrl-C sent during the fork is pending in the worker: ignoring SIGINT before unblocking it drops it.
+@contextmanager
+def ctrl_c_held() -> Iterator[None]:
+    """Holds SIGINT back in this thread (and the processes and threads it starts) while the block runs; a
+    Ctrl-C that came meanwhile is raised as KeyboardInterrupt when it ends."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def ignore_ctrl_c() -> None:
+    """In a worker started under `ctrl_c_held`: ignore SIGINT, then unblock it (a Ctrl-C sent during the fork
+    is pending here: ignoring it first drops it)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def _start_worker(initializer: Callable[..., None] | None, initargs: tuple) -> None:
+    ignore_ctrl_c()
     if initializer is not None:
         initializer(*initargs)
 
@@ -31,13 +48,11 @@ def forked_pool(
     """A fork-context Pool of `processes` workers that ignore SIGINT, ended (terminate, join) on leaving; a
     Ctrl-C while the workers start is raised as KeyboardInterrupt in the main process once they are up."""
     pool: Pool | None = None
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
-        pool = mp.get_context("fork").Pool(processes, _start_worker, (initializer, initargs))
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a Ctrl-C held back is raised here, pool assigned
+        with ctrl_c_held():  # a Ctrl-C held back is raised on leaving, the pool assigned
+            pool = mp.get_context("fork").Pool(processes, _start_worker, (initializer, initargs))
         yield pool
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
         if pool is not None:
             pool.terminate()
             pool.join()

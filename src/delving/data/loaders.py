@@ -41,6 +41,7 @@ from delving.data.device_decode import DeviceTrainTransform, EncodedImage, read_
 from delving.data.normalize import InputNormalizer, lighting_offset
 from delving.data.readers import SampleReader, describe_copy, open_split
 from delving.data.transforms import EvalTransform, TrainDraws, TrainTransform, sample_rng
+from delving.worker_pool import ctrl_c_held, ignore_ctrl_c
 
 log = logging.getLogger(__name__)
 
@@ -190,8 +191,9 @@ def init_worker_process(_: int = 0, owner_pid: int | None = None) -> None:
     stops at the next step and ends its workers, so this holds under any start method, not only fork (whose
     workers happen to inherit the rank's handlers). `owner_pid`: the process that owns the loader; the worker
     ends when it does (`_end_with`)."""
-    for signum in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for signum in (signal.SIGUSR1, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
+    ignore_ctrl_c()  # started under ctrl_c_held: SIGINT is blocked here until it is ignored
     torch.set_num_threads(1)
     if owner_pid is not None and owner_pid != os.getpid():
         _end_with(owner_pid)
@@ -318,7 +320,8 @@ class _WorkerOwner:
         if self._loader.num_workers and getattr(self._loader, "_iterator", None) is None:
             gc.collect()
             gc.freeze()  # the objects the workers inherit: the collector must not touch (copy) their pages
-        return iter(self._loader)
+        with ctrl_c_held():  # the workers fork here
+            return iter(self._loader)
 
     def close(self) -> None:
         """Ends the workers now (they finish the batch in hand); the loader cannot be iterated after."""

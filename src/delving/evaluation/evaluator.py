@@ -53,6 +53,7 @@ from delving.evaluation.views import CROPS_PER_SCALE, image_views
 from delving.models import SPPNet
 from delving.numerics import cudnn_autotuning, fp32_math, tf32
 from delving.progress import Progress
+from delving.worker_pool import ctrl_c_held
 
 SINGLE_PROCESS = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
@@ -239,7 +240,8 @@ def _items(
         worker_init_fn=functools.partial(init_worker_process, owner_pid=os.getpid()),
         prefetch_factor=4,
     )
-    iterator = iter(loader)
+    with ctrl_c_held():  # the workers fork here
+        iterator = iter(loader)
     try:
         yield from iterator
     finally:
