@@ -82,17 +82,18 @@ def available_ram(root: Path = Path("/")) -> tuple[float, str]:
         if line.startswith("MemAvailable:"):
             available = int(line.split()[1]) * 1024.0
     source = "MemAvailable"
-    for folder, limit, folder_where in _cgroup_limits(root):
+    for folder, limit in _cgroup_limits(root):
         usage = _working_set(folder)
         if usage is not None and limit - usage < available:
-            available, source = float(max(0, limit - usage)), f"the memory cgroup limit of {folder_where}"
+            where = Path("/") / folder.relative_to(root)  # as /sys shows it
+            available, source = float(max(0, limit - usage)), f"the memory cgroup limit of {where}"
     return available, source
 
 
-def _cgroup_limits(root: Path) -> list[tuple[Path, int, str]]:
-    """(cgroup folder, its effective limit in bytes, the folder as /sys shows it) of this process's memory
-    cgroups, v2 and v1, from /proc/self/cgroup; only those with a limit. A limit set on a parent (SLURM sets
-    it on the job, the step is a child) holds too: v1 says so in memory.stat, v2 by walking up."""
+def _cgroup_limits(root: Path) -> list[tuple[Path, int]]:
+    """(cgroup folder, its effective limit in bytes) of this process's memory cgroups, v2 and v1, from
+    /proc/self/cgroup; only those with a limit. A limit set on a parent (SLURM sets it on the job, the step is
+    a child) holds too: v1 says so in memory.stat, v2 by walking up."""
     found = []
     try:
         lines = (root / "proc/self/cgroup").read_text().splitlines()
@@ -108,14 +109,14 @@ def _cgroup_limits(root: Path) -> list[tuple[Path, int, str]]:
                 if level == base:
                     break
             known = [limit for limit in limits if limit is not None]
-            if known and (folder / "memory.current").exists():
-                found.append((folder, min(known), str(Path("/") / folder.relative_to(root))))
+            if known:
+                found.append((folder, min(known)))
         elif "memory" in controllers.split(","):
             folder = root / "sys/fs/cgroup/memory" / path.strip("/")
             stat = _memory_stat(folder)
             limit = stat.get("hierarchical_memory_limit", _read_int(folder / "memory.limit_in_bytes"))
             if limit is not None and limit < 2**62:  # v1 writes "no limit" as a page-rounded 2**63
-                found.append((folder, limit, str(Path("/") / folder.relative_to(root))))
+                found.append((folder, limit))
     return found
 
 
