@@ -77,7 +77,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from delving.models.factory import build_model
+from delving.models import build_model
 
 torch.set_num_threads(1)
 runs = Path(sys.argv[1])
@@ -137,7 +137,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from delving.models.factory import create_net
+from delving.models import create_net
 
 torch.set_num_threads(1)
 WD = 5e-4

@@ -3,6 +3,8 @@ timm's keywords, feature maps and classifier methods, and the contract a checkpo
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +20,10 @@ from delving.checkpoint import Checkpoint
 from delving.data.config import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, DataConfig, Normalize
 from delving.data.transforms import EvalTransform
 from delving.evaluation.app import evaluation_data_config
-from delving.models import TIMM_MODEL_NAMES
+from delving.models import MODEL_NAMES, TIMM_MODEL_NAMES, create_net
 from delving.models import factory as timm_entries
-from delving.models.factory import PAPER_MEAN_RGB, center_crop_pct
+from delving.models.contract import TIMM_PREFIX, center_crop_pct
+from delving.paper import PAPER_MEAN_RGB
 
 TINY = {"width": 1 / 16}  # the paper's input size, 1/16 of its widths: every map keeps its size
 # A 64-pixel model A (a 4x4 last map); its test scale is round(256 * 64 / 224) = 73.
@@ -63,6 +66,49 @@ def test_timm_create_model_builds_every_net(timm_name: str) -> None:
     size = small.get("input_size", 224)
     assert model(torch.randn(2, 3, size, size)).shape == (2, 7)
     assert model.pretrained_cfg["input_size"] == (3, size, size)
+
+
+# delving's commands build nets without timm (delving.models.build); timm users get theirs from timm's builder.
+BUILD_OPTIONS = [
+    {},
+    {"num_classes": 7, "input_size": 64, "spp_levels": [2, 1]},
+    {"act": "relu", "init": "xavier", "dropout": 0.0, "fc_init_std": [0.02, 0.02, 0.002], "fc_width": 64},
+    {"init_prelu_factor": True, "num_classes": 3, "input_size": 96, "spp_levels": [2, 1]},
+]
+
+
+@pytest.mark.parametrize("options", BUILD_OPTIONS, ids=["paper", "small", "init", "prelu-factor"])
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_delvings_builder_gives_timms_net_and_contract(name: str, options: dict) -> None:
+    """Layers, initial weights, pretrained cfg and what timm's tools read off a net are those timm gives."""
+    options = {**options, "width": 1 / 16}
+    torch.manual_seed(0)
+    ours = create_net(name, **options)
+    torch.manual_seed(0)
+    theirs = timm.create_model(TIMM_PREFIX + name, **options)
+    assert repr(ours) == repr(theirs)
+    assert ours.pretrained_cfg == theirs.pretrained_cfg and ours.default_cfg is ours.pretrained_cfg
+    for attribute in ("pretrained_model_args", "_model_args", "_traits", "model_name"):
+        assert getattr(ours, attribute) == getattr(theirs, attribute), attribute
+    ours_state, theirs_state = ours.state_dict(), theirs.state_dict()
+    assert list(ours_state) == list(theirs_state)
+    for key, value in ours_state.items():
+        assert torch.equal(value, theirs_state[key]), key
+
+
+def test_delving_commands_import_neither_timm_nor_torchvision() -> None:
+    """Importing timm costs each launch seconds (torchvision, torch's compiler): training and eval avoid it."""
+    code = (
+        "import sys\n"
+        "import delving.cli.train, delving.cli.eval, delving.cli.ensemble, delving.cli.plan\n"
+        "import delving.engine.trainer, delving.evaluation.evaluator, delving.data.loaders\n"
+        "from delving.models import build_model\n"
+        "from delving.checkpoint import Checkpoint\n"
+        "build_model({'name': 'net14', 'width': 0.0625})\n"
+        "print(sorted(m for m in ('timm', 'torchvision', 'pyarrow', 'torch._dynamo') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]", result.stdout
 
 
 def test_pretrained_true_without_weights_is_refused() -> None:

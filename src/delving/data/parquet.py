@@ -20,17 +20,19 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from delving.data.class_ids import check_label_range, label_wnids, resolve_classes
 from delving.data.datasets import DataSetLayoutError, DataSetNotFoundError, existing_root
 from delving.data.index import PackedStrings
 from delving.data.order import epoch_permutation, packed, sorted_index
 from delving.data.stored_index import stored_index
+
+# pyarrow is imported where a parquet file is read: at the top it would cost every launch 0.4 s, parquet or not.
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,8 @@ _APPENDED_WNID = r"^(.+)_n\d{8}(\.[A-Za-z]+)$"
 
 def original_names(paths: pa.Array) -> list[bytes]:
     """The images' ImageNet file names: base names, without a wnid the hub appended (vectorised: RE2)."""
+    import pyarrow.compute as pc
+
     names = pc.replace_substring_regex(paths, pattern=_FOLDERS, replacement="")
     names = pc.replace_substring_regex(names, pattern=_APPENDED_WNID, replacement=r"\1\2")
     return [name.encode() for name in names.to_pylist()]
@@ -74,6 +78,8 @@ def carried_class_names(schema: pa.Schema) -> list[str] | None:
 
 
 def _check_schema(path: Path, schema: pa.Schema) -> None:
+    import pyarrow as pa
+
     image = schema.field("image").type if "image" in schema.names else None
     if image is None or not pa.types.is_struct(image) or image.get_field_index("bytes") < 0:
         raise DataSetLayoutError(
@@ -85,6 +91,9 @@ def _check_schema(path: Path, schema: pa.Schema) -> None:
 
 
 def _file_index(path: Path, file_no: int) -> tuple[dict[str, np.ndarray], list[bytes], list[str] | None]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     try:
         parquet = pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as error:
@@ -165,6 +174,8 @@ class ParquetReader:
 
     def _images(self, file_no: int, group: int) -> pa.Array:
         if self._group is None or self._group[:2] != (file_no, group):
+            import pyarrow.parquet as pq
+
             parquet = pq.ParquetFile(self.root / self.files[file_no], memory_map=True)
             column = parquet.read_row_group(group, columns=["image.bytes"]).column("image")
             self._group = file_no, group, column.combine_chunks().field("bytes")

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
 from PIL import Image
 
 from delving.data.config import DataConfig
@@ -94,6 +93,9 @@ def train_crop(
 
 def reference_crop(img: Image.Image, draws: TrainDraws, crop_size: int) -> Image.Image:
     """torchvision's Resize(s) + RandomCrop + RandomHorizontalFlip with our draws: the yardstick of the fast path."""
+    # Imported here: torchvision imports torch's compiler (2 s), which no training or eval path needs.
+    import torchvision.transforms.functional as TF
+
     resized = TF.resize(img, draws.scale, interpolation=TF.InterpolationMode.BILINEAR)
     left, top = crop_origin(draws, *resized.size, crop_size)
     cropped = TF.crop(resized, top, left, crop_size, crop_size)

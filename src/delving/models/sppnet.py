@@ -2,8 +2,9 @@
 
 They share one shape (plain conv stack -> SPP -> fc1 -> fc2 -> fc3, no BatchNorm), so one family class
 builds them all from a `NetSpec`, the way timm keeps one file per family. The file runs: layer types, the
-net table (`NET_SPECS`), the class. Their timm registration and test-time contract are in `factory.py`
-(this file imports no timm, so the config schemas can list the nets cheaply).
+net table (`NET_SPECS`), the class. Their test-time contract is in `contract.py`, their builder in `build.py`
+and their timm registration in `factory.py` (this file imports no timm, so the config schemas can list the nets
+cheaply).
 """
 
 from __future__ import annotations
