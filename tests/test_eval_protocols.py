@@ -30,7 +30,8 @@ from delving.evaluation.config import effective_scales
 from delving.evaluation.evaluator import job_probabilities
 from delving.evaluation.views import crop_corners
 from delving.models import create_net
-from delving.models.sppnet import Conv, Pool, SPPNet
+from delving.models.specs import Conv, Pool
+from delving.models.sppnet import SPPNet
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # (width, height): two share a resized shape at every scale, one is square, one is portrait.

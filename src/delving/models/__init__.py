@@ -10,7 +10,7 @@ from __future__ import annotations
 from delving._lazy import lazy_exports
 
 _EXPORTS = {
-    "Activation": "delving.models.activations",
+    "Activation": "delving.models.config",
     "make_activation": "delving.models.activations",
     "MODEL_NAMES": "delving.models.contract",
     "TIMM_MODEL_NAMES": "delving.models.contract",
@@ -18,12 +18,12 @@ _EXPORTS = {
     "build_model": "delving.models.build",
     "create_net": "delving.models.build",
     "input_normalization": "delving.models.contract",
-    "InitScheme": "delving.models.init",
+    "InitScheme": "delving.models.config",
     "conv_init_std": "delving.models.init",
     "param_groups": "delving.models.params",
     "SpatialPyramidPool": "delving.models.spp",
-    "NET_SPECS": "delving.models.sppnet",
-    "NetSpec": "delving.models.sppnet",
+    "NET_SPECS": "delving.models.specs",
+    "NetSpec": "delving.models.specs",
     "SPPNet": "delving.models.sppnet",
 }
 

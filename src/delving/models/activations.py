@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-from enum import Enum
-
 from torch import nn
+
+from delving.models.config import Activation
 
 PRELU_INIT_SLOPE = 0.25  # a_i = 0.25 throughout the paper (Sec. 2.1)
 LEAKY_RELU_SLOPE = 0.01  # Maas et al.'s fixed slope
-
-
-class Activation(str, Enum):
-    relu = "relu"
-    prelu = "prelu"  # one learned slope per channel (per neuron on fc layers), the paper's default
-    prelu_shared = "prelu_shared"  # one learned slope per layer
-    leaky_relu = "leaky_relu"
 
 
 def make_activation(kind: Activation | str, num_channels: int) -> nn.Module:

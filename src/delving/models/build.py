@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 
 from delving.models.config import ModelConfig
 from delving.models.contract import MODEL_NAMES, net_contract
-from delving.models.sppnet import NET_SPECS, SPPNet
+from delving.models.specs import NET_SPECS
+from delving.models.sppnet import SPPNet
 
 __all__ = ["build_model", "create_net"]
 

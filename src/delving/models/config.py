@@ -7,9 +7,22 @@ from dataclasses import dataclass
 from enum import Enum
 
 from delving.errors import ConfigError, require_at_least
-from delving.models.activations import Activation
-from delving.models.init import InitScheme
-from delving.models.sppnet import NET_SPECS
+from delving.models.specs import NET_SPECS
+
+
+class Activation(str, Enum):
+    relu = "relu"
+    prelu = "prelu"  # one learned slope per channel (per neuron on fc layers), the paper's default
+    prelu_shared = "prelu_shared"  # one learned slope per layer
+    leaky_relu = "leaky_relu"
+
+
+class InitScheme(str, Enum):
+    he_fan_out = "he_fan_out"  # Eq. 14, 1/2 * k^2 * d * Var[w] = 1: what the paper's large models use
+    he_fan_in = "he_fan_in"  # Eq. 10, 1/2 * k^2 * c * Var[w] = 1
+    xavier = "xavier"  # k^2 * d * Var[w] = 1: the single-direction Gaussian form of Figs. 2-3 (fan-out)
+    xavier_fan_in = "xavier_fan_in"  # k^2 * c * Var[w] = 1
+
 
 ModelName = Enum("ModelName", {name: name for name in NET_SPECS}, type=str)
 

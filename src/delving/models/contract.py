@@ -17,7 +17,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from delving.models.sppnet import NET_SPECS
+from delving.models.specs import NET_SPECS
 from delving.paper import PAPER_INPUT_SIZE, PAPER_MEAN_RGB, PAPER_SCALES
 
 __all__ = [

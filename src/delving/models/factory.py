@@ -15,7 +15,8 @@ from typing import Any
 from timm.models import PretrainedCfg, build_model_with_cfg, generate_default_cfgs, register_model
 
 from delving.models.contract import MODEL_NAMES, TIMM_PREFIX, contract_overlay, paper_contract
-from delving.models.sppnet import NET_SPECS, SPPNet
+from delving.models.specs import NET_SPECS
+from delving.models.sppnet import SPPNet
 from delving.paper import PAPER_MEAN_RGB
 
 __all__ = ["SPPNetCfg"]

@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import math
-from enum import Enum
 
 import torch
 from torch import nn
 
-
-class InitScheme(str, Enum):
-    he_fan_out = "he_fan_out"  # Eq. 14, 1/2 * k^2 * d * Var[w] = 1: what the paper's large models use
-    he_fan_in = "he_fan_in"  # Eq. 10, 1/2 * k^2 * c * Var[w] = 1
-    xavier = "xavier"  # k^2 * d * Var[w] = 1: the single-direction Gaussian form of Figs. 2-3 (fan-out)
-    xavier_fan_in = "xavier_fan_in"  # k^2 * c * Var[w] = 1
+from delving.models.config import InitScheme
 
 
 def conv_init_std(

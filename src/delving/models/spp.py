@@ -6,35 +6,13 @@ and never reads row 13, exactly as SPP-net (and so the paper) does.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def spp_window(map_size: int, level: int) -> tuple[int, int]:
-    """(kernel, stride) of the n x n level on a map of side `map_size`."""
-    return math.ceil(map_size / level), map_size // level
-
-
-def level_fits(map_size: int, level: int) -> bool:
-    if level < 1 or map_size < level:
-        return False
-    kernel, stride = spp_window(map_size, level)
-    return (map_size - kernel) // stride + 1 == level
-
-
-def check_levels_fit(map_size: int, levels: Sequence[int]) -> None:
-    bad = [n for n in levels if not level_fits(map_size, n)]
-    if bad:
-        fitting = [n for n in range(1, map_size + 1) if level_fits(map_size, n)]
-        raise ValueError(
-            f"SPP levels {list(bad)} do not fit a {map_size}x{map_size} feature map: SPP-net's windows "
-            f"(ceil(a/n), stride floor(a/n)) give a different number of bins. Levels that fit this map: "
-            f"{fitting}. Choose model.spp_levels among them or change model.input_size."
-        )
+from delving.models.specs import check_levels_fit, spp_window
 
 
 class SpatialPyramidPool(nn.Module):

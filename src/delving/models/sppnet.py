@@ -1,17 +1,15 @@
 """The paper's nets: models A, B, C and VGG-19 of Table 3, the 14-layer net of Table 1, the 30-layer study net.
 
 They share one shape (plain conv stack -> SPP -> fc1 -> fc2 -> fc3, no BatchNorm), so one family class
-builds them all from a `NetSpec`, the way timm keeps one file per family. The file runs: layer types, the
-net table (`NET_SPECS`), the class. Their test-time contract is in `contract.py`, their builder in `build.py`
-and their timm registration in `factory.py` (this file imports no timm, so the config schemas can list the nets
-cheaply).
+builds them all from a `NetSpec` (`specs.py`: the layer types and the net table), the way timm keeps one file
+per family. Their test-time contract is in `contract.py`, their builder in `build.py` and their timm
+registration in `factory.py` (this file imports no timm).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,114 +17,10 @@ from torch import nn
 
 from delving.models.activations import Activation, initial_negative_slope, make_activation
 from delving.models.init import InitScheme, init_conv_, init_linear_
-from delving.models.spp import SpatialPyramidPool, check_levels_fit
+from delving.models.specs import Conv, Pool, Stage, check_levels_fit, feature_map_size, layer_suffix
+from delving.models.spp import SpatialPyramidPool
 
 PAPER_FC_STDS = (0.01, 0.01, 0.001)  # Sec. 2.2: fc1/fc2 std 0.01, fc3 std 0.001
-
-
-@dataclass(frozen=True)
-class Conv:
-    kernel: int
-    channels: int
-    stride: int = 1
-    padding: int = 0
-
-
-@dataclass(frozen=True)
-class Pool:
-    kernel: int
-    stride: int
-
-
-Stage = Sequence[Conv | Pool]
-
-
-def _convs3(count: int, channels: int) -> tuple[Conv, ...]:
-    return tuple(Conv(3, channels, padding=1) for _ in range(count))
-
-
-def _convs2_alternating(count: int, channels: int) -> tuple[Conv, ...]:
-    # Two successive 2x2 convs keep the map size: no pad on the first, pad 1 on the second (DESIGN.md).
-    return tuple(Conv(2, channels, padding=i % 2) for i in range(count))
-
-
-def _layer_suffix(stage_index: int, conv_index: int, convs_in_stage: int) -> str:
-    """The paper's layer names: conv1 for a lone stem conv, conv2_1, conv2_2, ... in the stages."""
-    return f"{stage_index + 1}" if convs_in_stage == 1 else f"{stage_index + 1}_{conv_index}"
-
-
-def feature_map_size(plan: Sequence[Stage], input_size: int) -> int:
-    size = input_size
-    for layer in (layer for stage in plan for layer in stage):
-        padding = layer.padding if isinstance(layer, Conv) else 0
-        size = (size + 2 * padding - layer.kernel) // layer.stride + 1
-        if size < 1:
-            raise ValueError(f"model.input_size={input_size} is too small for this net: the map vanishes")
-    return size
-
-
-@dataclass(frozen=True)
-class NetSpec:
-    """A net's architecture: its stages (the first conv of stage s is conv{s+1}_1, a lone stem conv is
-    conv1) and the SPP levels the paper gives it."""
-
-    plan: tuple[tuple[Conv | Pool, ...], ...]
-    spp_levels: tuple[int, ...]
-
-    @property
-    def first_conv(self) -> str:
-        """The stem conv's module name (timm's `first_conv`)."""
-        convs = sum(isinstance(layer, Conv) for layer in self.plan[0])
-        return f"features.conv{_layer_suffix(0, 1, convs)}"
-
-    def map_size(self, input_size: int, spp_levels: Sequence[int] | None = None) -> int:
-        """The last map of an `input_size` crop (the SPP window of the dense test); ValueError when the map
-        vanishes or the levels do not fit it."""
-        size = feature_map_size(self.plan, input_size)
-        check_levels_fit(size, list(spp_levels or self.spp_levels))
-        return size
-
-
-def _table3_spec(per_stage: int, widths: tuple[int, int, int]) -> NetSpec:
-    w2, w3, w4 = widths
-    stem = (Conv(7, 96, stride=2, padding=3), Pool(2, 2))
-    stages = (
-        _convs3(per_stage, w2) + (Pool(2, 2),),
-        _convs3(per_stage, w3) + (Pool(2, 2),),
-        _convs3(per_stage, w4),
-    )
-    return NetSpec((stem, *stages), (7, 3, 2, 1))
-
-
-def _small_net_spec(stage3_convs: int) -> NetSpec:
-    return NetSpec(
-        (
-            (Conv(7, 64, stride=2, padding=3), Pool(3, 3)),
-            _convs2_alternating(4, 128) + (Pool(2, 2),),
-            _convs2_alternating(stage3_convs, 256),
-        ),
-        (6, 3, 2, 1),
-    )
-
-
-NET_SPECS: dict[str, NetSpec] = {
-    "model_a": _table3_spec(5, (256, 512, 512)),
-    "model_b": _table3_spec(6, (256, 512, 512)),
-    "model_c": _table3_spec(6, (384, 768, 896)),
-    # The paper's reproduced VGG-19 has SPP: its 7x7 level on the 14x14 conv5 map is VGG's pool5.
-    "vgg19": NetSpec(
-        (
-            _convs3(2, 64) + (Pool(2, 2),),
-            _convs3(2, 128) + (Pool(2, 2),),
-            _convs3(4, 256) + (Pool(2, 2),),
-            _convs3(4, 512) + (Pool(2, 2),),
-            _convs3(4, 512),
-        ),
-        (7, 3, 2, 1),
-    ),
-    "net14": _small_net_spec(6),  # Table 1: 11 convs + 3 fc
-    "net30": _small_net_spec(22),  # Fig. 3: 16 extra 2x2/256 convs in the last stage
-}
 
 
 def _scaled(channels: int, width: float) -> int:
@@ -197,7 +91,7 @@ class SPPNet(nn.Module):
                     stride *= layer.stride
                     continue
                 conv_index += 1
-                name = _layer_suffix(stage_index, conv_index, convs_in_stage)
+                name = layer_suffix(stage_index, conv_index, convs_in_stage)
                 out_channels = _scaled(layer.channels, width)
                 layers[f"conv{name}"] = nn.Conv2d(
                     channels, out_channels, layer.kernel, layer.stride, layer.padding
