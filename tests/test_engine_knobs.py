@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import warm
 from helpers.runs import KILL_STEP, REPO, TINY_DATA, TINY_MODEL, TINY_TRAIN, cli_env, run_train
 from omegaconf import DictConfig
 
@@ -267,7 +268,6 @@ def test_init_from_fine_tunes_then_resume_wins(single_run: Path, tmp_path: Path)
     reason="hydra-optuna-sweeper is not installed (pip install 'delving[sweep]')",
 )
 def test_a_two_trial_optuna_sweep(tmp_path: Path) -> None:
-    import subprocess
     import sys
 
     command = [
@@ -275,7 +275,7 @@ def test_a_two_trial_optuna_sweep(tmp_path: Path) -> None:
         *(o for o in TINY_TRAIN if not o.startswith("optim.lr")), "train.epochs=1",
         "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path}",
     ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, env=cli_env(), cwd=REPO, timeout=300)
+    result = warm.run(command, env=cli_env(), cwd=REPO, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     trials = sorted(tmp_path.glob("*/finished.json"))
     assert len(trials) == 2

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import warm
 from helpers.data import make_folder_dataset, write_jpeg
 from helpers.disks import small_disk as mounted_small_disk
 from helpers.launch import start_train, train_command, wait_for_step
@@ -269,7 +270,7 @@ def test_a_class_count_mismatch_names_where_the_count_came_from(tmp_path: Path) 
     def refusal(*overrides: str) -> str:
         command = [sys.executable, "-m", "delving.train", "experiment=demo", "data.synthetic_classes=20",
                    "data.synthetic_train_per_class=1", "train.device=cpu", f"hydra.run.dir={tmp_path}", *overrides]  # fmt: skip
-        result = subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=120)
+        result = warm.run(command, env=cli_env(), cwd=REPO, timeout=120)
         assert result.returncode == 2, result.stderr[-2000:]
         return result.stderr.strip()
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import warm
 from helpers.runs import REPO, cli_env
 
 from delving.checkpoint import CheckpointError
@@ -44,9 +44,7 @@ def tiny_mini_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for name, (_, *overrides) in TINY_MINIS.items():
         run_dir = root / name
         command = [sys.executable, "-m", "delving.train", f"experiment={name}", *TINY, *overrides]
-        result = subprocess.run(
-            [*command, f"hydra.run.dir={run_dir}"], capture_output=True, text=True, env=cli_env(), cwd=REPO
-        )
+        result = warm.run([*command, f"hydra.run.dir={run_dir}"], env=cli_env(), cwd=REPO, timeout=300)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
         runs[name] = run_dir
     return runs

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 import warnings
 from pathlib import Path
 
 import pytest
+from helpers import warm
 from helpers.data import make_folder_dataset
 from helpers.runs import REPO, TINY_DATA, TINY_MODEL, TINY_TRAIN, cli_env, run_train
 from matplotlib.colors import to_hex
@@ -29,7 +29,7 @@ def _train_on_folder(run_dir: Path, root: Path) -> None:
     data = [o for o in TINY_DATA if o != "data=synthetic"]
     command = [sys.executable, "-m", "delving.train", "data=folder", f"data.root={root}", *data, *TINY_MODEL,
                *TINY_TRAIN, "model.num_classes=3", f"hydra.run.dir={run_dir}"]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, env=cli_env(), cwd=REPO, timeout=300)
+    result = warm.run(command, env=cli_env(), cwd=REPO, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
 
 

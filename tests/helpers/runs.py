@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from helpers import warm
+
 REPO = Path(__file__).resolve().parents[2]
 
 # A tiny synthetic set and a tiny net: every training test finishes in seconds on 2 cores.
@@ -58,7 +60,8 @@ def run_train(
     check: bool = True,
     timeout: float = 300,
 ) -> subprocess.CompletedProcess:
-    """`python -m delving.train` (under torchrun when nproc > 1) with the tiny settings and `overrides`."""
+    """`python -m delving.train` (under torchrun when nproc > 1) with the tiny settings and `overrides`; one
+    process is forked from a warm server (helpers/warm.py), as the command would run minus its imports."""
     launcher = [sys.executable]
     if nproc > 1:
         launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
@@ -71,14 +74,7 @@ def run_train(
         *TINY_TRAIN,
         f"hydra.run.dir={run_dir}",
     ]
-    result = subprocess.run(
-        [*command, *overrides],
-        capture_output=True,
-        text=True,
-        env=env or cli_env(),
-        cwd=REPO,
-        timeout=timeout,
-    )
+    result = warm.run([*command, *overrides], env=env or cli_env(), cwd=REPO, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(
             f"training failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"

@@ -1,0 +1,178 @@
+"""`python -m delving.train ...` without the interpreter's start: a warm server forks each run.
+
+Half of a tiny training command's time is its imports (torch, torch's compiler that torch.optim pulls in,
+Hydra): ~5 s of CPU per launch, most of the suite. The server (one per pytest worker) imports them once and
+runs no torch op; each run is a child forked from it: its own process (own pid, exit status, signals, a
+SIGKILL kills only it), its own environment, folder and argv, running `delving.train` as `-m` would. What the
+tests compare (weights, logs, exit codes) cannot tell the two apart: `test_warm_launch.py` checks a warm run
+against a cold one bitwise.
+
+Each server runs in one environment, and a run goes to the server of its environment (started when first
+needed): torch and its compiler read their keys (kernel ISA caps, compile caches, threads) when imported or
+first used, delving its config folder when imported, and a server has imported them all. Only the test hooks
+delving reads at run time (`RUN_TIME_KEYS`) may differ between a run and its server. Commands whose test is
+about how users start them (console scripts, torchrun, SLURM, a terminal's Ctrl-C) start cold by not using this helper.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+_WARM_MODULE = "delving.train"
+# Read by delving when the step or the file read happens, never at import (trainer.py, decode.py).
+RUN_TIME_KEYS = frozenset({"DELVING_KILL_AT_STEP", "DELVING_STEP_SLEEP_S", "DELVING_READ_DELAY_S"})
+_NOT_READ = frozenset({"PYTEST_CURRENT_TEST"})  # pytest's, changed at every test
+_MAX_SERVERS = 3
+_THREADED = 3  # the server's exit status when its imports started a thread: it cannot fork safely
+_cold_keys: set[frozenset[tuple[str, str]]] = set()
+_servers: dict[frozenset[tuple[str, str]], tuple[subprocess.Popen, Path]] = {}
+
+
+def _server_key(env: dict[str, str]) -> frozenset[tuple[str, str]]:
+    return frozenset((k, v) for k, v in env.items() if k not in RUN_TIME_KEYS | _NOT_READ)
+
+
+def _start_server(env: dict[str, str]) -> tuple[subprocess.Popen, Path] | None:
+    """A server in `env`, ready to fork; None where `env` makes forking unsafe (threads at import)."""
+    folder = Path(tempfile.mkdtemp(prefix="warm-"))
+    address = folder / "socket"
+    server = subprocess.Popen(
+        [sys.executable, __file__, str(address)], env=env, stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=open(folder / "server.log", "wb"),  # noqa: SIM115
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not address.exists():
+        if server.poll() == _THREADED:
+            return None
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(
+                f"the warm server did not start:\n{(folder / 'server.log').read_text()[-3000:]}"
+            )
+        time.sleep(0.05)
+    return server, address
+
+
+def _stop_servers() -> None:
+    for server, _ in _servers.values():
+        server.kill()
+        server.wait()
+
+
+atexit.register(_stop_servers)
+
+
+def would_run_warm(command: list[str]) -> bool:
+    """Whether `run` forks `command` from a warm server (else it starts a new interpreter)."""
+    return command[:3] == [sys.executable, "-m", _WARM_MODULE] and not os.environ.get("DELVING_TESTS_COLD")
+
+
+def run(
+    command: list[str], env: dict[str, str], cwd: Path, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """`subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)`, forked
+    from a warm server when `command` is `python -m delving.train ...`."""
+    key = _server_key(env)
+    if key in _servers and _servers[key][0].poll() is not None:
+        del _servers[key]
+    if would_run_warm(command) and key not in _servers and key not in _cold_keys:
+        if len(_servers) >= _MAX_SERVERS:  # the oldest goes: a few environments per worker in practice
+            evicted = _servers.pop(next(iter(_servers)))[0]
+            evicted.kill()
+            evicted.wait()
+        server = _start_server(env)
+        if server is None:
+            _cold_keys.add(key)
+        else:
+            _servers[key] = server
+    if not would_run_warm(command) or key not in _servers:
+        return subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
+    _, address = _servers[key]
+    with tempfile.TemporaryDirectory(prefix="warm-run-") as folder:
+        out, err = Path(folder) / "stdout", Path(folder) / "stderr"
+        request = {"argv": command[3:], "env": env, "cwd": str(cwd), "stdout": str(out), "stderr": str(err)}
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+            connection.connect(str(address))
+            connection.sendall(json.dumps(request).encode() + b"\n")
+            replies = connection.makefile("r")
+            pid = json.loads(replies.readline())["pid"]
+            connection.settimeout(timeout)
+            try:
+                line = replies.readline()
+            except TimeoutError:
+                os.kill(pid, 9)
+                raise subprocess.TimeoutExpired(command, timeout) from None
+            if not line:
+                raise RuntimeError(f"the warm server ended while running {command}")
+            status = json.loads(line)["status"]
+        return subprocess.CompletedProcess(command, status, out.read_text(), err.read_text())
+
+
+# ------------------------------------------------------------------------------------------------ the server
+
+
+def _child(request: dict) -> None:
+    """In the forked child: the request's folder, environment, argv and output files, then the module as
+    `python -m` runs it. Returns to let the interpreter end as a launched one would (atexit, flushing)."""
+    import runpy
+
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    for fd, path, flags in (
+        (0, os.devnull, os.O_RDONLY),
+        (1, request["stdout"], 0),
+        (2, request["stderr"], 0),
+    ):
+        opened = os.open(path, flags | (os.O_WRONLY | os.O_CREAT | os.O_TRUNC if fd else 0), 0o644)
+        os.dup2(opened, fd)
+        os.close(opened)
+    sys.argv = ["-m", *request["argv"]]
+    runpy.run_module(_WARM_MODULE, run_name="__main__", alter_sys=True)
+
+
+def _serve(address: str) -> None:
+    import threading
+
+    # What every training launch imports; nothing here may start a thread or run a torch op (a fork copies
+    # only the forking thread, and torch fixes its kernel choice at the first op).
+    import torch
+    import torch._dynamo  # noqa: F401  (torch.optim imports it at the first optimizer)
+
+    import delving.cli.train
+    import delving.engine.app
+    import delving.engine.trainer
+    import delving.evaluation.app  # noqa: F401
+
+    if threading.active_count() != 1 or len(os.listdir("/proc/self/task")) != 1:
+        sys.exit(_THREADED)  # torch started its thread pool (OMP_NUM_THREADS above 1): runs here go cold
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(address + ".tmp")
+    listener.listen()
+    os.rename(address + ".tmp", address)
+    while True:
+        connection, _ = listener.accept()
+        request = json.loads(connection.makefile("r").readline())
+        pid = os.fork()
+        if pid == 0:
+            listener.close()
+            connection.close()
+            _child(request)
+            return
+        connection.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+        _, status = os.waitpid(pid, 0)
+        with contextlib.suppress(OSError):  # the client gave up (timeout): nothing to tell
+            connection.sendall(json.dumps({"status": os.waitstatus_to_exitcode(status)}).encode() + b"\n")
+        connection.close()
+
+
+if __name__ == "__main__":
+    _serve(sys.argv[1])

@@ -1,0 +1,75 @@
+"""The tests' warm launcher (helpers/warm.py) runs `python -m delving.train` as a new interpreter does: the
+same weights bit for bit, the same exit codes and folders, and the arithmetic its own environment asks for."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from helpers import warm
+from helpers.runs import EQUAL_RUN, REPO, TINY_DATA, TINY_MODEL, TINY_TRAIN, cli_env
+
+from delving.checkpoint import Checkpoint
+
+COMMAND = [sys.executable, "-m", "delving.train", *TINY_DATA, *TINY_MODEL, *TINY_TRAIN, *EQUAL_RUN]
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return Checkpoint.load(run / "last.pt").model
+
+
+def test_a_warm_run_equals_a_new_interpreters_run_bitwise(tmp_path: Path) -> None:
+    cold = subprocess.run(
+        [*COMMAND, f"hydra.run.dir={tmp_path / 'cold'}"], capture_output=True, text=True, env=cli_env(),
+        cwd=REPO, timeout=300,
+    )  # fmt: skip
+    hot = warm.run([*COMMAND, f"hydra.run.dir={tmp_path / 'warm'}"], env=cli_env(), cwd=REPO, timeout=300)
+    assert cold.returncode == hot.returncode == 0, hot.stderr[-3000:] + cold.stderr[-3000:]
+    cold_weights, warm_weights = _weights(tmp_path / "cold"), _weights(tmp_path / "warm")
+    assert cold_weights.keys() == warm_weights.keys()
+    assert all(torch.equal(cold_weights[k], warm_weights[k]) for k in cold_weights)
+
+    # The same log, but for the run folder and the rates and times.
+    def losses(result: subprocess.CompletedProcess) -> list[str]:
+        lines = (result.stdout + result.stderr).splitlines()
+        return [line.split("| loss ")[1][:6] for line in lines if "| loss " in line]
+
+    assert losses(hot) and losses(hot) == losses(cold)
+
+
+def test_warm_runs_keep_their_exit_codes_and_processes(tmp_path: Path) -> None:
+    killed = warm.run(
+        [*COMMAND, f"hydra.run.dir={tmp_path / 'killed'}"], env=cli_env(DELVING_KILL_AT_STEP="3"), cwd=REPO,
+        timeout=300,
+    )  # fmt: skip
+    assert killed.returncode == -9  # SIGKILLed itself after step 3, as test runs do
+    refused = warm.run([*COMMAND, "model.widht=1"], env=cli_env(), cwd=tmp_path, timeout=300)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1].startswith("error: model.widht is not a key")
+    # A relative run folder is the given folder's, as for a command typed there.
+    relative = warm.run(
+        [*COMMAND, "hydra.run.dir=here", "train.epochs=1"], env=cli_env(), cwd=tmp_path, timeout=300
+    )
+    assert relative.returncode == 0 and (tmp_path / "here" / "last.pt").exists()
+    assert Path.cwd() != tmp_path
+
+
+def test_a_run_gets_a_server_started_in_its_own_environment(tmp_path: Path) -> None:
+    """torch fixes its kernel ISA at its first op and its threads from OMP_NUM_THREADS: a run under other values
+    than the first server's still gets them (a server of its own), as a new interpreter would."""
+    logged = {}
+    for name, env in {
+        "plain": cli_env(),
+        "capped": cli_env(ATEN_CPU_CAPABILITY="default", OMP_NUM_THREADS="2"),
+    }.items():
+        result = warm.run([*COMMAND, "train.epochs=1", f"hydra.run.dir={tmp_path / name}"], env=env, cwd=REPO,
+                          timeout=300)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        (logged[name],) = [
+            line for line in (result.stdout + result.stderr).splitlines() if "arithmetic:" in line
+        ]
+    assert "DEFAULT CPU kernels, 2 intra-op thread(s)" in logged["capped"]
+    assert "DEFAULT CPU kernels" not in logged["plain"] and "1 intra-op thread(s)" in logged["plain"]
+    assert warm.would_run_warm(COMMAND) and not warm.would_run_warm([sys.executable, "-m", "delving.eval"])
