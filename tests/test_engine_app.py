@@ -83,7 +83,7 @@ def test_the_same_command_finds_its_run_and_a_finished_run_is_not_redone(tmp_pat
         "data.synthetic_classes=4", "data.synthetic_train_per_class=4", "data.synthetic_val_per_class=2",
         "model.num_classes=4", "model.width=0.0625", "eval.limit=4", "logger.wandb.mode=disabled",
     ]  # fmt: skip
-    first = warm.run(command, env=dict(os.environ), cwd=tmp_path, timeout=300)
+    first = warm.run(command, env=cli_env(), cwd=tmp_path, timeout=300)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     runs = list((tmp_path / "outputs" / "demo").iterdir())
     assert (
@@ -93,7 +93,7 @@ def test_the_same_command_finds_its_run_and_a_finished_run_is_not_redone(tmp_pat
     )
     assert "a new run in" not in first.stderr + first.stdout  # no finished run beside it
     predictions_time = (runs[0] / "predictions-dense.npz").stat().st_mtime_ns
-    again = warm.run([*command, "resume=auto"], env=dict(os.environ), cwd=tmp_path, timeout=300)
+    again = warm.run([*command, "resume=auto"], env=cli_env(), cwd=tmp_path, timeout=300)
     said = again.stdout + again.stderr
     assert again.returncode == 0 and "nothing to do" in said
     assert "no longer alive" not in said  # a clean end released its lock
@@ -112,15 +112,13 @@ def test_the_same_command_finds_its_run_and_a_finished_run_is_not_redone(tmp_pat
     (center,) = runs[0].glob("predictions-center*.npz")
 
     longer = [*command[:4], "train.epochs=2", *command[5:]]
-    new_run = warm.run(longer, env=dict(os.environ), cwd=tmp_path, timeout=300)
+    new_run = warm.run(longer, env=cli_env(), cwd=tmp_path, timeout=300)
     assert new_run.returncode == 0, new_run.stderr[-3000:]
     assert f"so it does not extend the finished run {runs[0].name} of" in new_run.stderr + new_run.stdout
     assert f"run_name={runs[0].name} and the same overrides" in new_run.stderr + new_run.stdout
     assert len(list((tmp_path / "outputs" / "demo").iterdir())) == 2
 
-    extended = warm.run(
-        [*longer, f"run_name={runs[0].name}"], env=dict(os.environ), cwd=tmp_path, timeout=300
-    )
+    extended = warm.run([*longer, f"run_name={runs[0].name}"], env=cli_env(), cwd=tmp_path, timeout=300)
     said = extended.stdout + extended.stderr
     assert extended.returncode == 0 and "train.epochs=2 extends it" in said, said[-3000:]
     assert f"{center.name} came from the checkpoint before this extension" in said

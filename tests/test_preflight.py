@@ -208,6 +208,30 @@ def test_bare_delving_train_refuses_before_importing_the_model_code(tmp_path: Pa
     assert "HEAVY []" in result.stdout, result.stdout[-2000:]
 
 
+def test_a_wrong_key_is_refused_by_every_command_before_torch_is_imported() -> None:
+    """The config schemas import no torch (delving.models.specs holds the nets as data): a mistyped key costs
+    a second, not the 3 s of importing torch. Counted by module, not by the clock."""
+    code = (
+        "import importlib, sys\n"
+        "for command in ('train', 'eval', 'ensemble', 'report', 'plan', 'verify_data', 'init_check'):\n"
+        "    sys.argv = [command, 'seeed=1']\n"
+        "    try:\n"
+        "        importlib.import_module(f'delving.cli.{command}').main()\n"
+        "    except SystemExit as stop:\n"
+        "        print(command, stop.code)\n"
+        "print('HEAVY', sorted({'torch', 'numpy', 'timm', 'torchvision'} & set(sys.modules)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), timeout=120
+    )
+    lines = result.stdout.splitlines()
+    assert lines[:-1] == [
+        f"{c} 2" for c in ("train", "eval", "ensemble", "report", "plan", "verify_data", "init_check")
+    ]
+    assert lines[-1] == "HEAVY []", result.stdout + result.stderr[-2000:]
+    assert result.stderr.count("error: seeed is not a key") == 7, result.stderr[-2000:]
+
+
 @pytest.mark.parametrize(
     ("override", "key"),
     [
