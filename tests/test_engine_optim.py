@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import torch
 
 from delving.engine.config import OptimConfig
@@ -58,3 +61,21 @@ def test_bias_decay_decays_biases_but_never_slopes() -> None:
         for p in group["params"]:
             assert group["weight_decay"] == (0.0 if id(p) in slopes else 5e-4)
             assert id(p) in slopes or id(p) in biases or p.ndim > 1
+
+
+def test_caffe_sgd_keeps_torchs_compiler_unimported_and_its_state_round_trips() -> None:
+    """torch's Optimizer methods import torch's compiler (~2 s a launch) only to mark themselves untraceable;
+    CaffeSGD calls the plain methods. Its state still saves and loads as torch's code does."""
+    code = (
+        "import sys, torch\n"
+        "from delving.engine.optim import CaffeSGD\n"
+        "net = torch.nn.Linear(3, 2)\n"
+        "opt = CaffeSGD(net.parameters(), lr=0.1, weight_decay=1e-4)\n"
+        "net(torch.ones(4, 3)).sum().backward(); opt.step(); opt.zero_grad()\n"
+        "again = CaffeSGD(net.parameters(), lr=0.5); again.load_state_dict(opt.state_dict())\n"
+        "same = all(torch.equal(again.state[p]['momentum_buffer'], opt.state[p]['momentum_buffer'])"
+        " for p in net.parameters())\n"
+        "print(same, again.param_groups[0]['lr'], net.weight.grad, 'torch._dynamo' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == ["True", "0.1", "None", "False"], result.stdout + result.stderr[-2000:]

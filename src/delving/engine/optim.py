@@ -22,12 +22,24 @@ from delving.errors import UserError
 from delving.models.params import param_groups
 
 
+def _plain(method: Callable[..., Any]) -> Callable[..., Any]:
+    """An Optimizer method without torch's `_disable_dynamo` wrapper: the wrapper only keeps torch's compiler
+    from tracing the method, and imports that compiler (~2 s) at its first call to say so. delving compiles
+    the model, never the optimizer, so the plain method (the same code) serves."""
+    return getattr(method, "__wrapped__", method)
+
+
 class CaffeSGD(torch.optim.Optimizer):
     """V <- mu V + lr (g + wd w); w <- w - V (Caffe's SGDSolver).
 
     Same as torch.optim.SGD while the LR is constant; at an LR drop, Caffe's velocity keeps the
     old LR's steps and decays them, where PyTorch's rescales the whole buffer at once.
     """
+
+    add_param_group = _plain(torch.optim.Optimizer.add_param_group)
+    zero_grad = _plain(torch.optim.Optimizer.zero_grad)
+    state_dict = _plain(torch.optim.Optimizer.state_dict)
+    load_state_dict = _plain(torch.optim.Optimizer.load_state_dict)
 
     def __init__(
         self, params: Iterable[Any], lr: float, momentum: float = 0.9, weight_decay: float = 0.0
