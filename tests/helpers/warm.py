@@ -20,6 +20,7 @@ import atexit
 import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -61,10 +62,15 @@ def _start_server(env: dict[str, str]) -> tuple[subprocess.Popen, Path] | None:
     return server, address
 
 
+def _stop(server: subprocess.Popen, address: Path) -> None:
+    server.kill()
+    server.wait()
+    shutil.rmtree(address.parent, ignore_errors=True)
+
+
 def _stop_servers() -> None:
-    for server, _ in _servers.values():
-        server.kill()
-        server.wait()
+    for server, address in _servers.values():
+        _stop(server, address)
 
 
 atexit.register(_stop_servers)
@@ -85,9 +91,7 @@ def run(
         del _servers[key]
     if would_run_warm(command) and key not in _servers and key not in _cold_keys:
         if len(_servers) >= _MAX_SERVERS:  # the oldest goes: a few environments per worker in practice
-            evicted = _servers.pop(next(iter(_servers)))[0]
-            evicted.kill()
-            evicted.wait()
+            _stop(*_servers.pop(next(iter(_servers))))
         server = _start_server(env)
         if server is None:
             _cold_keys.add(key)
@@ -157,9 +161,17 @@ def _serve(address: str) -> None:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(address + ".tmp")
     listener.listen()
+    listener.settimeout(5)
     os.rename(address + ".tmp", address)
+    owner = os.getppid()
     while True:
-        connection, _ = listener.accept()
+        try:
+            connection, _ = listener.accept()
+        except TimeoutError:
+            if os.getppid() != owner:  # the pytest worker died without stopping us: end with it
+                return
+            continue
+        connection.settimeout(None)
         request = json.loads(connection.makefile("r").readline())
         pid = os.fork()
         if pid == 0:
