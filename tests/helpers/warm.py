@@ -1,7 +1,7 @@
 """`python -m delving.train ...` without the interpreter's start: a warm server forks each run.
 
-Half of a tiny training command's time is its imports (torch, torch's compiler that torch.optim pulls in,
-Hydra): ~5 s of CPU per launch, most of the suite. The server (one per pytest worker) imports them once and
+Half of a tiny training command's time is its imports (torch, Hydra, and torch's compiler where the run
+needs it): seconds per launch, most of the suite. The server (one per pytest worker) imports them once and
 runs no torch op; each run is a child forked from it: its own process (own pid, exit status, signals, a
 SIGKILL kills only it), its own environment, folder and argv, running `delving.train` as `-m` would. What the
 tests compare (weights, logs, exit codes) cannot tell the two apart: `test_warm_launch.py` checks a warm run
@@ -53,6 +53,7 @@ def _start_server(env: dict[str, str]) -> tuple[subprocess.Popen, Path] | None:
     deadline = time.monotonic() + 120
     while not address.exists():
         if server.poll() == _THREADED:
+            shutil.rmtree(folder, ignore_errors=True)
             return None
         if server.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(

@@ -348,7 +348,7 @@ def model_stage(
     try:
         first = measure.model_step_rate(trainer, images, labels, 0.0, warmup=1, min_steps=1)
     except RuntimeError as error:  # torch.OutOfMemoryError is one
-        if not measure.is_out_of_memory(error):
+        if not (measure.is_out_of_memory(error) or measure.may_be_out_of_memory(error)):
             raise
         trainer.optimizer.zero_grad(set_to_none=True)
         micro = len(labels) // accum
