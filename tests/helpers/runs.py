@@ -1,4 +1,4 @@
-"""The tiny training settings and the training command, as users run it (subprocess, console entry)."""
+"""The tiny training settings and the training command, `python -m delving.train` (forked warm, see warm.py)."""
 
 from __future__ import annotations
 

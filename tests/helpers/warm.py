@@ -78,19 +78,22 @@ atexit.register(_stop_servers)
 
 
 def would_run_warm(command: list[str]) -> bool:
-    """Whether `run` forks `command` from a warm server (else it starts a new interpreter)."""
+    """Whether `run` may fork `command` from a warm server (`DELVING_TESTS_COLD=1` turns them all off, for a
+    suite timed without them)."""
     return command[:3] == [sys.executable, "-m", _WARM_MODULE] and not os.environ.get("DELVING_TESTS_COLD")
 
 
-def run(
-    command: list[str], env: dict[str, str], cwd: Path, timeout: float
-) -> subprocess.CompletedProcess[str]:
-    """`subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)`, forked
-    from a warm server when `command` is `python -m delving.train ...`."""
+def has_server(env: dict[str, str]) -> bool:
+    """Whether a warm server runs in `env` (runs in it are forked from it)."""
+    return _server_key(env) in _servers
+
+
+def _server_for(env: dict[str, str]) -> Path | None:
+    """The socket of the server running in `env`, started if need be; None where `env` cannot have one."""
     key = _server_key(env)
     if key in _servers and _servers[key][0].poll() is not None:
         del _servers[key]
-    if would_run_warm(command) and key not in _servers and key not in _cold_keys:
+    if key not in _servers and key not in _cold_keys:
         if len(_servers) >= _MAX_SERVERS:  # the oldest goes: a few environments per worker in practice
             _stop(*_servers.pop(next(iter(_servers))))
         server = _start_server(env)
@@ -98,9 +101,17 @@ def run(
             _cold_keys.add(key)
         else:
             _servers[key] = server
-    if not would_run_warm(command) or key not in _servers:
+    return _servers[key][1] if key in _servers else None
+
+
+def run(
+    command: list[str], env: dict[str, str], cwd: Path, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """`subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)`, forked
+    from a warm server when `command` is `python -m delving.train ...`."""
+    address = _server_for(env) if would_run_warm(command) else None
+    if address is None:
         return subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
-    _, address = _servers[key]
     with tempfile.TemporaryDirectory(prefix="warm-run-") as folder:
         out, err = Path(folder) / "stdout", Path(folder) / "stderr"
         request = {"argv": command[3:], "env": env, "cwd": str(cwd), "stdout": str(out), "stderr": str(err)}

@@ -1,8 +1,8 @@
 """The paper's nets, activations, initializations and SPP.
 
 The names below are imported on first use (PEP 562), so `import delving.models.config` (the entry points'
-schemas) does not pull in timm and torchvision; the nets are registered in timm whenever timm is imported
-(see delving/__init__.py).
+schemas) does not pull in torch; delving builds its nets without timm (`build.py`), and registers them in timm
+whenever timm is imported (see delving/__init__.py).
 """
 
 from __future__ import annotations

@@ -348,26 +348,23 @@ def model_stage(
     try:
         first = measure.model_step_rate(trainer, images, labels, 0.0, warmup=1, min_steps=1)
     except RuntimeError as error:  # torch.OutOfMemoryError is one
-        if not (measure.is_out_of_memory(error) or measure.may_be_out_of_memory(error)):
+        if not measure.is_out_of_memory(error):
             raise
         trainer.optimizer.zero_grad(set_to_none=True)
         micro = len(labels) // accum
-        fits = measure.largest_fitting_batch(trainer, images, labels, micro)
+        timed = measure.largest_fitting_batch(trainer, images, labels, micro, share)
         per_rank = trainer.cfg.train.batch_size // ctx.world_size
-        if fits == 0:
+        if timed is None:
             return measure.StepRate(math.inf, 0, 0.0, None, 1), (
                 f"one image per rank does not fit for model={trainer.cfg.model.name.value}: a smaller model "
                 "or a device with more memory"
             )
+        fits = timed.batch
         new_accum = next(k for k in range(-(-per_rank // fits), per_rank + 1) if per_rank % k == 0)
         finding = (
             f"the step at {micro} images per rank does not fit; {fits} does: add "
             f"train.grad_accum_steps={new_accum} (the global batch {trainer.cfg.train.batch_size} stays)"
         )
-        # Timed on one micro-batch per step (accumulation runs them one after another at the same rate).
-        trainer.cfg.train.grad_accum_steps = 1
-        x, y = measure.repeat_batch(images, labels, fits)
-        timed = measure.model_step_rate(trainer, x, y, share, warmup=1, min_steps=2)
         trainer.cfg.train.grad_accum_steps = new_accum
         return timed, finding
     steps = _agreed_steps(ctx, first.seconds, share, 2, 200)

@@ -248,12 +248,6 @@ def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(error)
 
 
-def may_be_out_of_memory(error: BaseException) -> bool:
-    """oneDNN's "could not create a primitive": its scratchpad or JIT buffer could not be mapped (memory ran
-    out), or the layer is one it cannot run. Only a smaller batch that passes tells the two apart."""
-    return isinstance(error, RuntimeError) and "could not create a primitive" in str(error)
-
-
 def repeat_batch(images: torch.Tensor, labels: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A batch of `size` from a real one (repeated or cut), on its device."""
     if size <= len(labels):  # a view: no copy of a batch that may be large
@@ -263,29 +257,30 @@ def repeat_batch(images: torch.Tensor, labels: torch.Tensor, size: int) -> tuple
 
 
 def largest_fitting_batch(
-    trainer: Trainer, images: torch.Tensor, labels: torch.Tensor, micro_batch: int
-) -> int:
-    """The largest micro-batch (a power of two below `micro_batch`) whose step fits the device's memory; 0 if
-    not even one image fits."""
-    size = micro_batch // 2
+    trainer: Trainer, images: torch.Tensor, labels: torch.Tensor, micro_batch: int, max_seconds: float
+) -> StepRate | None:
+    """The step timed at the largest micro-batch (a power of two below `micro_batch`) whose timed steps all fit
+    the device's memory, one micro-batch a step (accumulation runs them one after another at the same rate);
+    None if not even one image fits. The size is judged by the very steps that are timed: a size whose first
+    steps barely fit can fail a later one."""
     accum = trainer.cfg.train.grad_accum_steps
-    unclear: RuntimeError | None = None  # a oneDNN failure that no batch has yet shown to be memory's
-    while size >= 1:
-        try:
-            x, y = repeat_batch(images, labels, size * accum)
-            model_step_rate(trainer, x, y, max_seconds=0.0, warmup=1, min_steps=1)
-            return size
-        except RuntimeError as error:  # torch.OutOfMemoryError is one
-            if not is_out_of_memory(error) and not may_be_out_of_memory(error):
-                raise
-            unclear = error if may_be_out_of_memory(error) else None
-            trainer.optimizer.zero_grad(set_to_none=True)
-            if trainer.device.type == "cuda":
-                torch.cuda.empty_cache()
-            size //= 2
-    if unclear is not None:  # even one image fails the same way: not memory, say what it is
-        raise unclear
-    return 0
+    trainer.cfg.train.grad_accum_steps = 1
+    try:
+        size = micro_batch // 2
+        while size >= 1:
+            try:
+                x, y = repeat_batch(images, labels, size)
+                return model_step_rate(trainer, x, y, max_seconds, warmup=1, min_steps=2)
+            except RuntimeError as error:  # torch.OutOfMemoryError is one
+                if not is_out_of_memory(error):
+                    raise
+                trainer.optimizer.zero_grad(set_to_none=True)
+                if trainer.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                size //= 2
+        return None
+    finally:
+        trainer.cfg.train.grad_accum_steps = accum
 
 
 def trainer_loop_rate(trainer: Trainer, steps: int) -> float:
