@@ -1,6 +1,7 @@
 """What one tiny training command costs to launch, side by side: a new interpreter at HEAD, the same run
 forked from the tests' warm server (tests/helpers/warm.py), and optionally a new interpreter running another
-commit's code (the baseline: `git worktree add /tmp/base <rev>`, then `--baseline-src /tmp/base/src`).
+commit's code (the baseline: `git worktree add /tmp/base <rev>`, then `--baseline-src /tmp/base/src`). Then
+`delving-train --help` (Hydra lists every config group), new interpreters only.
 
 The runs alternate (baseline, HEAD, warm, baseline, ...) so a machine's drift hits each alike; the table gives
 the median wall time per launch and the ratio against the baseline (or against HEAD's new interpreter).
@@ -28,12 +29,12 @@ COMMAND = [sys.executable, "-m", "delving.train", *TINY_DATA, *TINY_MODEL, *TINY
 
 
 def _timed(kind: str, run_dir: Path, baseline_src: str | None) -> float:
-    command = [*COMMAND, f"hydra.run.dir={run_dir}"]
+    command = [*COMMAND[:3], "--help"] if kind.endswith("--help") else [*COMMAND, f"hydra.run.dir={run_dir}"]
     started = time.perf_counter()
     if kind == "warm":
         result = warm.run(command, env=cli_env(), cwd=REPO, timeout=600)
     else:
-        env = cli_env(PYTHONPATH=baseline_src) if kind == "baseline" and baseline_src else cli_env()
+        env = cli_env(PYTHONPATH=baseline_src) if kind.startswith("baseline") and baseline_src else cli_env()
         result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
     elapsed = time.perf_counter() - started
     if result.returncode != 0:
@@ -49,6 +50,7 @@ def main() -> None:
     parser.add_argument("--baseline-src", help="the src/ folder of another commit, run as a new interpreter")
     args = parser.parse_args()
     kinds = (["baseline"] if args.baseline_src else []) + ["HEAD", "warm"]
+    kinds += [f"{kind} --help" for kind in kinds if kind != "warm"]
     times: dict[str, list[float]] = {kind: [] for kind in kinds}
     with tempfile.TemporaryDirectory(prefix="bench_launch_") as folder:
         warm.run(
@@ -57,16 +59,16 @@ def main() -> None:
         for i in range(args.runs):
             for kind in kinds:
                 times[kind].append(_timed(kind, Path(folder) / f"{kind}-{i}", args.baseline_src))
-    reference = times[kinds[0]]
-    print(f"{'launch':<40} {'median s':>9} {'min s':>7} {'ratio':>7}")
+    print(f"{'launch':<48} {'median s':>9} {'min s':>7} {'ratio':>7}")
     for kind in kinds:
         label = {
             "baseline": f"new interpreter, {args.baseline_src}",
             "HEAD": "new interpreter, HEAD",
             "warm": "forked from the warm server, HEAD",
-        }[kind]
+        }[kind.removesuffix(" --help")] + (", --help" if kind.endswith("--help") else "")
+        reference = times[kinds[0] + (" --help" if kind.endswith("--help") else "")]
         ratio = statistics.median(times[kind]) / statistics.median(reference)
-        print(f"{label[:40]:<40} {statistics.median(times[kind]):9.2f} {min(times[kind]):7.2f} {ratio:7.2f}")
+        print(f"{label[-48:]:<48} {statistics.median(times[kind]):9.2f} {min(times[kind]):7.2f} {ratio:7.2f}")
 
 
 if __name__ == "__main__":

@@ -72,3 +72,48 @@ def test_bad_overrides_name_the_key_and_the_allowed_values(
         compose_train([override])
     message = str(error.value) + str(error.value.__cause__)
     assert re.search(expected, message, flags=re.S), message
+
+
+def test_hydras_repository_copies_share_the_store_and_composes_stay_independent(compose_train) -> None:
+    """register_all lets Hydra's repository copies (one per compose, one per group `--help` lists) share the
+    ConfigStore instead of copying every schema: a schema stored after a copy is found through it, and a
+    composed config changed in place leaves the next compose as it was (Hydra's loads copy each node)."""
+    from hydra._internal.config_repository import CachingConfigRepository, ConfigRepository
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.config_store import ConfigStore
+
+    first = compose_train(["model=model_a"])
+    store = ConfigStore.instance()
+    copied = CachingConfigRepository(ConfigRepository(create_config_search_path(CONFIG_DIR)))
+    store.store(group="model", name="added_after_the_copy", node={"name": "model_a"})
+    try:
+        assert "added_after_the_copy" in copied.get_group_options("model")
+    finally:
+        del store.repo["model"]["added_after_the_copy.yaml"]
+    first.model.width = 0.5
+    first.data.mean[0] = -1.0
+    again = compose_train(["model=model_a"])
+    assert again.model.width == 1.0 and again.data.mean[0] != -1.0
+
+
+def test_register_all_fills_each_store_once() -> None:
+    """Every compose calls register_all; a store already filled keeps its nodes, a new singleton is filled."""
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.singleton import Singleton
+
+    from delving.config import register_all
+
+    register_all()
+    kept = ConfigStore.instance().repo["base_train.yaml"]
+    register_all()
+    assert ConfigStore.instance().repo["base_train.yaml"] is kept
+    old = Singleton._instances.pop(ConfigStore)
+    try:
+        register_all()
+        fresh = ConfigStore.instance()
+        assert (
+            fresh is not old and "base_train.yaml" in fresh.repo and "base_model.yaml" in fresh.repo["model"]
+        )
+    finally:
+        Singleton._instances[ConfigStore] = old
+        register_all()

@@ -51,29 +51,46 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("delving_main_rank_only", main_rank_only, replace=True)
 
 
+_APP_SCHEMAS = (
+    ("base_train", AppConfig),
+    ("base_evaluate", EvaluateAppConfig),
+    ("base_ensemble", EnsembleAppConfig),
+    ("base_report", ReportAppConfig),
+    ("base_init_check", InitCheckAppConfig),
+    ("base_verify_data", VerifyDataAppConfig),
+    ("base_plan", PlanAppConfig),
+)
+_GROUP_SCHEMAS = (
+    ("model", ModelConfig),
+    ("data", DataConfig),
+    ("optim", OptimConfig),
+    ("sched", SchedConfig),
+    ("eval", EvalConfig),
+    ("logger", LoggerConfig),
+    ("launcher", LauncherConfig),
+    ("paths", PathsConfig),
+)
+_filled_store: list[ConfigStore] = []  # the store the schemas went into (a new singleton gets them again)
+
+
+def _the_store_itself(store: ConfigStore, memo: dict) -> ConfigStore:
+    return store
+
+
 def register_all() -> None:
     """Every schema in Hydra's ConfigStore (each app's base config and each group's base node), and the
-    resolvers. Idempotent; every entry point calls it in main(), tests and scripts before composing."""
+    resolvers. Idempotent and cheap again (a test composes hundreds of times); every entry point calls it in
+    main(), tests and scripts before composing."""
     store = ConfigStore.instance()
-    for name, node in (
-        ("base_train", AppConfig),
-        ("base_evaluate", EvaluateAppConfig),
-        ("base_ensemble", EnsembleAppConfig),
-        ("base_report", ReportAppConfig),
-        ("base_init_check", InitCheckAppConfig),
-        ("base_verify_data", VerifyDataAppConfig),
-        ("base_plan", PlanAppConfig),
-    ):
-        store.store(name=name, node=node)
-    for group, node in (
-        ("model", ModelConfig),
-        ("data", DataConfig),
-        ("optim", OptimConfig),
-        ("sched", SchedConfig),
-        ("eval", EvalConfig),
-        ("logger", LoggerConfig),
-        ("launcher", LauncherConfig),
-        ("paths", PathsConfig),
-    ):
-        store.store(group=group, name=f"base_{group}", node=node)
+    # Hydra 1.3 deep-copies its config repository at every compose, and `--help` once per group option it
+    # lists (116 here); the repository holds the singleton store with every schema, and copying it made
+    # `--help` take 5 s. Its loads deep-copy each node they return, so the copies may share the store, as
+    # Hydra's main branch does (facebookresearch/hydra#2928, after 1.3.8).
+    ConfigStore.__deepcopy__ = _the_store_itself
+    if not (_filled_store and _filled_store[0] is store):
+        for name, node in _APP_SCHEMAS:
+            store.store(name=name, node=node)
+        for group, node in _GROUP_SCHEMAS:
+            store.store(group=group, name=f"base_{group}", node=node)
+        _filled_store[:] = [store]
     register_resolvers()
