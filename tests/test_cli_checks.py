@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import warm
 from helpers.evaluation import TINY_MODEL, make_predictions, save_checkpoint, tiny_model, write_image_folder
 from helpers.runs import cli_env
 
@@ -21,10 +22,8 @@ from delving.report.runs import RunDirectoryError, load_run
 def _command(module: str, *args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
     environment = cli_env(**env)
     environment.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run(
+    return warm.run(  # forked warm (helpers/warm.py)
         [sys.executable, "-m", f"delving.cli.{module}", *args],
-        capture_output=True,
-        text=True,
         timeout=120,
         cwd=cwd,
         env=environment,
@@ -160,10 +159,9 @@ def test_a_damaged_overrides_file_is_one_error_naming_it(tmp_path: Path, damage:
 def _console(command: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     environment = cli_env(CUDA_VISIBLE_DEVICES="")
     environment.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run(
-        [str(Path(sys.executable).parent / command), *args],
-        capture_output=True, text=True, timeout=300, cwd=cwd, env=environment,
-    )  # fmt: skip
+    return warm.run(  # forked warm (helpers/warm.py)
+        [str(Path(sys.executable).parent / command), *args], timeout=300, cwd=cwd, env=environment
+    )
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import io
 import json
 import os
 import signal
-import subprocess
 import sys
 import tarfile
 from pathlib import Path
@@ -19,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from helpers import warm
 from helpers.configs import compose_config
 from helpers.copies import CLASS_NAMES, WNIDS, make_every_copy, make_hub_shards, write_hub_parquet
 from helpers.data import tiny_config, write_jpeg
@@ -287,11 +287,11 @@ def test_delving_eval_scores_a_checkpoint_on_another_copy_of_the_same_classes(co
     outputs = {}
     for kind in ("wds", "folder"):
         outputs[kind] = tmp_path / f"{kind}.npz"
-        result = subprocess.run(
+        result = warm.run(
             [str(Path(sys.executable).parent / "delving-eval"), f"checkpoint={checkpoint}", f"data={kind}",
              f"data.root={copies[kind]}", f"data.val_split={'validation' if kind == 'wds' else 'val'}",
              "eval=center", *TINY_DATA[-5:], "device=cpu", f"output={outputs[kind]}"],
-            capture_output=True, text=True, env=cli_env(), cwd=tmp_path, timeout=300,
+            env=cli_env(), cwd=tmp_path, timeout=300,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr[-3000:]
     wds, folder = (np.load(outputs[kind], allow_pickle=False) for kind in ("wds", "folder"))

@@ -104,9 +104,9 @@ def test_the_same_command_finds_its_run_and_a_finished_run_is_not_redone(tmp_pat
 
     # The folder as the default naming made it, typed back as it is (the console script, a user's shell words).
     folder = f"outputs/demo/{runs[0].name}"
-    evaluated = subprocess.run(
+    evaluated = warm.run(
         [str(Path(sys.executable).parent / "delving-eval"), f"checkpoint={folder}", "eval=center", "eval.limit=4"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300, env=cli_env(),
+        cwd=tmp_path, timeout=300, env=cli_env(),
     )  # fmt: skip
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     (center,) = runs[0].glob("predictions-center*.npz")

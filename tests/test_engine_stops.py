@@ -261,7 +261,7 @@ def test_places_that_cannot_be_written_are_refused_in_one_line_before_any_work(
 
 def test_a_command_that_fails_its_checks_leaves_no_run_folder(tmp_path: Path) -> None:
     command = train_command(["optim.lr=-1"])  # no hydra.run.dir: Hydra's own outputs/<experiment>/<run>
-    result = subprocess.run(command, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=120)
+    result = warm.run(command, cwd=tmp_path, env=cli_env(), timeout=120)
     assert result.returncode == 2 and result.stderr.startswith("error: optim.lr=-1"), result.stderr[-2000:]
     assert not (tmp_path / "outputs").exists()
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import warm
 from helpers.disks import small_disk as mounted_small_disk
 from helpers.runs import TINY_DATA, TINY_MODEL, TINY_TRAIN, cli_env
 
@@ -27,12 +28,13 @@ MORE_TRAIN = ["data.synthetic_train_per_class=50"]
 
 
 def run_plan(
-    tmp_path: Path, overrides: list[str], budget_s: float = 5, env: dict[str, str] | None = None, **kwargs
+    tmp_path: Path, overrides: list[str], budget_s: float = 5, env: dict[str, str] | None = None
 ) -> tuple[subprocess.CompletedProcess, dict | None]:
+    """The delving-plan console script, forked warm (helpers/warm.py)."""
     out = tmp_path / "plan"
-    result = subprocess.run(
+    result = warm.run(
         [str(PLAN), *TINY_DATA, *TINY_MODEL, *TINY_TRAIN, f"budget_s={budget_s}", f"plan_dir={out}", *overrides],
-        capture_output=True, text=True, cwd=tmp_path, env=env or cli_env(), timeout=300, **kwargs,
+        cwd=tmp_path, env=env or cli_env(), timeout=300,
     )  # fmt: skip
     record = json.loads((out / "plan.json").read_text()) if (out / "plan.json").is_file() else None
     return result, record

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import warm
 from helpers.configs import compose_config
 from helpers.runs import TINY_DATA, TINY_MODEL, TINY_TRAIN, cli_env
 
@@ -270,13 +271,11 @@ def test_a_cosine_schedule_needs_epochs_after_its_warm_up() -> None:
 
 
 def _console_train(cwd: Path, *overrides: str, **env: str) -> subprocess.CompletedProcess:
-    """delving-train as users type it, from `cwd`, its runs under cwd/outputs."""
+    """delving-train as users type it, from `cwd`, its runs under cwd/outputs (forked warm: helpers/warm.py)."""
     environment = cli_env(**env)
     environment.pop("HYDRA_FULL_ERROR", None)
     command = [str(Path(sys.executable).parent / "delving-train"), f"paths.outputs={cwd / 'outputs'}"]
-    return subprocess.run(
-        [*command, *overrides], capture_output=True, text=True, cwd=cwd, env=environment, timeout=300
-    )
+    return warm.run([*command, *overrides], cwd=cwd, env=environment, timeout=300)
 
 
 def _refused_before_the_run_folder(result: subprocess.CompletedProcess, cwd: Path) -> str:

@@ -1,5 +1,6 @@
-"""The tests' warm launcher (helpers/warm.py) runs `python -m delving.train` as a new interpreter does: the
-same weights bit for bit, the same exit codes and folders, and the arithmetic its own environment asks for."""
+"""The tests' warm launcher (helpers/warm.py) runs `python -m delving.train` and the console scripts as a new
+interpreter does: the same weights bit for bit, the same exit codes, messages and folders, and the arithmetic
+its own environment asks for."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from helpers.runs import EQUAL_RUN, REPO, TINY_DATA, TINY_MODEL, TINY_TRAIN, cli
 from delving.checkpoint import Checkpoint
 
 COMMAND = [sys.executable, "-m", "delving.train", *TINY_DATA, *TINY_MODEL, *TINY_TRAIN, *EQUAL_RUN]
+SCRIPT = str(Path(sys.executable).parent / "delving-train")
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
@@ -26,10 +28,18 @@ def test_a_warm_run_equals_a_new_interpreters_run_bitwise(tmp_path: Path) -> Non
         cwd=REPO, timeout=300,
     )  # fmt: skip
     hot = warm.run([*COMMAND, f"hydra.run.dir={tmp_path / 'warm'}"], env=cli_env(), cwd=REPO, timeout=300)
-    assert cold.returncode == hot.returncode == 0, hot.stderr[-3000:] + cold.stderr[-3000:]
-    cold_weights, warm_weights = _weights(tmp_path / "cold"), _weights(tmp_path / "warm")
-    assert cold_weights.keys() == warm_weights.keys()
-    assert all(torch.equal(cold_weights[k], warm_weights[k]) for k in cold_weights)
+    script = warm.run(
+        [SCRIPT, *COMMAND[3:], "hydra.run.dir=script"], env=cli_env(), cwd=tmp_path, timeout=300
+    )
+    assert warm.has_server(cli_env())
+    assert cold.returncode == hot.returncode == script.returncode == 0, (
+        hot.stderr[-3000:] + script.stderr[-3000:]
+    )
+    cold_weights = _weights(tmp_path / "cold")
+    for run in ("warm", "script"):
+        warm_weights = _weights(tmp_path / run)
+        assert cold_weights.keys() == warm_weights.keys()
+        assert all(torch.equal(cold_weights[k], warm_weights[k]) for k in cold_weights), run
 
     # The same log, but for the run folder and the rates and times.
     def losses(result: subprocess.CompletedProcess) -> list[str]:
@@ -48,6 +58,11 @@ def test_warm_runs_keep_their_exit_codes_and_processes(tmp_path: Path) -> None:
     refused = warm.run([*COMMAND, "model.widht=1"], env=cli_env(), cwd=tmp_path, timeout=300)
     assert refused.returncode == 2
     assert refused.stderr.strip().splitlines()[-1].startswith("error: model.widht is not a key")
+    # A console script's refusal after its imports (no data): the same code and message as a new interpreter's.
+    bare = [str(Path(sys.executable).parent / "delving-eval"), "checkpoint=missing.pt"]
+    cold = subprocess.run(bare, capture_output=True, text=True, env=cli_env(), cwd=tmp_path, timeout=300)
+    hot = warm.run(bare, env=cli_env(), cwd=tmp_path, timeout=300)
+    assert hot.returncode == cold.returncode == 2 and hot.stderr == cold.stderr, hot.stderr + cold.stderr
     # A relative run folder is the given folder's, as for a command typed there.
     relative = warm.run(
         [*COMMAND, "hydra.run.dir=here", "train.epochs=1"], env=cli_env(), cwd=tmp_path, timeout=300
@@ -77,4 +92,6 @@ def test_a_run_gets_a_server_started_in_its_own_environment(tmp_path: Path) -> N
     assert "DEFAULT CPU kernels, 1 intra-op thread(s)" in logged["capped"]
     assert "DEFAULT CPU kernels" not in logged["plain"] and "1 intra-op thread(s)" in logged["plain"]
     assert "DEFAULT CPU kernels" not in logged["threaded"] and "2 intra-op thread(s)" in logged["threaded"]
-    assert warm.would_run_warm(COMMAND) and not warm.would_run_warm([sys.executable, "-m", "delving.eval"])
+    assert warm.would_run_warm(COMMAND) and warm.would_run_warm([SCRIPT, "--help"])
+    assert not warm.would_run_warm([sys.executable, "-m", "torch.distributed.run", *COMMAND[1:]])
+    assert not warm.would_run_warm(["/usr/local/bin/delving-train"])

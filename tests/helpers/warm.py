@@ -1,17 +1,19 @@
-"""`python -m delving.train ...` without the interpreter's start: a warm server forks each run.
+"""delving's commands without the interpreter's start: a warm server forks each run.
 
-Half of a tiny training command's time is its imports (torch, Hydra, and torch's compiler where the run
-needs it): seconds per launch, most of the suite. The server (one per pytest worker) imports them once and
+Half of a tiny command's time is its imports (torch, Hydra, and torch's compiler where the run needs it):
+about 4.5 s of CPU per launch, most of the suite. The server (a few per pytest worker) imports them once and
 runs no torch op; each run is a child forked from it: its own process (own pid, exit status, signals, a
-SIGKILL kills only it), its own environment, folder and argv, running `delving.train` as `-m` would. What the
-tests compare (weights, logs, exit codes) cannot tell the two apart: `test_warm_launch.py` checks a warm run
-against a cold one bitwise.
+SIGKILL kills only it), its own environment, folder and argv, running `python -m delving.<module>` as `-m`
+would, or an installed console script (`.venv/bin/delving-plan ...`) as the interpreter runs a script file.
+What the tests compare (weights, logs, exit codes) cannot tell the two apart: `test_warm_launch.py` checks a
+warm run against a cold one bitwise, and a console script's refusal against a cold one's.
 
 Each server runs in one environment, and a run goes to the server of its environment (started when first
 needed): torch and its compiler read their keys (kernel ISA caps, compile caches, threads) when imported or
 first used, delving its config folder when imported, and a server has imported them all. Only the test hooks
 delving reads at run time (`RUN_TIME_KEYS`) may differ between a run and its server. Commands whose test is
-about how users start them (console scripts, torchrun, SLURM, a terminal's Ctrl-C) start cold by not using this helper.
+about how users start them (console scripts from another folder, torchrun, SLURM, a terminal's Ctrl-C) start
+cold by not using this helper.
 """
 
 from __future__ import annotations
@@ -28,11 +30,11 @@ import tempfile
 import time
 from pathlib import Path
 
-_WARM_MODULE = "delving.train"
+_BIN = Path(sys.executable).parent
 # Read by delving when the step or the file read happens, never at import (trainer.py, decode.py).
 RUN_TIME_KEYS = frozenset({"DELVING_KILL_AT_STEP", "DELVING_STEP_SLEEP_S", "DELVING_READ_DELAY_S"})
 _NOT_READ = frozenset({"PYTEST_CURRENT_TEST"})  # pytest's, changed at every test
-_MAX_SERVERS = 3
+_MAX_SERVERS = 4
 _THREADED = 3  # the server's exit status when its imports started a thread: it cannot fork safely
 _cold_keys: set[frozenset[tuple[str, str]]] = set()
 _servers: dict[frozenset[tuple[str, str]], tuple[subprocess.Popen, Path]] = {}
@@ -78,9 +80,13 @@ atexit.register(_stop_servers)
 
 
 def would_run_warm(command: list[str]) -> bool:
-    """Whether `run` may fork `command` from a warm server (`DELVING_TESTS_COLD=1` turns them all off, for a
-    suite timed without them)."""
-    return command[:3] == [sys.executable, "-m", _WARM_MODULE] and not os.environ.get("DELVING_TESTS_COLD")
+    """Whether `run` may fork `command` from a warm server: `python -m delving.<module> ...` or one of this
+    environment's console scripts (`DELVING_TESTS_COLD=1` turns them all off, for a suite timed without)."""
+    if os.environ.get("DELVING_TESTS_COLD"):
+        return False
+    module = command[2] if command[:2] == [sys.executable, "-m"] and len(command) > 2 else ""
+    script = Path(command[0])
+    return module.startswith("delving.") or (script.parent == _BIN and script.name.startswith("delving-"))
 
 
 def has_server(env: dict[str, str]) -> bool:
@@ -108,13 +114,13 @@ def run(
     command: list[str], env: dict[str, str], cwd: Path, timeout: float
 ) -> subprocess.CompletedProcess[str]:
     """`subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)`, forked
-    from a warm server when `command` is `python -m delving.train ...`."""
+    from a warm server where `would_run_warm(command)`."""
     address = _server_for(env) if would_run_warm(command) else None
     if address is None:
         return subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
     with tempfile.TemporaryDirectory(prefix="warm-run-") as folder:
         out, err = Path(folder) / "stdout", Path(folder) / "stderr"
-        request = {"argv": command[3:], "env": env, "cwd": str(cwd), "stdout": str(out), "stderr": str(err)}
+        request = {"argv": command, "env": env, "cwd": str(cwd), "stdout": str(out), "stderr": str(err)}
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
             connection.connect(str(address))
             connection.sendall(json.dumps(request).encode() + b"\n")
@@ -137,7 +143,8 @@ def run(
 
 def _child(request: dict) -> None:
     """In the forked child: the request's folder, environment, argv and output files, then the module as
-    `python -m` runs it. Returns to let the interpreter end as a launched one would (atexit, flushing)."""
+    `python -m` runs it or the script as `python script` does. Returns to let the interpreter end as a
+    launched one would (atexit, flushing)."""
     import runpy
 
     os.chdir(request["cwd"])
@@ -151,8 +158,18 @@ def _child(request: dict) -> None:
         opened = os.open(path, flags | (os.O_WRONLY | os.O_CREAT | os.O_TRUNC if fd else 0), 0o644)
         os.dup2(opened, fd)
         os.close(opened)
-    sys.argv = ["-m", *request["argv"]]
-    runpy.run_module(_WARM_MODULE, run_name="__main__", alter_sys=True)
+    command = request["argv"]
+    if command[1:2] == ["-m"]:  # sys.argv[0] becomes the module's file (alter_sys), sys.path[0] the folder
+        sys.path[0] = os.getcwd()
+        sys.argv = ["-m", *command[3:]]
+        sys.modules.pop(
+            command[2], None
+        )  # run as __main__ only, as a new interpreter does (no runpy warning)
+        runpy.run_module(command[2], run_name="__main__", alter_sys=True)
+    else:  # a script: argv[0] is its path, sys.path[0] its folder
+        sys.path[0] = str(Path(command[0]).parent)
+        sys.argv = list(command)
+        runpy.run_path(command[0], run_name="__main__")
 
 
 def _serve(address: str) -> None:
@@ -163,10 +180,13 @@ def _serve(address: str) -> None:
     import torch
     import torch._dynamo  # noqa: F401  (torch.optim imports it at the first optimizer)
 
+    import delving.cli.eval
+    import delving.cli.plan
     import delving.cli.train
     import delving.engine.app
     import delving.engine.trainer
-    import delving.evaluation.app  # noqa: F401
+    import delving.evaluation.app
+    import delving.plan.app  # noqa: F401
 
     if threading.active_count() != 1 or len(os.listdir("/proc/self/task")) != 1:
         sys.exit(_THREADED)  # torch started its thread pool (OMP_NUM_THREADS above 1): runs here go cold
