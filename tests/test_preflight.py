@@ -365,6 +365,32 @@ def test_eval_scales_beyond_the_devices_memory_are_refused_before_the_run() -> N
     assert "that cpu has" in message and "even one image needs" in message
 
 
+@pytest.mark.parametrize("act", ["prelu", "prelu_shared", "leaky_relu", "relu"])
+@pytest.mark.parametrize("name", ["model_a", "model_b", "model_c", "vgg19", "net14", "net30"])
+def test_the_dense_peak_is_what_the_nets_own_forward_holds(name: str, act: str) -> None:
+    """dense_peak_bytes walks the layer shapes; here the net's own forward_dense on the meta device measures
+    each layer's input and output, at two scales (one odd) and two batch sizes."""
+    from delving.evaluation import memory
+    from delving.models import build_model
+
+    model = {"name": name, "width": 0.125, "act": act, "num_classes": 0 if name == "net30" else 10}
+    with torch.device("meta"):
+        net = build_model(model).eval()
+    seen: list[int] = []
+
+    def measure(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        seen.append(sum(t.numel() * t.element_size() for t in (*inputs, output)))
+
+    for module in net.modules():
+        if not list(module.children()):
+            module.register_forward_hook(measure)
+    for side, images in ((257, 1), (300, 3)):
+        seen.clear()
+        with torch.inference_mode():
+            net.forward_dense(torch.empty(images, 3, side, side, device="meta"))
+        assert memory.dense_peak_bytes(model, side, images) == max(seen) > images * 3 * side * side * 4
+
+
 def test_the_memory_bound_names_the_largest_batch_that_fits(monkeypatch: pytest.MonkeyPatch) -> None:
     """Exactly the memory of 4 images (with their flips) is free: batch 32 is refused, 4 is named, 4 passes."""
     from delving.evaluation import memory

@@ -97,7 +97,8 @@ def test_delvings_builder_gives_timms_net_and_contract(name: str, options: dict)
 
 
 def test_delving_commands_import_neither_timm_nor_torchvision() -> None:
-    """Importing timm costs each launch seconds (torchvision, torch's compiler): training and eval avoid it."""
+    """Importing timm costs each launch seconds (torchvision, torch's compiler): training and eval avoid it,
+    and torch's compiler itself (3 s on 2 cores), which only train.compile needs."""
     code = (
         "import sys\n"
         "import delving.cli.train, delving.cli.eval, delving.cli.ensemble, delving.cli.plan\n"
@@ -105,6 +106,8 @@ def test_delving_commands_import_neither_timm_nor_torchvision() -> None:
         "from delving.models import build_model\n"
         "from delving.checkpoint import Checkpoint\n"
         "build_model({'name': 'net14', 'width': 0.0625})\n"
+        "from delving.evaluation.memory import dense_peak_bytes\n"  # the eval's memory check, with PReLU
+        "dense_peak_bytes({'name': 'net14', 'width': 0.0625, 'act': 'prelu'}, 256, 2)\n"
         "print(sorted(m for m in ('timm', 'torchvision', 'pyarrow', 'torch._dynamo') if m in sys.modules))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -1,9 +1,8 @@
 """The memory a test protocol needs at its largest scale, checked against the device before any image is read.
 
 `eval.scales=[30000]` asked for GBs per image and died with a traceback or an out-of-memory kill. The dense
-test runs the whole resized image through the net: its peak is found by running the net on the meta device
-(shapes only, nothing allocated) at the largest scale, for a square image (the least a shorter side of that
-length can be), the batch and its flips. The crop protocols hold one resized image per decoder.
+test runs the whole resized image through the net: its peak is found from the net's layer shapes at the
+largest scale, for a square image (the least a shorter side of that length can be), the batch and its flips. The crop protocols hold one resized image per decoder.
 """
 
 from __future__ import annotations
@@ -47,26 +46,52 @@ def available_bytes(device: torch.device, total: bool = False) -> int | None:
 
 def dense_peak_bytes(model_cfg: Any, side: int, images: int) -> int:
     """The most bytes two consecutive activations of the net hold at once (a layer's input and output), for
-    `images` square inputs of `side` pixels, found on the meta device."""
+    `images` square inputs of `side` pixels, as `forward_dense` runs them.
+
+    Walked over the net's own layers (built on the meta device: shapes only, nothing allocated) with their
+    shape arithmetic, rather than a forward on the meta device: torch runs meta ops through its Python refs,
+    which import its compiler, 3 s of every evaluation on 2 cores. `tests/test_preflight.py` checks the walk
+    against that forward for every net and activation."""
     from delving.models import build_model
 
     with torch.device("meta"):
         net = build_model(model_cfg).eval()
+    channels, height, width = net.in_chans, side, side
     peak = 0
+    for layer in net.features:
+        before = channels * height * width
+        if isinstance(layer, nn.Conv2d | nn.MaxPool2d):
+            height, width = (_out_size(layer, size, axis) for axis, size in enumerate((height, width)))
+            channels = layer.out_channels if isinstance(layer, nn.Conv2d) else channels
+        elif not isinstance(layer, nn.ReLU | nn.PReLU | nn.LeakyReLU):
+            raise TypeError(f"dense_peak_bytes knows no shape rule for {type(layer).__name__}")
+        peak = max(peak, before + channels * height * width)
+    if height < net.map_size or width < net.map_size:
+        raise ValueError(f"feature map {height}x{width} is smaller than the {net.map_size} px SPP window")
+    windows = (height - net.map_size + 1) * (
+        width - net.map_size + 1
+    )  # the dense test's rows for the fc layers
+    features = channels * net.spp.num_bins
+    peak = max(
+        peak, channels * height * width + windows * features
+    )  # SPP: the map in, every window's bins out
+    for layer in net.head:
+        before = features
+        if isinstance(layer, nn.Linear):
+            features = layer.out_features
+        elif not isinstance(layer, nn.ReLU | nn.PReLU | nn.LeakyReLU | nn.Dropout | nn.Identity):
+            raise TypeError(f"dense_peak_bytes knows no shape rule for {type(layer).__name__}")
+        peak = max(peak, windows * (before + features))
+    return peak * images * FLOAT_BYTES
 
-    def measure(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
-        nonlocal peak
-        tensors = [t for t in (*inputs, output) if isinstance(t, torch.Tensor)]
-        peak = max(peak, sum(t.numel() * t.element_size() for t in tensors))
 
-    hooks = [m.register_forward_hook(measure) for m in net.modules() if not list(m.children())]
-    try:
-        with torch.inference_mode():
-            net.forward_dense(torch.empty(images, 3, side, side, device="meta"))
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return peak
+def _out_size(layer: nn.Conv2d | nn.MaxPool2d, size: int, axis: int) -> int:
+    def pick(value: int | tuple[int, ...]) -> int:
+        return value[axis] if isinstance(value, tuple) else value
+
+    if pick(layer.dilation) != 1 or (isinstance(layer, nn.MaxPool2d) and layer.ceil_mode):
+        raise TypeError(f"dense_peak_bytes knows no shape rule for {layer}")
+    return (size + 2 * pick(layer.padding) - pick(layer.kernel_size)) // pick(layer.stride) + 1
 
 
 def check_eval_memory(
