@@ -87,7 +87,7 @@ def test_a_run_gets_a_server_started_in_its_own_environment(tmp_path: Path) -> N
         (logged[name],) = [
             line for line in (result.stdout + result.stderr).splitlines() if "arithmetic:" in line
         ]
-        served[name] = warm.has_server(env)  # asked at once: a later server may evict it (3 per worker)
+        served[name] = warm.has_server(env)  # asked at once: a later server may evict it (_MAX_SERVERS)
     assert served == {"plain": True, "capped": True, "threaded": False}
     assert "DEFAULT CPU kernels, 1 intra-op thread(s)" in logged["capped"]
     assert "DEFAULT CPU kernels" not in logged["plain"] and "1 intra-op thread(s)" in logged["plain"]

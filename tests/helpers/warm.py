@@ -1,7 +1,7 @@
 """delving's commands without the interpreter's start: a warm server forks each run.
 
 Half of a tiny command's time is its imports (torch, Hydra, and torch's compiler where the run needs it):
-about 4.5 s of CPU per launch, most of the suite. The server (a few per pytest worker) imports them once and
+about 5 s of CPU per launch, most of the suite. The server (a few per pytest worker) imports them once and
 runs no torch op; each run is a child forked from it: its own process (own pid, exit status, signals, a
 SIGKILL kills only it), its own environment, folder and argv, running `python -m delving.<module>` as `-m`
 would, or an installed console script (`.venv/bin/delving-plan ...`) as the interpreter runs a script file.
@@ -162,9 +162,8 @@ def _child(request: dict) -> None:
     if command[1:2] == ["-m"]:  # sys.argv[0] becomes the module's file (alter_sys), sys.path[0] the folder
         sys.path[0] = os.getcwd()
         sys.argv = ["-m", *command[3:]]
-        sys.modules.pop(
-            command[2], None
-        )  # run as __main__ only, as a new interpreter does (no runpy warning)
+        # Run as __main__ only, as a new interpreter does (runpy warns about a module already imported).
+        sys.modules.pop(command[2], None)
         runpy.run_module(command[2], run_name="__main__", alter_sys=True)
     else:  # a script: argv[0] is its path, sys.path[0] its folder
         sys.path[0] = str(Path(command[0]).parent)

@@ -2,7 +2,8 @@
 
 `eval.scales=[30000]` asked for GBs per image and died with a traceback or an out-of-memory kill. The dense
 test runs the whole resized image through the net: its peak is found from the net's layer shapes at the
-largest scale, for a square image (the least a shorter side of that length can be), the batch and its flips. The crop protocols hold one resized image per decoder.
+largest scale, for a square image (the least a shorter side of that length can be), the batch and its flips.
+The crop protocols hold one resized image per decoder.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ GIB = 1 << 30
 FLOAT_BYTES = 4
 _MEMINFO = Path("/proc/meminfo")
 _CGROUP = Path("/sys/fs/cgroup")
+# The layers whose output has their input's shape (dropout and identity: the head in eval mode).
+_SHAPE_KEEPING = (nn.ReLU, nn.PReLU, nn.LeakyReLU, nn.Dropout, nn.Identity)
 
 
 def available_bytes(device: torch.device, total: bool = False) -> int | None:
@@ -63,23 +66,20 @@ def dense_peak_bytes(model_cfg: Any, side: int, images: int) -> int:
         if isinstance(layer, nn.Conv2d | nn.MaxPool2d):
             height, width = (_out_size(layer, size, axis) for axis, size in enumerate((height, width)))
             channels = layer.out_channels if isinstance(layer, nn.Conv2d) else channels
-        elif not isinstance(layer, nn.ReLU | nn.PReLU | nn.LeakyReLU):
+        elif not isinstance(layer, _SHAPE_KEEPING):
             raise TypeError(f"dense_peak_bytes knows no shape rule for {type(layer).__name__}")
         peak = max(peak, before + channels * height * width)
     if height < net.map_size or width < net.map_size:
         raise ValueError(f"feature map {height}x{width} is smaller than the {net.map_size} px SPP window")
-    windows = (height - net.map_size + 1) * (
-        width - net.map_size + 1
-    )  # the dense test's rows for the fc layers
+    # SPP takes the map in and gives every window's bins out: the rows the fc layers then run on.
+    windows = (height - net.map_size + 1) * (width - net.map_size + 1)
     features = channels * net.spp.num_bins
-    peak = max(
-        peak, channels * height * width + windows * features
-    )  # SPP: the map in, every window's bins out
+    peak = max(peak, channels * height * width + windows * features)
     for layer in net.head:
         before = features
         if isinstance(layer, nn.Linear):
             features = layer.out_features
-        elif not isinstance(layer, nn.ReLU | nn.PReLU | nn.LeakyReLU | nn.Dropout | nn.Identity):
+        elif not isinstance(layer, _SHAPE_KEEPING):
             raise TypeError(f"dense_peak_bytes knows no shape rule for {type(layer).__name__}")
         peak = max(peak, windows * (before + features))
     return peak * images * FLOAT_BYTES

@@ -30,6 +30,8 @@ def conv_init_std(
 
 @torch.no_grad()
 def init_conv_(conv: nn.Conv2d, scheme: InitScheme | str, slope: float = 0.0) -> None:
+    if conv.weight.is_meta:  # shapes only: no values to draw (torch's meta normal_ imports its compiler, 3 s)
+        return
     nn.init.normal_(conv.weight, mean=0.0, std=conv_init_std(conv.weight.shape, scheme, slope))
     if conv.bias is not None:
         nn.init.zeros_(conv.bias)
@@ -38,6 +40,8 @@ def init_conv_(conv: nn.Conv2d, scheme: InitScheme | str, slope: float = 0.0) ->
 @torch.no_grad()
 def init_linear_(linear: nn.Linear, std: float) -> None:
     # The paper's fc layers are not He-initialized: std 0.01 / 0.001 because the input is not normalized.
+    if linear.weight.is_meta:  # shapes only, as in init_conv_
+        return
     nn.init.normal_(linear.weight, mean=0.0, std=std)
     if linear.bias is not None:
         nn.init.zeros_(linear.bias)

@@ -133,8 +133,6 @@ class SPPNet(nn.Module):
     def reset_parameters(
         self, init: InitScheme | str, init_prelu_factor: bool, fc_init_std: Sequence[float]
     ) -> None:
-        if any(p.is_meta for p in self.parameters()):  # shapes only: no values to draw (and torch's meta
-            return  # normal_ imports its compiler, 3 s of a command that only wants the shapes)
         slope = initial_negative_slope(self.act) if init_prelu_factor else 0.0
         for module in self.features:
             if isinstance(module, nn.Conv2d):
