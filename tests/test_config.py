@@ -95,6 +95,24 @@ def test_hydras_repository_copies_share_the_store_and_loads_stay_independent(com
     assert loaded.width == 0.5 and store.load("model/base_model.yaml").node.width == 1.0
 
 
+def test_the_tests_compose_once_per_config_and_hand_out_copies(compose_train) -> None:
+    """helpers/configs.py keeps each composed config: a kept one equals a fresh compose, and a test that
+    changes its copy changes nobody else's."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    overrides = ["experiment=table5_model_a_prelu", "train.batch_size=7"]
+    first = compose_train(overrides)
+    first.train.batch_size = 3
+    first.model.width = 0.5
+    kept = compose_train(overrides)
+    with initialize_config_dir(config_dir=str(CONFIGS.resolve()), version_base="1.3"):
+        fresh = compose(config_name="train", overrides=overrides)
+    assert kept.train.batch_size == 7 and kept.model.width == fresh.model.width != 0.5
+    assert OmegaConf.to_yaml(kept) == OmegaConf.to_yaml(fresh)
+    assert OmegaConf.is_struct(kept) == OmegaConf.is_struct(fresh)
+
+
 def test_register_all_fills_each_store_once() -> None:
     """Every compose calls register_all; a store already filled keeps its nodes, a new singleton is filled."""
     from hydra.core.config_store import ConfigStore
