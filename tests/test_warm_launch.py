@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -47,6 +48,38 @@ def test_a_warm_run_equals_a_new_interpreters_run_bitwise(tmp_path: Path) -> Non
         return [line.split("| loss ")[1][:6] for line in lines if "| loss " in line]
 
     assert losses(hot) and losses(hot) == losses(cold)
+
+
+def test_two_warm_ranks_equal_torchruns_two_ranks_bitwise_and_fail_together(tmp_path: Path) -> None:
+    """A torchrun command run through warm.run: two forked ranks with torchrun's variables, the same weights
+    as torchrun's own ranks; one rank's death ends the other, with torchrun's exit code 1."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    command = [*torchrun, *COMMAND[1:], "train.epochs=1"]
+    cold = subprocess.run(
+        [*command, f"hydra.run.dir={tmp_path / 'cold'}"], capture_output=True, text=True, env=cli_env(),
+        cwd=REPO, timeout=300,
+    )  # fmt: skip
+    hot = warm.run([*command, f"hydra.run.dir={tmp_path / 'warm'}"], env=cli_env(), cwd=REPO, timeout=300)
+    assert cold.returncode == hot.returncode == 0, cold.stderr[-3000:] + hot.stderr[-3000:]
+    assert "over 2 rank(s)" in hot.stdout + hot.stderr, hot.stderr[-3000:]
+    cold_weights, warm_weights = _weights(tmp_path / "cold"), _weights(tmp_path / "warm")
+    assert cold_weights.keys() == warm_weights.keys()
+    assert all(torch.equal(cold_weights[k], warm_weights[k]) for k in cold_weights)
+    killed = warm.run(
+        [*command, f"hydra.run.dir={tmp_path / 'killed'}"], env=cli_env(DELVING_KILL_AT_STEP="3"), cwd=REPO,
+        timeout=300,
+    )  # fmt: skip
+    assert killed.returncode == 1, killed.stderr[-3000:]  # both ranks SIGKILLed themselves: torchrun's code
+    # One rank fails, the other would wait (in its next all-reduce, until the timeout): it gets SIGTERM, as
+    # torchrun's agent sends it.
+    (tmp_path / "fails.py").write_text("raise SystemExit(3)\n")
+    (tmp_path / "waits.py").write_text("import time\ntime.sleep(300)\n")
+    started = time.monotonic()
+    ranks = warm.forked(
+        [[str(tmp_path / "waits.py")], [str(tmp_path / "fails.py")]], [cli_env(), cli_env()], tmp_path, 120,
+        together=True,
+    )  # fmt: skip
+    assert ranks.returncode == 1 and time.monotonic() - started < 30
 
 
 def test_warm_runs_keep_their_exit_codes_and_processes(tmp_path: Path) -> None:
@@ -93,5 +126,8 @@ def test_a_run_gets_a_server_started_in_its_own_environment(tmp_path: Path) -> N
     assert "DEFAULT CPU kernels" not in logged["plain"] and "1 intra-op thread(s)" in logged["plain"]
     assert "DEFAULT CPU kernels" not in logged["threaded"] and "2 intra-op thread(s)" in logged["threaded"]
     assert warm.would_run_warm(COMMAND) and warm.would_run_warm([SCRIPT, "--help"])
-    assert not warm.would_run_warm([sys.executable, "-m", "torch.distributed.run", *COMMAND[1:]])
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    assert warm.would_run_warm([*torchrun, "--nproc_per_node=2", *COMMAND[1:]])
+    assert not warm.would_run_warm([*torchrun, "--nproc_per_node=2", "--no-python", "delving-train"])
+    assert not warm.would_run_warm([*torchrun[:3], "--nnodes=2", "--nproc_per_node=2", *COMMAND[1:]])
     assert not warm.would_run_warm(["/usr/local/bin/delving-train"])

@@ -5,15 +5,18 @@ about 5 s of CPU per launch, most of the suite. The server (a few per pytest wor
 runs no torch op; each run is a child forked from it: its own process (own pid, exit status, signals, a
 SIGKILL kills only it), its own environment, folder and argv, running `python -m delving.<module>` as `-m`
 would, or an installed console script (`.venv/bin/delving-plan ...`) as the interpreter runs a script file.
+`torchrun --standalone --nproc_per_node=N -m delving.<module>` becomes N such children with the variables
+torchrun gives its ranks, ended together when one fails, as torchrun's agent ends them.
 What the tests compare (weights, logs, exit codes) cannot tell the two apart: `test_warm_launch.py` checks a
-warm run against a cold one bitwise, and a console script's refusal against a cold one's.
+warm run against a cold one bitwise (two ranks against torchrun's too), and a console script's refusal
+against a cold one's.
 
 Each server runs in one environment, and a run goes to the server of its environment (started when first
 needed): torch and its compiler read their keys (kernel ISA caps, compile caches, threads) when imported or
 first used, delving its config folder when imported, and a server has imported them all. Only the test hooks
 delving reads at run time (`RUN_TIME_KEYS`) may differ between a run and its server. Commands whose test is
-about how users start them (console scripts from another folder, torchrun, SLURM, a terminal's Ctrl-C) start
-cold by not using this helper.
+about how users start them (console scripts from another folder, torchrun's signals and its own errors,
+SLURM, a terminal's Ctrl-C) start cold by not using this helper.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -31,8 +35,21 @@ import time
 from pathlib import Path
 
 _BIN = Path(sys.executable).parent
-# Read by delving when the step or the file read happens, never at import (trainer.py, decode.py).
-RUN_TIME_KEYS = frozenset({"DELVING_KILL_AT_STEP", "DELVING_STEP_SLEEP_S", "DELVING_READ_DELAY_S"})
+# What torchrun's agent sets for each rank (torch/distributed/elastic/agent/server/local_elastic_agent.py);
+# the rank's variables: rank 0 hosts the rendezvous store itself (no agent's store here).
+_RANK_KEYS = frozenset({
+    "RANK", "LOCAL_RANK", "GROUP_RANK", "ROLE_RANK", "ROLE_NAME", "WORLD_SIZE", "LOCAL_WORLD_SIZE",
+    "GROUP_WORLD_SIZE", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RESTART_COUNT",
+    "TORCHELASTIC_MAX_RESTARTS", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_USE_AGENT_STORE",
+    "TORCH_NCCL_ASYNC_ERROR_HANDLING",
+})  # fmt: skip
+# Read by delving and torch.distributed when the step, the file read or the process group happens, never at
+# import (trainer.py, decode.py, dist.py).
+RUN_TIME_KEYS = (
+    frozenset({"DELVING_KILL_AT_STEP", "DELVING_STEP_SLEEP_S", "DELVING_READ_DELAY_S"}) | _RANK_KEYS
+)
+_TORCHRUN = ["-m", "torch.distributed.run", "--standalone"]
+_RANKS_STOP_S = 30  # torchrun's agent: SIGTERM to the ranks left when one fails, SIGKILL after its grace time
 _NOT_READ = frozenset({"PYTEST_CURRENT_TEST"})  # pytest's, changed at every test
 _MAX_SERVERS = 4
 _THREADED = 3  # the server's exit status when its imports started a thread: it cannot fork safely
@@ -79,14 +96,50 @@ def _stop_servers() -> None:
 atexit.register(_stop_servers)
 
 
+def _torchrun_ranks(command: list[str]) -> tuple[int, list[str]] | None:
+    """(N, the rank's command) for `python -m torch.distributed.run --standalone --nproc_per_node=N -m
+    delving.<module> ...`; None for any other command or torchrun option."""
+    if command[:4] != [sys.executable, *_TORCHRUN] or len(command) < 7:
+        return None
+    option, rank_command = command[4], [sys.executable, *command[5:]]
+    if not option.startswith("--nproc_per_node=") or not option.split("=")[1].isdigit():
+        return None
+    return int(option.split("=")[1]), rank_command
+
+
 def would_run_warm(command: list[str]) -> bool:
-    """Whether `run` may fork `command` from a warm server: `python -m delving.<module> ...` or one of this
-    environment's console scripts (`DELVING_TESTS_COLD=1` turns them all off, for a suite timed without)."""
+    """Whether `run` may fork `command` from a warm server: `python -m delving.<module> ...`, one of this
+    environment's console scripts, or torchrun of a delving module on one node (`DELVING_TESTS_COLD=1` turns
+    them all off, for a suite timed without)."""
     if os.environ.get("DELVING_TESTS_COLD"):
         return False
+    ranks = _torchrun_ranks(command)
+    if ranks is not None:
+        command = ranks[1]
     module = command[2] if command[:2] == [sys.executable, "-m"] and len(command) > 2 else ""
     script = Path(command[0])
     return module.startswith("delving.") or (script.parent == _BIN and script.name.startswith("delving-"))
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _rank_environments(env: dict[str, str], ranks: int) -> list[dict[str, str]]:
+    """Each rank's environment as torchrun's agent makes it for one node (`--standalone`)."""
+    port, run_id = str(_free_port()), f"warm-{os.getpid()}-{time.monotonic_ns()}"
+    shared = {
+        "GROUP_RANK": "0", "ROLE_NAME": "default", "LOCAL_WORLD_SIZE": str(ranks), "WORLD_SIZE": str(ranks),
+        "GROUP_WORLD_SIZE": "1", "ROLE_WORLD_SIZE": str(ranks), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
+        "TORCHELASTIC_RESTART_COUNT": "0", "TORCHELASTIC_MAX_RESTARTS": "0", "TORCHELASTIC_RUN_ID": run_id,
+        "TORCHELASTIC_USE_AGENT_STORE": "False",
+        "TORCH_NCCL_ASYNC_ERROR_HANDLING": env.get("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1"),
+    }  # fmt: skip
+    return [
+        {**env, **shared, "RANK": str(r), "LOCAL_RANK": str(r), "ROLE_RANK": str(r)} for r in range(ranks)
+    ]
 
 
 def has_server(env: dict[str, str]) -> bool:
@@ -114,37 +167,63 @@ def run(
     command: list[str], env: dict[str, str], cwd: Path, timeout: float
 ) -> subprocess.CompletedProcess[str]:
     """`subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)`, forked
-    from a warm server where `would_run_warm(command)`."""
-    address = _server_for(env) if would_run_warm(command) else None
-    if address is None:
+    from a warm server where `would_run_warm(command)`. Under torchrun the ranks write to one stdout and one
+    stderr, as torchrun's do, and the exit code is torchrun's: 0, or 1 when a rank failed."""
+    ranks = _torchrun_ranks(command)
+    if ranks is not None:
+        env = {**env, "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1")}  # as torchrun sets it for N > 1
+    if not would_run_warm(command) or _server_for(env) is None:
         return subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
+    if ranks is None:
+        return forked([command], [env], cwd, timeout)
+    result = forked([ranks[1]] * ranks[0], _rank_environments(env, ranks[0]), cwd, timeout, together=True)
+    result.args = command
+    return result
+
+
+def forked(
+    commands: list[list[str]], envs: list[dict[str, str]], cwd: Path, timeout: float, together: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """The commands at once, each forked from the server of the first environment (the others may differ from
+    it in `RUN_TIME_KEYS` only), writing to one stdout and one stderr. Exit code: the one command's, or 0 when
+    all ended well, else 1. `together`: one failing stops the rest, as torchrun's agent does."""
+    address = _server_for(envs[0])
+    assert address is not None and all(_server_key(env) == _server_key(envs[0]) for env in envs)
     with tempfile.TemporaryDirectory(prefix="warm-run-") as folder:
         out, err = Path(folder) / "stdout", Path(folder) / "stderr"
-        request = {"argv": command, "env": env, "cwd": str(cwd), "stdout": str(out), "stderr": str(err)}
+        out.touch()
+        err.touch()
+        runs = [
+            {"argv": command, "env": env, "cwd": str(cwd), "stdout": str(out), "stderr": str(err)}
+            for command, env in zip(commands, envs, strict=True)
+        ]
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
             connection.connect(str(address))
-            connection.sendall(json.dumps(request).encode() + b"\n")
+            connection.sendall(json.dumps({"runs": runs, "together": together}).encode() + b"\n")
             replies = connection.makefile("r")
-            pid = json.loads(replies.readline())["pid"]
+            pids = json.loads(replies.readline())["pids"]
             connection.settimeout(timeout)
             try:
                 line = replies.readline()
             except TimeoutError:
-                os.kill(pid, 9)
-                raise subprocess.TimeoutExpired(command, timeout) from None
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                raise subprocess.TimeoutExpired(commands[0], timeout) from None
             if not line:
-                raise RuntimeError(f"the warm server ended while running {command}")
+                raise RuntimeError(f"the warm server ended while running {commands}")
             status = json.loads(line)["status"]
-        return subprocess.CompletedProcess(command, status, out.read_text(), err.read_text())
+        args = commands[0] if len(commands) == 1 else commands
+        return subprocess.CompletedProcess(args, status, out.read_text(), err.read_text())
 
 
 # ------------------------------------------------------------------------------------------------ the server
 
 
 def _child(request: dict) -> None:
-    """In the forked child: the request's folder, environment, argv and output files, then the module as
-    `python -m` runs it or the script as `python script` does. Returns to let the interpreter end as a
-    launched one would (atexit, flushing)."""
+    """In the forked child: the request's folder, environment, argv and output files (appended to: the ranks
+    of one run share them), then the module as `python -m` runs it or the script as `python script` does.
+    Returns to let the interpreter end as a launched one would (atexit, flushing)."""
     import runpy
 
     os.chdir(request["cwd"])
@@ -155,7 +234,7 @@ def _child(request: dict) -> None:
         (1, request["stdout"], 0),
         (2, request["stderr"], 0),
     ):
-        opened = os.open(path, flags | (os.O_WRONLY | os.O_CREAT | os.O_TRUNC if fd else 0), 0o644)
+        opened = os.open(path, flags | (os.O_WRONLY | os.O_APPEND if fd else 0))
         os.dup2(opened, fd)
         os.close(opened)
     command = request["argv"]
@@ -204,17 +283,43 @@ def _serve(address: str) -> None:
             continue
         connection.settimeout(None)
         request = json.loads(connection.makefile("r").readline())
-        pid = os.fork()
-        if pid == 0:
-            listener.close()
-            connection.close()
-            _child(request)
-            return
-        connection.sendall(json.dumps({"pid": pid}).encode() + b"\n")
-        _, status = os.waitpid(pid, 0)
+        pids = []
+        for run in request["runs"]:
+            pid = os.fork()
+            if pid == 0:
+                listener.close()
+                connection.close()
+                _child(run)
+                return
+            pids.append(pid)
+        connection.sendall(json.dumps({"pids": pids}).encode() + b"\n")
+        codes = _wait_for(pids, request["together"])
+        status = codes[0] if len(codes) == 1 else int(any(codes))  # torchrun's code: 1 when a rank failed
         with contextlib.suppress(OSError):  # the client gave up (timeout): nothing to tell
-            connection.sendall(json.dumps({"status": os.waitstatus_to_exitcode(status)}).encode() + b"\n")
+            connection.sendall(json.dumps({"status": status}).encode() + b"\n")
         connection.close()
+
+
+def _wait_for(pids: list[int], together: bool) -> list[int]:
+    """Each child's exit code, in `pids`' order. `together`: when one fails, the others get SIGTERM, then
+    SIGKILL after _RANKS_STOP_S, as torchrun's agent stops the ranks of a failed run."""
+    codes: dict[int, int] = {}
+    kill_at = None  # when the ranks left get SIGKILL, once one failed
+    while len(codes) < len(pids):
+        if kill_at is not None and time.monotonic() > kill_at:
+            for pid in set(pids) - set(codes):
+                os.kill(pid, signal.SIGKILL)
+            kill_at = float("inf")
+        pid, status = os.waitpid(-1, 0 if kill_at is None or kill_at == float("inf") else os.WNOHANG)
+        if pid == 0:
+            time.sleep(0.05)
+            continue
+        codes[pid] = os.waitstatus_to_exitcode(status)
+        if together and codes[pid] != 0 and kill_at is None:
+            for other in set(pids) - set(codes):
+                os.kill(other, signal.SIGTERM)
+            kill_at = time.monotonic() + _RANKS_STOP_S
+    return [codes[pid] for pid in pids]
 
 
 if __name__ == "__main__":
