@@ -80,6 +80,17 @@ def test_two_warm_ranks_equal_torchruns_two_ranks_bitwise_and_fail_together(tmp_
         together=True,
     )  # fmt: skip
     assert ranks.returncode == 1 and time.monotonic() - started < 30
+    # A rank that ignores SIGTERM gets SIGKILL after the grace time (its partner fails once it has started).
+    (tmp_path / "fails_later.py").write_text("import time\ntime.sleep(1)\nraise SystemExit(3)\n")
+    (tmp_path / "stays.py").write_text(
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(300)\n"
+    )
+    started = time.monotonic()
+    ranks = warm.forked(
+        [[str(tmp_path / "stays.py")], [str(tmp_path / "fails_later.py")]], [cli_env(), cli_env()], tmp_path, 120,
+        together=True, grace_s=2,
+    )  # fmt: skip
+    assert ranks.returncode == 1 and 2 <= time.monotonic() - started < 30
 
 
 def test_warm_runs_keep_their_exit_codes_and_processes(tmp_path: Path) -> None:

@@ -49,7 +49,7 @@ RUN_TIME_KEYS = (
     frozenset({"DELVING_KILL_AT_STEP", "DELVING_STEP_SLEEP_S", "DELVING_READ_DELAY_S"}) | _RANK_KEYS
 )
 _TORCHRUN = ["-m", "torch.distributed.run", "--standalone"]
-_RANKS_STOP_S = 30  # torchrun's agent: SIGTERM to the ranks left when one fails, SIGKILL after its grace time
+_RANKS_STOP_S = 30  # torchrun's agent: SIGTERM to the ranks left when one fails, SIGKILL after this grace
 _NOT_READ = frozenset({"PYTEST_CURRENT_TEST"})  # pytest's, changed at every test
 _MAX_SERVERS = 4
 _THREADED = 3  # the server's exit status when its imports started a thread: it cannot fork safely
@@ -101,10 +101,10 @@ def _torchrun_ranks(command: list[str]) -> tuple[int, list[str]] | None:
     delving.<module> ...`; None for any other command or torchrun option."""
     if command[:4] != [sys.executable, *_TORCHRUN] or len(command) < 7:
         return None
-    option, rank_command = command[4], [sys.executable, *command[5:]]
-    if not option.startswith("--nproc_per_node=") or not option.split("=")[1].isdigit():
+    option, _, count = command[4].partition("=")
+    if option != "--nproc_per_node" or not count.isdigit():
         return None
-    return int(option.split("=")[1]), rank_command
+    return int(count), [sys.executable, *command[5:]]
 
 
 def would_run_warm(command: list[str]) -> bool:
@@ -182,11 +182,17 @@ def run(
 
 
 def forked(
-    commands: list[list[str]], envs: list[dict[str, str]], cwd: Path, timeout: float, together: bool = False
+    commands: list[list[str]],
+    envs: list[dict[str, str]],
+    cwd: Path,
+    timeout: float,
+    together: bool = False,
+    grace_s: float = _RANKS_STOP_S,
 ) -> subprocess.CompletedProcess[str]:
     """The commands at once, each forked from the server of the first environment (the others may differ from
-    it in `RUN_TIME_KEYS` only), writing to one stdout and one stderr. Exit code: the one command's, or 0 when
-    all ended well, else 1. `together`: one failing stops the rest, as torchrun's agent does."""
+        it in `RUN_TIME_KEYS` only), writing to one stdout and one stderr. Exit code: the one command's, or 0 when
+        all ended well, else 1. `together`: one failing stops the rest, as torchrun's agent does (SIGTERM, then
+    SIGKILL to those still running `grace_s` later)."""
     address = _server_for(envs[0])
     assert address is not None and all(_server_key(env) == _server_key(envs[0]) for env in envs)
     with tempfile.TemporaryDirectory(prefix="warm-run-") as folder:
@@ -199,7 +205,9 @@ def forked(
         ]
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
             connection.connect(str(address))
-            connection.sendall(json.dumps({"runs": runs, "together": together}).encode() + b"\n")
+            connection.sendall(
+                json.dumps({"runs": runs, "together": together, "grace_s": grace_s}).encode() + b"\n"
+            )
             replies = connection.makefile("r")
             pids = json.loads(replies.readline())["pids"]
             connection.settimeout(timeout)
@@ -293,33 +301,41 @@ def _serve(address: str) -> None:
                 return
             pids.append(pid)
         connection.sendall(json.dumps({"pids": pids}).encode() + b"\n")
-        codes = _wait_for(pids, request["together"])
+        codes = _wait_for(pids, request["together"], request["grace_s"])
         status = codes[0] if len(codes) == 1 else int(any(codes))  # torchrun's code: 1 when a rank failed
         with contextlib.suppress(OSError):  # the client gave up (timeout): nothing to tell
             connection.sendall(json.dumps({"status": status}).encode() + b"\n")
         connection.close()
 
 
-def _wait_for(pids: list[int], together: bool) -> list[int]:
-    """Each child's exit code, in `pids`' order. `together`: when one fails, the others get SIGTERM, then
-    SIGKILL after _RANKS_STOP_S, as torchrun's agent stops the ranks of a failed run."""
+def _wait_for(pids: list[int], together: bool, grace_s: float) -> list[int]:
+    """Each child's exit code, in `pids`' order. `together`: when one fails, the others are stopped as
+    torchrun's agent stops the ranks of a failed run."""
     codes: dict[int, int] = {}
-    kill_at = None  # when the ranks left get SIGKILL, once one failed
     while len(codes) < len(pids):
-        if kill_at is not None and time.monotonic() > kill_at:
-            for pid in set(pids) - set(codes):
-                os.kill(pid, signal.SIGKILL)
-            kill_at = float("inf")
-        pid, status = os.waitpid(-1, 0 if kill_at is None or kill_at == float("inf") else os.WNOHANG)
-        if pid == 0:
-            time.sleep(0.05)
-            continue
+        pid, status = os.waitpid(-1, 0)
         codes[pid] = os.waitstatus_to_exitcode(status)
-        if together and codes[pid] != 0 and kill_at is None:
-            for other in set(pids) - set(codes):
-                os.kill(other, signal.SIGTERM)
-            kill_at = time.monotonic() + _RANKS_STOP_S
+        if together and codes[pid] != 0:
+            _stop_the_rest([p for p in pids if p not in codes], codes, grace_s)
     return [codes[pid] for pid in pids]
+
+
+def _stop_the_rest(rest: list[int], codes: dict[int, int], grace_s: float) -> None:
+    """SIGTERM to each child in `rest`, SIGKILL to those still running `grace_s` later; their codes go into
+    `codes`."""
+    for pid in rest:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while rest and time.monotonic() < deadline:
+        for pid in list(rest):
+            ended, status = os.waitpid(pid, os.WNOHANG)
+            if ended:
+                codes[pid] = os.waitstatus_to_exitcode(status)
+                rest.remove(pid)
+        time.sleep(0.05)
+    for pid in rest:
+        os.kill(pid, signal.SIGKILL)
+        codes[pid] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
 if __name__ == "__main__":
