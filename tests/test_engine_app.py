@@ -15,7 +15,7 @@ import torch
 from helpers import warm
 from helpers.data import make_folder_dataset
 from helpers.launch import start_train, wait_for_step
-from helpers.runs import EQUAL_RUN, TINY_DATA, TINY_MODEL, TINY_TRAIN, cli_env, run_train
+from helpers.runs import EQUAL_RUN, REPO, TINY_DATA, TINY_MODEL, TINY_TRAIN, cli_env, run_train
 
 from delving.checkpoint import Checkpoint
 from delving.engine.signals import EXIT_STOPPED
@@ -221,9 +221,7 @@ def test_one_ranks_error_stops_every_rank_without_a_supervisor(tmp_path: Path) -
                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29731"}  # fmt: skip
         command = [sys.executable, "-m", "delving.train", "data=folder", *data, *TINY_MODEL, *TINY_TRAIN,
                    "train.dist_timeout_s=600", f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
-        procs.append(
-            subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        )
+        procs.append(warm.start(command, env, REPO))  # forked warm, as `python -m` typed twice
     started = time.monotonic()
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert time.monotonic() - started < 60, outputs  # not the 600 s collective timeout

@@ -43,7 +43,7 @@ def big_val_images(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     ]  # fmt: skip
 
 
-def _read_until(process: subprocess.Popen, text: str, timeout: float = 120) -> str:
+def _read_until(process: subprocess.Popen | warm.Started, text: str, timeout: float = 120) -> str:
     """The process's output up to the first line holding `text` (it keeps running)."""
     seen, deadline = [], time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -80,14 +80,12 @@ def test_a_stop_during_the_final_evaluation_is_no_bad_image_and_the_relaunch_eva
         assert len(predictions["labels"]) == VAL_IMAGES
 
 
-def _start_in_foreground(run_dir: Path, *overrides: str, step_sleep: str = "0.4") -> subprocess.Popen:
+def _start_in_foreground(run_dir: Path, *overrides: str, step_sleep: str = "0.4") -> warm.Started:
     """delving-train as a terminal's foreground job gets it: its own process group (its loader workers with
     it), SIGINT at its default (a background job, as pytest's may be, starts with SIGINT ignored)."""
-    return subprocess.Popen(
-        train_command([*overrides, f"hydra.run.dir={run_dir}"]), cwd=REPO,
-        env=cli_env(DELVING_STEP_SLEEP_S=step_sleep), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )  # fmt: skip
+    return start_train(
+        [*overrides, f"hydra.run.dir={run_dir}"], foreground=True, DELVING_STEP_SLEEP_S=step_sleep
+    )
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP], ids=["ctrl_c", "sighup"])
@@ -343,11 +341,8 @@ def test_the_synthetic_sets_first_use_says_what_takes_the_time(tmp_path: Path) -
 def test_ctrl_c_to_torchrun_and_its_ranks_saves_once_and_the_relaunch_continues(tmp_path: Path) -> None:
     """A terminal's Ctrl-C reaches torchrun and both ranks; torchrun forwards it to the ranks at once, which
     must not count as a second press (that would stop them without saving)."""
-    process = subprocess.Popen(
-        train_command(["train.checkpoint_every_steps=100", "model.dropout=0.0", f"hydra.run.dir={tmp_path}"], nproc=2),
-        cwd=REPO, env=cli_env(DELVING_STEP_SLEEP_S="0.4"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )  # fmt: skip
+    overrides = ["train.checkpoint_every_steps=100", "model.dropout=0.0", f"hydra.run.dir={tmp_path}"]
+    process = start_train(overrides, nproc=2, foreground=True, DELVING_STEP_SLEEP_S="0.4")  # torchrun: cold
     wait_for_step(tmp_path, 2, process)
     os.killpg(process.pid, signal.SIGINT)
     output = process.communicate(timeout=120)[0]

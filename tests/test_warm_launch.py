@@ -4,6 +4,8 @@ its own environment asks for."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import torch
 from helpers import warm
+from helpers.launch import wait_for_step
 from helpers.runs import EQUAL_RUN, REPO, TINY_DATA, TINY_MODEL, TINY_TRAIN, cli_env
 
 from delving.checkpoint import Checkpoint
@@ -142,3 +145,32 @@ def test_a_run_gets_a_server_started_in_its_own_environment(tmp_path: Path) -> N
     assert not warm.would_run_warm([*torchrun, "--nproc_per_node=2", "--no-python", "delving-train"])
     assert not warm.would_run_warm([*torchrun[:3], "--nnodes=2", "--nproc_per_node=2", *COMMAND[1:]])
     assert not warm.would_run_warm(["/usr/local/bin/delving-train"])
+
+
+def test_a_terminals_ctrl_c_stops_a_warm_run_as_it_stops_a_new_interpreter(tmp_path: Path) -> None:
+    """`warm.start(foreground=True)` is the tests' terminal: the run's own process group, SIGINT at its
+    default. A Ctrl-C to the group of a warm run and of a new interpreter started as a foreground job: the same
+    exit, the same lines, a checkpoint saved mid-run; and the warm one is a process of its own."""
+    command = [*COMMAND, "train.checkpoint_every_steps=100", "data.num_workers=2"]
+    env = cli_env(DELVING_STEP_SLEEP_S="0.4")
+    starts = {
+        "cold": lambda run: subprocess.Popen(
+            [*command, f"hydra.run.dir={run}"], cwd=REPO, env=env, text=True, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        ),
+        "warm": lambda run: warm.start([*command, f"hydra.run.dir={run}"], env, REPO, foreground=True),
+    }  # fmt: skip
+    said = {}
+    for name, start in starts.items():  # one after the other: each is signalled at its step 2 of 12
+        process = start(tmp_path / name)
+        wait_for_step(tmp_path / name, 2, process)
+        assert os.getpgid(process.pid) == process.pid != os.getpgid(0)
+        os.killpg(process.pid, signal.SIGINT)
+        output = process.communicate(timeout=120)[0]
+        assert process.returncode == -signal.SIGINT, output[-3000:]
+        said[name] = [line.split("] ", 1)[1] for line in output.splitlines() if "WARNING]" in line]
+        assert 2 <= Checkpoint.load(tmp_path / name / "last.pt").train_state["global_step"] < 12
+    assert isinstance(process, warm.Started)
+    assert said["warm"] == [line.replace("/cold", "/warm") for line in said["cold"]], said
+    assert any("stopped on SIGINT" in line for line in said["warm"])

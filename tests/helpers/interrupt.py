@@ -4,25 +4,23 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
+from helpers import warm
 from helpers.runs import cli_env
 
 
 def ctrl_c_after(command: list[str], started: str, cwd: Path, timeout: float = 180) -> tuple[int, str, str]:
-    """Runs the console script `command[0]` with `command[1:]` in its own process group with SIGINT at its
-    default (a background job, as pytest's may be, starts with SIGINT ignored); once a stderr line contains
-    `started`, sends SIGINT to the whole group, as a terminal's Ctrl-C does (the worker processes get it too).
+    """Runs the console script `command[0]` with `command[1:]` (forked warm, helpers/warm.py) in its own
+    process group with SIGINT at its default (a background job, as pytest's may be, starts with SIGINT
+    ignored); once a stderr line contains `started`, sends SIGINT to the whole group, as a terminal's Ctrl-C
+    does (the worker processes get it too).
     Returns (return code, stdout, stderr)."""
     env = cli_env()
     env.pop("HYDRA_FULL_ERROR", None)
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / command[0]), *command[1:]], cwd=cwd, env=env, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )  # fmt: skip
+    script = [str(Path(sys.executable).parent / command[0]), *command[1:]]
+    process = warm.start(script, env, cwd, merge_stderr=False, foreground=True)
     seen = []
     assert process.stderr is not None
     for line in process.stderr:  # until the work has started

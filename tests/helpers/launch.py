@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from helpers import warm
 from helpers.runs import REPO, TINY_DATA, TINY_MODEL, TINY_TRAIN, cli_env
 
 
@@ -18,14 +19,18 @@ def train_command(overrides: list[str], nproc: int = 1) -> list[str]:
     return [*launcher, "-m", "delving.train", *TINY_DATA, *TINY_MODEL, *TINY_TRAIN, *overrides]
 
 
-def start_train(overrides: list[str], nproc: int = 1, cwd: Path = REPO, **env: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        train_command(overrides, nproc), cwd=cwd, env=cli_env(**env), stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+def start_train(
+    overrides: list[str], nproc: int = 1, cwd: Path = REPO, foreground: bool = False, **env: str
+) -> subprocess.Popen | warm.Started:
+    """The training command in the background, its output merged on `stdout`: one process is forked warm,
+    torchrun starts cold (its agent's handling of the signal is part of what such tests stop). `foreground`:
+    its own process group with SIGINT at its default, as a terminal's foreground job."""
+    return warm.start(train_command(overrides, nproc), cli_env(**env), cwd, foreground=foreground)
 
 
-def wait_for_step(run_dir: Path, step: int, process: subprocess.Popen, timeout: float = 120) -> None:
+def wait_for_step(
+    run_dir: Path, step: int, process: subprocess.Popen | warm.Started, timeout: float = 120
+) -> None:
     """Until metrics.jsonl has a train record at `step` or later (the run is mid-training)."""
     deadline = time.monotonic() + timeout
     metrics = run_dir / "metrics.jsonl"

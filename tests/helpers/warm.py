@@ -11,12 +11,16 @@ What the tests compare (weights, logs, exit codes) cannot tell the two apart: `t
 warm run against a cold one bitwise (two ranks against torchrun's too), and a console script's refusal
 against a cold one's.
 
+`start` is `subprocess.Popen` for a run the test signals mid-work: its pid is the run's, its output is read
+as it is written, and it can be its own process group with SIGINT at its default, as a terminal's foreground
+job is (`test_warm_launch.py` checks a warm Ctrl-C against a new interpreter's).
+
 Each server runs in one environment, and a run goes to the server of its environment (started when first
 needed): torch and its compiler read their keys (kernel ISA caps, compile caches, threads) when imported or
 first used, delving its config folder when imported, and a server has imported them all. Only the test hooks
 delving reads at run time (`RUN_TIME_KEYS`) may differ between a run and its server. Commands whose test is
-about how users start them (console scripts from another folder, torchrun's signals and its own errors,
-SLURM, a terminal's Ctrl-C) start cold by not using this helper.
+about how users start them (a console script's first start from another folder, torchrun's agent under a
+signal and its own errors, SLURM) start cold by not using this helper.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import atexit
 import contextlib
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -32,7 +37,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 _BIN = Path(sys.executable).parent
 # What torchrun's agent sets for each rank (torch/distributed/elastic/agent/server/local_elastic_agent.py);
@@ -190,39 +197,157 @@ def forked(
     grace_s: float = _RANKS_STOP_S,
 ) -> subprocess.CompletedProcess[str]:
     """The commands at once, each forked from the server of the first environment (the others may differ from
-        it in `RUN_TIME_KEYS` only), writing to one stdout and one stderr. Exit code: the one command's, or 0 when
-        all ended well, else 1. `together`: one failing stops the rest, as torchrun's agent does (SIGTERM, then
+    it in `RUN_TIME_KEYS` only), writing to one stdout and one stderr. Exit code: the one command's, or 0 when
+    all ended well, else 1. `together`: one failing stops the rest, as torchrun's agent does (SIGTERM, then
     SIGKILL to those still running `grace_s` later)."""
-    address = _server_for(envs[0])
-    assert address is not None and all(_server_key(env) == _server_key(envs[0]) for env in envs)
+    assert all(_server_key(env) == _server_key(envs[0]) for env in envs)
     with tempfile.TemporaryDirectory(prefix="warm-run-") as folder:
         out, err = Path(folder) / "stdout", Path(folder) / "stderr"
-        out.touch()
-        err.touch()
         runs = [
-            {"argv": command, "env": env, "cwd": str(cwd), "stdout": str(out), "stderr": str(err)}
-            for command, env in zip(commands, envs, strict=True)
+            _run_request(command, env, cwd, out, err) for command, env in zip(commands, envs, strict=True)
         ]
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
-            connection.connect(str(address))
-            connection.sendall(
-                json.dumps({"runs": runs, "together": together, "grace_s": grace_s}).encode() + b"\n"
-            )
-            replies = connection.makefile("r")
-            pids = json.loads(replies.readline())["pids"]
-            connection.settimeout(timeout)
-            try:
-                line = replies.readline()
-            except TimeoutError:
-                for pid in pids:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                raise subprocess.TimeoutExpired(commands[0], timeout) from None
-            if not line:
-                raise RuntimeError(f"the warm server ended while running {commands}")
-            status = json.loads(line)["status"]
+        replies, pids = _send(envs[0], runs, together, grace_s)
+        with replies.connection:
+            reply = replies.next(timeout)
+        if reply is None:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            raise subprocess.TimeoutExpired(commands[0], timeout)
         args = commands[0] if len(commands) == 1 else commands
-        return subprocess.CompletedProcess(args, status, out.read_text(), err.read_text())
+        return subprocess.CompletedProcess(args, reply["status"], out.read_text(), err.read_text())
+
+
+def start(
+    command: list[str], env: dict[str, str], cwd: Path, merge_stderr: bool = True, foreground: bool = False
+) -> subprocess.Popen | Started:
+    """`subprocess.Popen(command, env=env, cwd=cwd, text=True, stdout=PIPE, stderr=STDOUT or PIPE)` for a run
+    the test signals or watches mid-work, forked from a warm server where `would_run_warm(command)` and it is
+    not torchrun's (its agent's handling of signals is what those tests stop). `foreground`: its own process
+    group with SIGINT at its default, as a terminal's foreground job (a background job starts with SIGINT
+    ignored): `start_new_session=True` and SIGINT reset before the exec for a new interpreter."""
+    if _torchrun_ranks(command) is None and would_run_warm(command) and _server_for(env) is not None:
+        return Started(command, env, cwd, merge_stderr, foreground)
+    return subprocess.Popen(
+        command, env=env, cwd=cwd, text=True, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE, start_new_session=foreground,
+        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) if foreground else None,
+    )  # fmt: skip
+
+
+class Started:
+    """A run forked from a warm server, used as a `subprocess.Popen` with text pipes is: `pid` (the run's own
+    process), `stdout` (and `stderr` unless merged) read as the run writes them, `poll`, `wait`,
+    `send_signal`, `kill`, `communicate` and `returncode`."""
+
+    def __init__(
+        self, command: list[str], env: dict[str, str], cwd: Path, merge_stderr: bool, foreground: bool
+    ) -> None:
+        self.args = command
+        self.returncode: int | None = None
+        self._folder = tempfile.TemporaryDirectory(prefix="warm-run-")  # removed with this object
+        out = Path(self._folder.name) / "stdout"
+        err = out if merge_stderr else Path(self._folder.name) / "stderr"
+        run = {**_run_request(command, env, cwd, out, err), "foreground": foreground}
+        self._replies, (self.pid,) = _send(env, [run], together=False, grace_s=_RANKS_STOP_S)
+        self.stdout = _Output(out, self)
+        self.stderr = None if merge_stderr else _Output(err, self)
+
+    def poll(self) -> int | None:
+        return self.wait(0) if self.returncode is None and self._replies.ready() else self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            reply = self._replies.next(timeout)
+            if reply is None:
+                raise subprocess.TimeoutExpired(self.args, timeout or 0)
+            self.returncode = reply["status"]
+            self._replies.connection.close()
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, str | None]:
+        self.wait(timeout)
+        return self.stdout.read(), self.stderr.read() if self.stderr else None
+
+
+class _Output:
+    """A run's output file read as a pipe is: a read waits for more until the run has ended."""
+
+    def __init__(self, path: Path, process: Started) -> None:
+        self._file: IO[str] = path.open()
+        self._process = process
+
+    def readline(self) -> str:
+        line = ""
+        while True:
+            ended = self._process.poll() is not None  # asked first: after it, nothing more is written
+            line += self._file.readline()
+            if line.endswith("\n") or ended:
+                return line
+            time.sleep(0.02)
+
+    def read(self) -> str:
+        self._process.wait()
+        return self._file.read()
+
+    def __iter__(self) -> Iterator[str]:
+        while line := self.readline():
+            yield line
+
+
+class _Replies:
+    """The server's JSON lines on one connection, read without a buffer that `select` cannot see."""
+
+    def __init__(self, connection: socket.socket) -> None:
+        self.connection = connection
+        self._buffer = b""
+
+    def ready(self) -> bool:
+        return b"\n" in self._buffer or bool(select.select([self.connection], [], [], 0)[0])
+
+    def next(self, timeout: float | None) -> dict | None:
+        """The next line, or None when none came within `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not select.select([self.connection], [], [], left)[0]:
+                return None
+            chunk = self.connection.recv(1 << 16)
+            if not chunk:
+                raise RuntimeError("the warm server ended while running a command")
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return json.loads(line)
+
+
+def _run_request(command: list[str], env: dict[str, str], cwd: Path, out: Path, err: Path) -> dict:
+    out.touch()
+    err.touch()
+    return {"argv": command, "env": env, "cwd": str(cwd), "stdout": str(out), "stderr": str(err)}
+
+
+def _send(
+    env: dict[str, str], runs: list[dict], together: bool, grace_s: float
+) -> tuple[_Replies, list[int]]:
+    """The runs sent to the server of `env`: the connection its exit status will come on, and their pids."""
+    address = _server_for(env)
+    assert address is not None
+    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    connection.connect(str(address))
+    connection.sendall(json.dumps({"runs": runs, "together": together, "grace_s": grace_s}).encode() + b"\n")
+    replies = _Replies(connection)
+    reply = replies.next(120)
+    if reply is None:
+        connection.close()
+        raise RuntimeError(f"the warm server did not answer within 120 s: {runs[0]['argv']}")
+    return replies, reply["pids"]
 
 
 # ------------------------------------------------------------------------------------------------ the server
@@ -234,6 +359,11 @@ def _child(request: dict) -> None:
     Returns to let the interpreter end as a launched one would (atexit, flushing)."""
     import runpy
 
+    if request.get(
+        "foreground"
+    ):  # as a terminal starts its job: own group, SIGINT as a new interpreter sets it
+        os.setsid()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
@@ -283,29 +413,46 @@ def _serve(address: str) -> None:
     os.rename(address + ".tmp", address)
     owner = os.getppid()
     while True:
+        with contextlib.suppress(ChildProcessError):  # reap the requests' monitors that have ended
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
         try:
             connection, _ = listener.accept()
         except TimeoutError:
             if os.getppid() != owner:  # the pytest worker died without stopping us: end with it
                 return
             continue
-        connection.settimeout(None)
-        request = json.loads(connection.makefile("r").readline())
-        pids = []
-        for run in request["runs"]:
-            pid = os.fork()
-            if pid == 0:
-                listener.close()
-                connection.close()
-                _child(run)
-                return
-            pids.append(pid)
-        connection.sendall(json.dumps({"pids": pids}).encode() + b"\n")
-        codes = _wait_for(pids, request["together"], request["grace_s"])
-        status = codes[0] if len(codes) == 1 else int(any(codes))  # torchrun's code: 1 when a rank failed
-        with contextlib.suppress(OSError):  # the client gave up (timeout): nothing to tell
-            connection.sendall(json.dumps({"status": status}).encode() + b"\n")
+        if os.fork() == 0:  # this request's monitor: the server takes the next request meanwhile
+            listener.close()
+            run = _monitor(connection)  # returns in a forked run only
+            _child(run)
+            return
         connection.close()
+
+
+def _monitor(connection: socket.socket) -> dict:
+    """Forks the request's runs, sends their pids, waits for them and sends the exit status, then ends this
+    process. In each forked run it returns that run's request instead."""
+    connection.settimeout(None)
+    request = json.loads(connection.makefile("r").readline())
+    pids = []
+    for run in request["runs"]:
+        pid = os.fork()
+        if pid == 0:
+            connection.close()
+            return run
+        pids.append(pid)
+        while (
+            run.get("foreground") and os.getsid(pid) != pid
+        ):  # its group exists before the test may signal it
+            time.sleep(0.001)
+    with contextlib.suppress(OSError):
+        connection.sendall(json.dumps({"pids": pids}).encode() + b"\n")
+    codes = _wait_for(pids, request["together"], request["grace_s"])
+    status = codes[0] if len(codes) == 1 else int(any(codes))  # torchrun's code: 1 when a rank failed
+    with contextlib.suppress(OSError):  # the client gave up (a timeout): nothing to tell
+        connection.sendall(json.dumps({"status": status}).encode() + b"\n")
+    os._exit(0)
 
 
 def _wait_for(pids: list[int], together: bool, grace_s: float) -> list[int]:
