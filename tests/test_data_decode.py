@@ -1,6 +1,5 @@
 import io
 import struct
-import subprocess
 import sys
 import zlib
 from pathlib import Path
@@ -8,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import warm
 from helpers.data import make_folder_dataset, write_jpeg
+from helpers.runs import REPO, cli_env
 from PIL import Image
 
 from delving.data.config import DataConfig, DatasetKind, validate
@@ -149,10 +150,10 @@ def test_verify_data_reports_nothing_for_16_bit_images(tmp_path):
     Image.fromarray(_ramp(40, 30).astype(">u2")).save(root / "train" / "c1" / "grey16.tiff")
     ramp = _ramp(40, 30)
     _png_16bit(root / "val" / "c0" / "rgb16.png", np.stack([ramp] * 3, axis=-1))
-    result = subprocess.run(
+    result = warm.run(
         [sys.executable, "-m", "delving.cli.verify_data", "data=folder", f"data.root={root}", "processes=1"],
-        capture_output=True,
-        text=True,
+        env=cli_env(),
+        cwd=REPO,
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr

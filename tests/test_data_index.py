@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import warm
 from helpers.data import make_folder_dataset, tiny_config, write_jpeg
+from helpers.runs import REPO, cli_env
 from torchvision.datasets import ImageFolder
 
 from delving.data import index as index_module
@@ -276,9 +278,9 @@ def test_symlinks_files_followed_folder_links_in_a_class_refused(tmp_path: Path)
         os.symlink(target, link)
         with pytest.raises(DataSetLayoutError, match=f"{link}.*folder symlink inside a class folder"):
             list_samples(root, "val")
-        result = subprocess.run(
+        result = warm.run(
             [sys.executable, "-m", "delving.cli.verify_data", "data=folder", f"data.root={root}", "processes=1"],
-            capture_output=True, text=True, timeout=120,
+            env=cli_env(), cwd=REPO, timeout=120,
         )  # fmt: skip
         assert result.returncode == 2 and f"{link} -> {target} is a folder symlink" in result.stderr
         with pytest.raises(DataSetLayoutError):

@@ -4,21 +4,20 @@ data set, and the transforms subtract it."""
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import warm
 from helpers.data import make_folder_dataset, tiny_config
+from helpers.runs import REPO, cli_env
 
 from delving.data.config import DataConfigError
 from delving.data.mean_image import compute_mean_image, mean_image_path
 from delving.data.readers import open_split
 from delving.data.transforms import EvalTransform, TrainTransform, normalize_tensor
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +36,11 @@ def stored_mean(data_root: Path) -> Path:
         "data.scale_max=28",
         "data.test_scale=20",
     ]
-    result = subprocess.run(
+    result = warm.run(
         [sys.executable, str(REPO / "scripts" / "compute_mean_image.py"), *overrides],
-        capture_output=True,
-        text=True,
+        env=cli_env(),
         cwd=REPO,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "16x16 mean image" in result.stdout

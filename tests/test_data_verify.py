@@ -5,14 +5,16 @@ import subprocess
 import sys
 
 import pytest
+from helpers import warm
 from helpers.data import make_folder_dataset, tiny_config, write_jpeg
+from helpers.runs import REPO, cli_env
 
 from delving.data.verify import scan_split
 
 
 def _verify(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "delving.cli.verify_data", *args], capture_output=True, text=True, timeout=120
+    return warm.run(
+        [sys.executable, "-m", "delving.cli.verify_data", *args], env=cli_env(), cwd=REPO, timeout=120
     )
 
 

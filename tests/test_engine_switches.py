@@ -8,13 +8,13 @@ switches together, its launches sharing one inductor cache."""
 from __future__ import annotations
 
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import warm
 from helpers.runs import EQUAL_RUN, KILL_STEP, cli_env, run_train
 
 from delving.checkpoint import Checkpoint
@@ -97,10 +97,12 @@ def test_delving_eval_reads_the_checkpoint_without_the_switch(
     """delving-eval (fp32, no compile, contiguous) gives the final evaluation's numbers: the final evaluation
     runs in fp32 on a CPU (autocast is for training), so only the memory format and compiled kernels differ."""
     run = switch_runs[name]["whole"]
-    result = subprocess.run(
+    result = warm.run(
         [str(Path(sys.executable).parent / "delving-eval"), f"checkpoint={run}", "device=cpu"],
-        capture_output=True, text=True, env=cli_env(), cwd=run.parent, timeout=300,
-    )  # fmt: skip
+        env=cli_env(),
+        cwd=run.parent,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     final, again = (
         load_predictions(run / "predictions-dense.npz"),

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import warm
 from helpers.runs import cli_env
 
 from delving.data.device_decode import jpeg_decoders
@@ -17,10 +18,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
 
 @pytest.mark.slow
 def test_the_smoke_mode_runs_every_check_on_the_cpu_and_prints_one_table(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--smoke"], cwd=tmp_path, env=cli_env(), capture_output=True, text=True,
-        timeout=600,
-    )  # fmt: skip
+    result = warm.run([sys.executable, str(SCRIPT), "--smoke"], env=cli_env(), cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("check "))

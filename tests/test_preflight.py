@@ -186,7 +186,7 @@ def test_bare_delving_train_fails_at_once_with_one_line(tmp_path: Path) -> None:
     clock is no test); the next test checks what it costs."""
     command = [str(Path(sys.executable).parent / "delving-train")]
     start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=cli_env(), timeout=120)
+    result = warm.run(command, env=cli_env(), cwd=tmp_path, timeout=120)
     print(f"bare delving-train: {time.perf_counter() - start:.2f} s")
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("error: ")]

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import warm
 from helpers.data import make_folder_dataset
-from helpers.runs import TINY_DATA, cli_env, run_train
+from helpers.runs import REPO, TINY_DATA, cli_env, run_train
 from omegaconf import OmegaConf
 
 from delving.checkpoint import Checkpoint
@@ -192,7 +192,7 @@ def test_a_run_on_the_training_sets_mean_image_saves_and_resumes(tmp_path: Path)
     )
     data = ["data=folder", f"data.root={root}", *TINY_DATA[-5:]]
     script = Path(__file__).resolve().parents[1] / "scripts" / "compute_mean_image.py"
-    made = subprocess.run([sys.executable, str(script), *data], capture_output=True, text=True, env=cli_env())
+    made = warm.run([sys.executable, str(script), *data], env=cli_env(), cwd=REPO, timeout=300)
     assert made.returncode == 0 and (root / "mean_image.npy").exists(), made.stderr[-2000:]
     run_train(tmp_path / "run", [*data, "data.normalize=mean_image", "train.epochs=1"])
     assert Checkpoint.load(tmp_path / "run" / "last.pt").pretrained_cfg["normalize"] == "mean_image"

@@ -4,7 +4,8 @@ Half of a tiny command's time is its imports (torch, Hydra, and torch's compiler
 about 5 s of CPU per launch, most of the suite. The server (a few per pytest worker) imports them once and
 runs no torch op; each run is a child forked from it: its own process (own pid, exit status, signals, a
 SIGKILL kills only it), its own environment, folder and argv, running `python -m delving.<module>` as `-m`
-would, or an installed console script (`.venv/bin/delving-plan ...`) as the interpreter runs a script file.
+would, or an installed console script (`.venv/bin/delving-plan ...`) or one of `scripts/` as the interpreter
+runs a script file.
 `torchrun --standalone --nproc_per_node=N -m delving.<module>` becomes N such children with the variables
 torchrun gives its ranks, ended together when one fails, as torchrun's agent ends them.
 What the tests compare (weights, logs, exit codes) cannot tell the two apart: `test_warm_launch.py` checks a
@@ -42,6 +43,7 @@ from pathlib import Path
 from typing import IO
 
 _BIN = Path(sys.executable).parent
+_SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 # What torchrun's agent sets for each rank (torch/distributed/elastic/agent/server/local_elastic_agent.py);
 # the rank's variables: rank 0 hosts the rendezvous store itself (no agent's store here).
 _RANK_KEYS = frozenset({
@@ -116,7 +118,7 @@ def _torchrun_ranks(command: list[str]) -> tuple[int, list[str]] | None:
 
 def would_run_warm(command: list[str]) -> bool:
     """Whether `run` may fork `command` from a warm server: `python -m delving.<module> ...`, one of this
-    environment's console scripts, or torchrun of a delving module on one node (`DELVING_TESTS_COLD=1` turns
+    environment's console scripts, `python scripts/<name>.py ...`, or torchrun of a delving module on one node (`DELVING_TESTS_COLD=1` turns
     them all off, for a suite timed without)."""
     if os.environ.get("DELVING_TESTS_COLD"):
         return False
@@ -125,7 +127,19 @@ def would_run_warm(command: list[str]) -> bool:
         command = ranks[1]
     module = command[2] if command[:2] == [sys.executable, "-m"] and len(command) > 2 else ""
     script = Path(command[0])
-    return module.startswith("delving.") or (script.parent == _BIN and script.name.startswith("delving-"))
+    return (
+        module.startswith("delving.")
+        or (script.parent == _BIN and script.name.startswith("delving-"))
+        or (_repo_script(command) is not None)
+    )
+
+
+def _repo_script(command: list[str]) -> Path | None:
+    """The file of `python scripts/<name>.py ...`, one of this repository's scripts; else None."""
+    if len(command) < 2 or command[0] != sys.executable:
+        return None
+    script = Path(command[1])
+    return script if script.parent == _SCRIPTS and script.suffix == ".py" else None
 
 
 def _free_port() -> int:
@@ -376,6 +390,8 @@ def _child(request: dict) -> None:
         os.dup2(opened, fd)
         os.close(opened)
     command = request["argv"]
+    if command[0] == sys.executable and command[1:2] != ["-m"]:  # python script.py ...: as the script alone
+        command = command[1:]
     if command[1:2] == ["-m"]:  # sys.argv[0] becomes the module's file (alter_sys), sys.path[0] the folder
         sys.path[0] = os.getcwd()
         sys.argv = ["-m", *command[3:]]
