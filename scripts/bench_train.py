@@ -41,6 +41,14 @@ from delving.plan.measure import model_step_rate, trainer_loop_rate
 
 register_all()
 register_resolvers()
+# The runs' folders and the generated class folders: removed when the script ends (weakref.finalize at exit).
+SCRATCH = tempfile.TemporaryDirectory(prefix="bench_train_")
+
+
+def scratch(name: str) -> Path:
+    """A new folder under SCRATCH."""
+    return Path(tempfile.mkdtemp(prefix=f"{name}_", dir=SCRATCH.name))
+
 
 VARIANTS = {
     "eager fp32": [],
@@ -53,7 +61,7 @@ def make_trainer(overrides: list[str], device: str) -> Trainer:
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="train", overrides=[*overrides, f"train.device={device}", "resume=null"])
     ctx = DistributedContext(0, 1, 0, pick_device(device, 0))
-    return Trainer(cfg, tempfile.mkdtemp(prefix="bench_train_"), ctx)
+    return Trainer(cfg, str(scratch("run")), ctx)
 
 
 # ---------------------------------------------------------------- CPU: Trainer vs bare loop
@@ -135,7 +143,7 @@ def gpu_bench(args: argparse.Namespace) -> None:
           f"{args.min_seconds}+ s per row after {args.warmup} warm-up steps; budget {args.budget_s:.0f} s")  # fmt: skip
     print(f"{'model':8} {'variant':22} {'batch':>5} {'ms/step':>8} {'img/s':>8} {'TFLOP/s':>8} {'MFU':>6} "
           f"{'peak GiB':>8} {'warm-up s':>9}")  # fmt: skip
-    data = class_folders(Path(tempfile.mkdtemp(prefix="bench_classes_")), 1000, 8)
+    data = class_folders(scratch("classes"), 1000, 8)
     base = [
         "data=folder", f"data.root={data}", "data.val_split=train", "data.num_workers=0", "data.crop_size=8",
         "data.scale_min=8", "data.scale_max=8", "data.test_scale=8", "model.num_classes=1000",

@@ -20,7 +20,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -245,7 +244,7 @@ def step_rows(device: torch.device, smoke: bool, budget_s: float) -> list[Row]:
     """bench_train.py --gpu's rows for models A and C: eager (TF32, the default) and bf16 + channels_last."""
     size, batch, classes = (32, 2, 10) if smoke else (224, 64, 1000)
     model_keys = ["model.width=0.0625", "model.input_size=32", "model.spp_levels=[1]"] if smoke else []
-    data = bench_train.class_folders(Path(tempfile.mkdtemp(prefix="gpu_check_classes_")), classes, 8)
+    data = bench_train.class_folders(bench_train.scratch("classes"), classes, 8)
     base = [
         "data=folder", f"data.root={data}", "data.val_split=train", "data.num_workers=0", "data.crop_size=8",
         "data.scale_min=8", "data.scale_max=8", "data.test_scale=8", f"model.num_classes={classes}",
@@ -310,7 +309,7 @@ def main() -> int:
         return 2
     started = time.perf_counter()
     device = torch.device("cpu") if args.smoke else torch.device("cuda:0")
-    folder = Path(tempfile.mkdtemp(prefix="gpu_check_"))
+    folder = bench_train.scratch("gpu_check")
     data = folder / "data"
     for k in range(4):
         for i in range(8):

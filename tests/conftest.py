@@ -16,6 +16,15 @@ from delving.config import register_all
 
 # Fixtures every test gets (cheap, made once per worker): they do not tie tests to one xdist worker.
 _EVERYWHERE = {"private_data_cache", "registered_schemas", "tmp_path_factory", "worker_id", "testrun_uid"}
+# Shared fixtures that run commands (trainings, SLURM jobs, console scripts): a test that uses one is `slow`,
+# even when its own part is quick, so `make test-quick` makes none of them.
+_LAUNCHING_FIXTURES = {
+    "single_run", "killed_and_resumed_run", "ddp_runs", "tuned_ddp_run", "script_runs", "wheel_site",
+    "copy_runs", "big_val_images", "switch_runs", "tiny_mini_runs", "report", "mixed_runs", "capped_runs",
+    "slurm", "reference", "stored_mean",
+}  # fmt: skip
+# `make test-quick` names the tests it ran that took longer than this without a `slow` mark.
+_QUICK_S = 3.0
 
 
 # tryfirst: xdist's own hook (on each worker) reads the marks into the test ids; run after it, the marks were
@@ -48,6 +57,30 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item, shared in shared_by_item.items():
         if shared and not item.get_closest_marker("xdist_group"):
             item.add_marker(pytest.mark.xdist_group(find(shared[0])))
+        if _LAUNCHING_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+
+
+_took: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _took[report.nodeid] = _took.get(report.nodeid, 0.0) + report.duration  # setup, call and teardown
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    """Under `-m "not slow ..."` (make test-quick), the tests that took over `_QUICK_S` seconds unmarked: the
+    edit loop stays quick only while such tests are marked `slow` (or use a fixture of `_LAUNCHING_FIXTURES`)."""
+    if "not slow" not in (config.option.markexpr or ""):
+        return
+    long = sorted(((s, nodeid) for nodeid, s in _took.items() if s > _QUICK_S), reverse=True)
+    if long:
+        terminalreporter.write_line(
+            f"{len(long)} test(s) took over {_QUICK_S:.0f} s without a slow mark; mark them "
+            "@pytest.mark.slow to keep make test-quick quick:"
+        )
+        for seconds, nodeid in long:
+            terminalreporter.write_line(f"  {seconds:5.1f} s  {nodeid}")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -272,6 +272,7 @@ def test_no_message_passes_on_advice_to_load_unsafely(monkeypatch, capsys, tmp_p
 
 
 # ---------------------------------------------------------------- import delving
+@pytest.mark.slow
 def test_import_delving_registers_the_nets_in_timm_and_stays_light() -> None:
     code = (
         "import sys, delving; light = 'timm' not in sys.modules and 'torch' not in sys.modules\n"

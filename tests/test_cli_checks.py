@@ -82,6 +82,7 @@ def test_good_overrides_pass(tmp_path: Path) -> None:
     assert override_problem("ensemble", ["files=[a.npz,b.npz]", "weights=[0.5,0.5]"]) is None
 
 
+@pytest.mark.slow
 def test_train_plus_typo_is_one_line_not_a_traceback(tmp_path: Path) -> None:
     result = _command("train", "experiment=demo", "+model.widht=1", cwd=tmp_path)
     _one_line_exit_2(result, "model.widht is not a key of delving-train's config: did you mean model.width?")
@@ -106,6 +107,7 @@ def test_eval_values_that_cannot_work_are_refused(
     assert expected in str(error.value)
 
 
+@pytest.mark.slow
 def test_delving_eval_refuses_bad_scales_and_limit_in_one_line(tmp_path: Path) -> None:
     root = write_image_folder(tmp_path / "data", [(80, 70)] * 3)
     data = {"name": "folder", "root": str(root), "crop_size": 64, "num_workers": 0}
@@ -119,6 +121,7 @@ def test_delving_eval_refuses_bad_scales_and_limit_in_one_line(tmp_path: Path) -
     assert not list(tmp_path.glob("predictions*.npz"))
 
 
+@pytest.mark.slow
 def test_ensemble_of_a_non_utf8_class_folder_writes_its_report(tmp_path: Path) -> None:
     classes = ["caf\udcff", "b", "c"]  # how Python lists a folder named b"caf\xff"
     rng = np.random.default_rng(0)
@@ -138,6 +141,7 @@ def test_ensemble_of_a_non_utf8_class_folder_writes_its_report(tmp_path: Path) -
     assert "caf\\udcff" in (out / "ensemble.json").read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", [b"- model=net14\n- [unclosed", b"\xff\xfe\x00garbage", b"model: net14\n"])
 def test_a_damaged_overrides_file_is_one_error_naming_it(tmp_path: Path, damage: bytes) -> None:
     run_dir = tmp_path / "run"
@@ -172,6 +176,7 @@ def trained_elsewhere(tmp_path: Path) -> tuple[Path, Path]:
     return save_checkpoint(tmp_path / "ck.pt", tiny_model(), dict(TINY_MODEL), data), root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
@@ -196,6 +201,7 @@ def test_delving_eval_refuses_before_the_work_in_one_line(
     assert "images to go" not in result.stderr and not list(root.parent.glob("predictions*.npz"))
 
 
+@pytest.mark.slow
 def test_delving_eval_takes_data_keys_without_data_onto_the_checkpoints_data_config(
     trained_elsewhere: tuple[Path, Path],
 ) -> None:
@@ -214,6 +220,7 @@ def test_delving_eval_takes_data_keys_without_data_onto_the_checkpoints_data_con
     assert meta["data_config"]["crop_size"] == 64 and meta["num_images"] == 6
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_delving_eval_is_one_line_and_ends_on_sigint(tmp_path: Path) -> None:
     """It printed ~50 lines of KeyboardInterrupt traceback. Large images, so the evaluation takes a while."""
     import signal

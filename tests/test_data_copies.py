@@ -168,6 +168,7 @@ def _hub_parquet(root: Path, rows: list[tuple[str, int]], schema_ok: bool = True
 GOOD_ROWS = [(f"{wnid}_{i}_{wnid}.JPEG", k) for k, wnid in enumerate(WNIDS) for i in range(4)]
 
 
+@pytest.mark.slow
 def test_preflight_refuses_parquet_that_contradicts_itself_in_one_line(tmp_path):
     assert "no `image` column" in _refusal(
         _hub_parquet(tmp_path / "a", GOOD_ROWS, schema_ok=False), "parquet"

@@ -144,6 +144,7 @@ def test_32_bit_and_float_tiffs_are_scaled_by_their_range(tmp_path, values, full
     assert np.abs(out - values.reshape(48, 64) * (255.0 / full_scale)).max() <= 1
 
 
+@pytest.mark.slow
 def test_verify_data_reports_nothing_for_16_bit_images(tmp_path):
     root = make_folder_dataset(tmp_path / "ds", classes=2, train_per_class=2, val_per_class=1)
     Image.fromarray(_ramp(40, 30)).save(root / "train" / "c0" / "grey16.png")

@@ -264,6 +264,7 @@ def test_a_file_symlink_loop_in_a_class_folder_is_a_bad_file(tmp_path: Path) -> 
     assert "Too many levels of symbolic links" in bad[str(root / "train" / "c1" / "a.JPEG")]
 
 
+@pytest.mark.slow
 def test_symlinks_files_followed_folder_links_in_a_class_refused(tmp_path: Path) -> None:
     root = make_folder_dataset(tmp_path / "ds", classes=2, train_per_class=3, val_per_class=3)
     elsewhere = make_folder_dataset(tmp_path / "other", classes=1, train_per_class=2, val_per_class=1)
@@ -308,6 +309,7 @@ def _bench_index():
     return module
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/smaps_rollup").exists(), reason="needs Linux /proc smaps_rollup")
 def test_a_worker_reading_every_entry_copies_a_small_fraction_of_the_list_index() -> None:
     count = 200_000

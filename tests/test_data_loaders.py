@@ -244,6 +244,7 @@ print("one batch", flush=True)
 """
 
 
+@pytest.mark.slow
 def test_a_script_that_exits_with_a_loader_iterator_open_ends(dataset):
     import subprocess
     import sys

@@ -47,6 +47,7 @@ def stored_mean(data_root: Path) -> Path:
     return data_root / "mean_image.npy"
 
 
+@pytest.mark.slow
 def test_the_mean_image_is_stored_beside_the_data_set(data_root: Path, stored_mean: Path) -> None:
     cfg = tiny_config(data_root, normalize="mean_image")
     assert mean_image_path(cfg) == stored_mean

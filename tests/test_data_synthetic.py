@@ -127,6 +127,7 @@ def test_a_cache_that_fills_up_while_generating_is_one_line_and_keeps_nothing(tm
         assert sorted(p.name for p in disk.iterdir()) == ["set.lock"]
 
 
+@pytest.mark.slow
 def test_delving_train_refuses_a_cache_without_room_before_its_run_folder(tmp_path: Path) -> None:
     """It was a Hydra traceback (OSError: No space left on device), exit 1, and a run folder left."""
     with small_disk(tmp_path / "cache", "1m") as cache:

@@ -18,6 +18,7 @@ def _verify(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_verify_data_lists_every_bad_file_and_exits_1(tmp_path):
     root = make_folder_dataset(tmp_path / "ds", classes=2, train_per_class=4, val_per_class=2)
     clean = _verify("data=folder", f"data.root={root}", "processes=1")
@@ -75,6 +76,7 @@ print("trained on", images, "skipped", loader.bad_files.skipped)
 """
 
 
+@pytest.mark.slow
 def test_a_class_folder_without_search_permission_is_bad_files_named_and_counted(tmp_path):
     """r-- on a class folder: its names are listed, its files cannot be opened (the decoder's error path
     itself called Path.is_file(), which raised PermissionError)."""
@@ -108,6 +110,7 @@ def test_a_class_folder_without_search_permission_is_bad_files_named_and_counted
         closed.chmod(0o755)
 
 
+@pytest.mark.slow
 def test_ctrl_c_ends_verify_data_in_one_line_with_what_was_checked(tmp_path):
     """Ctrl-C reaches the pool workers too: it printed 2-4 KeyboardInterrupt tracebacks. Now one line, and the
     process ends on SIGINT (a shell sees 130). Hard links of one large JPEG: the scan takes a while."""

@@ -74,6 +74,7 @@ def test_every_default_run_name_can_be_given_back_to_a_path_taking_key(overrides
     assert parser.parse_override(f"runs=[{path},{path}]").value() == [path, path]
 
 
+@pytest.mark.slow
 def test_the_same_command_finds_its_run_and_a_finished_run_is_not_redone(tmp_path: Path) -> None:
     """Relaunched from the same folder without hydra.run.dir: the same directory, which says it is finished in
     words (not a crash); its folder name is typed back to delving-eval as it is; train.epochs=2 alone is a new
@@ -126,6 +127,7 @@ def test_the_same_command_finds_its_run_and_a_finished_run_is_not_redone(tmp_pat
     assert (runs[0] / "predictions-dense.npz").stat().st_mtime_ns > predictions_time
 
 
+@pytest.mark.slow
 def test_a_live_run_holds_its_directory_and_a_dead_ones_lock_is_taken_over(tmp_path: Path) -> None:
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\nfrom delving.engine.run_dir import RunDirectory\n"
@@ -151,6 +153,7 @@ def test_a_live_run_holds_its_directory_and_a_dead_ones_lock_is_taken_over(tmp_p
     assert (tmp_path / ".lock").read_text().startswith("released ")  # this run ended by itself
 
 
+@pytest.mark.slow
 def test_resume_null_refuses_to_mix_runs_and_start_over_moves_the_old_one_aside(tmp_path: Path) -> None:
     run_train(tmp_path, ["train.epochs=1"])
     old = (tmp_path / "last.pt").read_bytes()

@@ -263,6 +263,7 @@ def test_init_from_fine_tunes_then_resume_wins(single_run: Path, tmp_path: Path)
 
 
 # ---------------------------------------------------------------- sweeps
+@pytest.mark.slow
 @pytest.mark.skipif(
     importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None,
     reason="hydra-optuna-sweeper is not installed (pip install 'delving[sweep]')",

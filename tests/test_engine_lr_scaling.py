@@ -84,6 +84,7 @@ def test_min_lr_scales_with_the_lr(compose_train: Compose) -> None:
     assert _step_lrs(cosine, 1024, 3, 1) == pytest.approx([0.08, floor + 0.072 * 0.75, floor + 0.072 * 0.25])
 
 
+@pytest.mark.slow
 def test_a_trainer_resumed_mid_warm_up_sets_the_same_lr(compose_train: Compose, tmp_path: Path) -> None:
     """The Trainer sets the warm-up's LR from the global step before each step: 6 steps per epoch, ref 4."""
     cfg = compose_train([

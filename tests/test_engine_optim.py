@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from delving.engine.config import OptimConfig
@@ -63,6 +64,7 @@ def test_bias_decay_decays_biases_but_never_slopes() -> None:
             assert id(p) in slopes or id(p) in biases or p.ndim > 1
 
 
+@pytest.mark.slow
 def test_caffe_sgd_keeps_torchs_compiler_unimported_and_its_state_round_trips() -> None:
     """torch's Optimizer methods import torch's compiler (~2 s a launch) only to mark themselves untraceable;
     CaffeSGD calls the plain methods. Its state still saves and loads as torch's code does."""

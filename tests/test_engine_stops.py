@@ -88,6 +88,7 @@ def _start_in_foreground(run_dir: Path, *overrides: str, step_sleep: str = "0.4"
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP], ids=["ctrl_c", "sighup"])
 def test_ctrl_c_and_sighup_save_at_the_next_step_and_end_on_their_signal(tmp_path: Path, sig: int) -> None:
     """To the whole process group, as a terminal sends them: the loader workers get the signal too."""
@@ -104,6 +105,7 @@ def test_ctrl_c_and_sighup_save_at_the_next_step_and_end_on_their_signal(tmp_pat
     assert f"resumed from {tmp_path / 'last.pt'}" in relaunched.stdout + relaunched.stderr
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_stops_at_once_without_saving(tmp_path: Path) -> None:
     process = _start_in_foreground(tmp_path, "train.checkpoint_every_steps=100", step_sleep="4")
     wait_for_step(tmp_path, 2, process)  # then 4 s in the step: the next boundary is far
@@ -118,6 +120,7 @@ def test_a_second_ctrl_c_stops_at_once_without_saving(tmp_path: Path) -> None:
     assert "Traceback" not in output and not (tmp_path / "last.pt").exists()
 
 
+@pytest.mark.slow
 def test_resuming_on_data_whose_class_names_differ_is_refused_before_any_step(tmp_path: Path) -> None:
     trained = make_folder_dataset(tmp_path / "data", classes=4, train_per_class=12, val_per_class=2)
     data = ["data=folder", *TINY_DATA[-5:], "train.checkpoint_every_steps=2"]
@@ -155,6 +158,7 @@ def _fill(disk: Path) -> Path:
     return filler
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_training_says_so_in_one_line_and_last_pt_stays_whole(small_disk: Path) -> None:
     run_dir = small_disk / "run"
     process = start_train(
@@ -217,6 +221,7 @@ def _someone_elses(folder: Path, mode: int = 0o755) -> Path:
     return folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "case", ["parent_read_only", "run_folder_of_another_user", "train_log_of_another_user", "cache_read_only",
              "cache_is_a_file"],
@@ -257,6 +262,7 @@ def test_places_that_cannot_be_written_are_refused_in_one_line_before_any_work(
         assert not (run_dir / ".hydra").exists() and not (run_dir / "last.pt").exists()
 
 
+@pytest.mark.slow
 def test_a_command_that_fails_its_checks_leaves_no_run_folder(tmp_path: Path) -> None:
     command = train_command(["optim.lr=-1"])  # no hydra.run.dir: Hydra's own outputs/<experiment>/<run>
     result = warm.run(command, cwd=tmp_path, env=cli_env(), timeout=120)
@@ -264,6 +270,7 @@ def test_a_command_that_fails_its_checks_leaves_no_run_folder(tmp_path: Path) ->
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.slow
 def test_a_class_count_mismatch_names_where_the_count_came_from(tmp_path: Path) -> None:
     def refusal(*overrides: str) -> str:
         command = [sys.executable, "-m", "delving.train", "experiment=demo", "data.synthetic_classes=20",
@@ -286,6 +293,7 @@ def _descendants(pid: int) -> list[int]:
     return [c for child in map(int, children.split()) for c in (child, *_descendants(child))]
 
 
+@pytest.mark.slow
 def test_a_stop_that_also_ends_wandbs_service_ends_quietly(tmp_path: Path) -> None:
     """SIGTERM to every process of the run, as SLURM's scancel sends it: wandb's service dies with the run."""
     process = start_train(
@@ -311,6 +319,7 @@ def test_a_stop_that_also_ends_wandbs_service_ends_quietly(tmp_path: Path) -> No
     assert all("wandb stopped taking records" in line for line in lines[hint[-1] + 1 :]), output[-3000:]
 
 
+@pytest.mark.slow
 def test_wandb_online_without_a_network_falls_back_to_offline_in_one_line(tmp_path: Path) -> None:
     started = time.monotonic()
     result = run_train(
@@ -325,6 +334,7 @@ def test_wandb_online_without_a_network_falls_back_to_offline_in_one_line(tmp_pa
     assert list((tmp_path / "wandb").glob("offline-run-*")) and (tmp_path / "finished.json").exists()
 
 
+@pytest.mark.slow
 def test_the_synthetic_sets_first_use_says_what_takes_the_time(tmp_path: Path) -> None:
     env = cli_env(DELVING_DATA_CACHE=str(tmp_path / "cache"))
     first = run_train(tmp_path / "first", ["train.epochs=1"], env=env)

@@ -193,6 +193,7 @@ def test_whole_image_dense_equals_center_at_the_training_size(tmp_path: Path) ->
     np.testing.assert_allclose(dense, center, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_flips_average_the_mirror_images(tmp_path: Path) -> None:
     # PNG, and widths whose centre crop is symmetric, so the mirrored files give exactly the flipped views.
     rng = np.random.default_rng(1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,11 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
 
 @pytest.mark.slow
 def test_the_smoke_mode_runs_every_check_on_the_cpu_and_prints_one_table(tmp_path: Path) -> None:
+    scratch = lambda: set(Path(tempfile.gettempdir()).glob("bench_train_*"))  # noqa: E731
+    before = scratch()
     result = warm.run([sys.executable, str(SCRIPT), "--smoke"], env=cli_env(), cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert scratch() == before and list(tmp_path.iterdir()) == []  # its data and run folders are gone
     lines = result.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("check "))
     rows = {line[: lines[header].index("status")].strip(): line for line in lines[header + 1 :]}
@@ -38,6 +42,7 @@ def test_the_smoke_mode_runs_every_check_on_the_cpu_and_prints_one_table(tmp_pat
     assert "FAIL" not in result.stdout
 
 
+@pytest.mark.slow
 def test_without_a_gpu_and_without_smoke_it_says_so_in_one_line(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, str(SCRIPT)], cwd=tmp_path, env=cli_env(CUDA_VISIBLE_DEVICES=""), capture_output=True,

@@ -29,6 +29,7 @@ def _depth_test_stds(net: nn.Module, x: torch.Tensor) -> list[float]:
     return stds
 
 
+@pytest.mark.slow
 def test_net30_ratios_match_the_depth_test() -> None:
     """The nets and input of test_depth_argument_on_the_30_layer_net: seed 0, randn(2, 3, 224, 224), He then Xavier."""
     torch.manual_seed(0)
@@ -50,6 +51,7 @@ def test_net30_ratios_match_the_depth_test() -> None:
     assert xavier_back < 1e-3 < 0.05 < he_back
 
 
+@pytest.mark.slow
 def test_init_check_report_files_and_timm_nets(tmp_path: Path) -> None:
     small = {"name": "net14", "act": "relu", "width": 0.25, "input_size": 56, "spp_levels": [3, 2, 1]}
     reports = init_check(small, ["he_fan_out", "xavier"])

@@ -120,6 +120,7 @@ def _conv_layers(net: nn.Module) -> list[nn.Conv2d]:
     return [m for m in net.features if isinstance(m, nn.Conv2d)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "init", "prelu_factor"),
     [
@@ -148,6 +149,7 @@ def test_init_std_matches_the_formula(name: str, init: str, prelu_factor: bool) 
     assert torch.all(slopes == 0.25)
 
 
+@pytest.mark.slow
 def test_table3_he_stds_of_model_c() -> None:
     # Paper Sec. 3.2: sigma = sqrt(2 / (k^2 d)) = 0.0206, 0.0241, 0.0170, 0.0157 for conv1 and the C stages.
     expected = {"conv1": 0.0206, "conv2_1": 0.0241, "conv3_1": 0.0170, "conv4_1": 0.0157}
@@ -167,6 +169,7 @@ def _conv_response_stds(net: nn.Module, x: torch.Tensor) -> list[float]:
     return stds
 
 
+@pytest.mark.slow
 def test_depth_argument_on_the_30_layer_net() -> None:
     """Sec. 2.2 / Fig. 3: He init keeps the response scale over 27 conv layers, Xavier shrinks it."""
     torch.manual_seed(0)

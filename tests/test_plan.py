@@ -84,6 +84,7 @@ def test_the_projected_epoch_is_near_a_real_run_s_and_the_run_folder_stays_untou
     assert record["room"][0]["what"] == "disk" and record["room"][0]["fits"]
 
 
+@pytest.mark.slow
 def test_no_workers_and_a_cheap_net_is_input_bound(tmp_path: Path) -> None:
     big_images = ["data.synthetic_min_size=320", "data.synthetic_max_size=400", "data.use_draft=false"]
     result, record = run_plan(tmp_path, [*big_images, "data.num_workers=0"])
@@ -93,6 +94,7 @@ def test_no_workers_and_a_cheap_net_is_input_bound(tmp_path: Path) -> None:
     assert "raise data.num_workers to" in projection["advice"][0]
 
 
+@pytest.mark.slow
 def test_a_wide_net_with_workers_to_spare_is_model_bound(tmp_path: Path) -> None:
     wide = ["model.width=1.0", "data.num_workers=2"]
     result, record = run_plan(tmp_path, wide)
@@ -101,6 +103,7 @@ def test_a_wide_net_with_workers_to_spare_is_model_bound(tmp_path: Path) -> None
     assert record["input"]["worker_uss_mb"] > 0  # the workers were found and measured
 
 
+@pytest.mark.slow
 def test_a_slow_disk_is_storage_bound(tmp_path: Path) -> None:
     result, record = run_plan(tmp_path, ["data.num_workers=0"], env=cli_env(DELVING_READ_DELAY_S="0.04"))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -116,6 +119,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield disk
 
 
+@pytest.mark.slow
 def test_a_disk_that_holds_one_checkpoint_but_not_the_best_k_is_a_blocker(
     small_disk: Path, tmp_path: Path
 ) -> None:
@@ -131,6 +135,7 @@ def test_a_disk_that_holds_one_checkpoint_but_not_the_best_k_is_a_blocker(
     assert "Traceback" not in result.stderr and list(small_disk.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_dev_shm_too_small_for_the_loader_s_batches_is_a_blocker_before_the_workers_start(
     tmp_path: Path,
 ) -> None:
@@ -220,6 +225,7 @@ def test_under_torchrun_the_plan_measures_the_all_reduce_and_the_step_without_it
     assert len([line for line in result.stderr.splitlines() if "wrote" in line]) == 1  # rank 0 writes
 
 
+@pytest.mark.slow
 def test_a_command_mistake_is_one_line_and_exit_2_before_any_work(tmp_path: Path) -> None:
     result, record = run_plan(tmp_path, ["train.batch_size=0", "data.num_workers=0"])
     assert result.returncode == 2, result.stderr[-3000:]
@@ -319,6 +325,7 @@ def test_a_run_the_ram_cannot_hold_is_a_blocker_naming_its_parts(tmp_path: Path,
     assert room.ram_room(1, 2048, 8, 256, held_now_mb=2048).fits
 
 
+@pytest.mark.slow
 def test_inside_a_real_memory_cgroup_its_limit_is_the_room(tmp_path: Path) -> None:
     """A child of this process's own v1 memory cgroup with a 3 GiB limit (root only; skipped elsewhere)."""
     line = next((ln for ln in Path("/proc/self/cgroup").read_text().splitlines() if ":memory:" in ln), None)

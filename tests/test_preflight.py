@@ -180,6 +180,7 @@ def test_every_experiment_passes_preflight(experiment: str, imagenet_like: Path)
     assert cfg.model.num_classes >= 1
 
 
+@pytest.mark.slow
 def test_bare_delving_train_fails_at_once_with_one_line(tmp_path: Path) -> None:
     """The console script, from an empty folder: one line naming data.root= and experiment=demo (it built
     model A for 12 s, then failed with a traceback). The time is printed, not asserted (a shared machine's
@@ -193,6 +194,7 @@ def test_bare_delving_train_fails_at_once_with_one_line(tmp_path: Path) -> None:
     assert "data.root=" in line and "experiment=demo" in line
 
 
+@pytest.mark.slow
 def test_bare_delving_train_refuses_before_importing_the_model_code(tmp_path: Path) -> None:
     """What a bare command may cost: Python, Hydra and torch (~2 s), not torchvision or timm (+2-3 s on two
     cores), which only the model, the loaders and the evaluation need. Counted by module, not by the clock."""
@@ -209,6 +211,7 @@ def test_bare_delving_train_refuses_before_importing_the_model_code(tmp_path: Pa
     assert "HEAVY []" in result.stdout, result.stdout[-2000:]
 
 
+@pytest.mark.slow
 def test_a_wrong_key_is_refused_by_every_command_before_torch_is_imported() -> None:
     """The config schemas import no torch (delving.models.specs holds the nets as data): a mistyped key costs
     a second, not the 3 s of importing torch. Counted by module, not by the clock."""
@@ -292,6 +295,7 @@ def _folder_set(root: Path, train_per_class: int) -> Path:
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("case", "expected"),
     [

@@ -156,6 +156,7 @@ def test_ensemble_says_every_file_it_wrote(tmp_path: Path, capsys) -> None:
     assert sorted(_contents(out)) == ["ensemble.json", "ensemble.md", "ensemble.npz"]
 
 
+@pytest.mark.slow
 def test_report_marks_unfinished_runs_and_lists_runs_without_a_checkpoint(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     planned = ["train.epochs=20", "train.checkpoint_every_steps=0"]
@@ -190,6 +191,7 @@ def _without_root_rights(*command: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_a_read_only_output_dir_is_refused_before_the_work(tmp_path: Path) -> None:
     files = _ensemble_inputs(tmp_path, images=20)
     run_dir = tmp_path / "run"
@@ -261,6 +263,7 @@ def test_curve_plots_count_epochs_from_0_show_their_labels_and_promise_no_band_f
         assert "bars: 95 % interval over seeds" in ax_val.get_title()
 
 
+@pytest.mark.slow
 def test_sweep_log_opens_without_plugin_set_up_and_writes_its_results_file(tmp_path: Path) -> None:
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     outputs = tmp_path / "outputs"

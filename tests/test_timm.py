@@ -96,6 +96,7 @@ def test_delvings_builder_gives_timms_net_and_contract(name: str, options: dict)
         assert torch.equal(value, theirs_state[key]), key
 
 
+@pytest.mark.slow
 def test_delving_commands_import_neither_timm_nor_torchvision() -> None:
     """Importing timm costs each launch seconds (torchvision, torch's compiler): training and eval avoid it,
     and torch's compiler itself (3 s on 2 cores), which only train.compile needs."""

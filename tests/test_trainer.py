@@ -117,6 +117,7 @@ def _umask() -> int:
     return current
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_the_run_naming_the_step(tmp_path: Path) -> None:
     result = run_train(
         tmp_path, ["optim.lr=1e12", "train.checkpoint_every_steps=2", "model.dropout=0.0"], check=False
@@ -130,6 +131,7 @@ def test_nan_loss_stops_the_run_naming_the_step(tmp_path: Path) -> None:
     assert "no checkpoint was saved yet" in result.stderr and "still holds" not in result.stderr
 
 
+@pytest.mark.slow
 def test_batch_that_does_not_split_over_ranks_is_refused(tmp_path: Path) -> None:
     result = run_train(tmp_path, ["train.batch_size=6", "train.grad_accum_steps=4"], check=False)
     assert result.returncode != 0 and "does not split evenly" in result.stderr
@@ -148,6 +150,7 @@ def test_validation_subset_is_fixed_and_split_over_ranks_without_repeats(compose
     assert sum(len(labels) for r in ranks for _, labels in r) == 7
 
 
+@pytest.mark.slow
 def test_last_pt_is_saved_before_a_validation_that_fails(tmp_path: Path) -> None:
     """A validation that raises (here: every val image unreadable) loses nothing of the epoch's training."""
 
@@ -164,6 +167,7 @@ def test_last_pt_is_saved_before_a_validation_that_fails(tmp_path: Path) -> None
     assert state["epoch"] == 1 and state["global_step"] == 6 and state["val_pending"]
 
 
+@pytest.mark.slow
 def test_fp16_gradient_norms_are_logged_unscaled(tmp_path: Path) -> None:
     """GradScaler multiplies the loss by 65536 at first: logged norms must be the true ones, as under fp32."""
     norms = {}
@@ -186,6 +190,7 @@ def test_a_run_resumed_after_its_last_epoch_still_reports_its_validation(
     assert finished["val_top1_error"] == _records(single_run, "val")[-1]["val_top1_error"]
 
 
+@pytest.mark.slow
 def test_a_run_on_the_training_sets_mean_image_saves_and_resumes(tmp_path: Path) -> None:
     root = make_folder_dataset(
         tmp_path / "data", classes=4, train_per_class=12, val_per_class=2, size=(40, 36)
@@ -208,6 +213,7 @@ def test_a_log_that_is_not_a_terminal_gets_plain_progress_lines(single_run: Path
     assert [(int(e), int(s)) for e, s in lines] == [(e, s) for e in (0, 1) for s in (2, 4, 6)]
 
 
+@pytest.mark.slow
 def test_a_plain_progress_line_is_also_due_by_the_clock(tmp_path: Path) -> None:
     """log_every_seconds=0: a line at every step, although metrics are written only every 100 steps."""
     run_train(tmp_path, ["logger.log_every_steps=100", "logger.log_every_seconds=0", "train.epochs=1"])

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from helpers import warm
 from helpers.launch import wait_for_step
@@ -20,6 +21,7 @@ from delving.checkpoint import Checkpoint
 
 COMMAND = [sys.executable, "-m", "delving.train", *TINY_DATA, *TINY_MODEL, *TINY_TRAIN, *EQUAL_RUN]
 SCRIPT = str(Path(sys.executable).parent / "delving-train")
+pytestmark = pytest.mark.slow  # each test starts new interpreters beside the warm runs it checks
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:

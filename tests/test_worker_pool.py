@@ -36,6 +36,7 @@ except KeyboardInterrupt:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "script", [CTRL_C_DURING_THE_FORKS, CTRL_C_DURING_THE_LOADERS_FORKS], ids=["pool", "loader"]
 )
