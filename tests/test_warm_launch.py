@@ -147,6 +147,9 @@ def test_a_run_gets_a_server_started_in_its_own_environment(tmp_path: Path) -> N
     assert not warm.would_run_warm([*torchrun, "--nproc_per_node=2", "--no-python", "delving-train"])
     assert not warm.would_run_warm([*torchrun[:3], "--nnodes=2", "--nproc_per_node=2", *COMMAND[1:]])
     assert not warm.would_run_warm(["/usr/local/bin/delving-train"])
+    assert warm.would_run_warm([sys.executable, str(REPO / "scripts" / "gpu_check.py"), "--smoke"])
+    assert not warm.would_run_warm([sys.executable, str(tmp_path / "gpu_check.py")])
+    assert not warm.would_run_warm([sys.executable, "-c", "import delving"])
 
 
 def test_a_terminals_ctrl_c_stops_a_warm_run_as_it_stops_a_new_interpreter(tmp_path: Path) -> None:

@@ -118,8 +118,8 @@ def _torchrun_ranks(command: list[str]) -> tuple[int, list[str]] | None:
 
 def would_run_warm(command: list[str]) -> bool:
     """Whether `run` may fork `command` from a warm server: `python -m delving.<module> ...`, one of this
-    environment's console scripts, `python scripts/<name>.py ...`, or torchrun of a delving module on one node (`DELVING_TESTS_COLD=1` turns
-    them all off, for a suite timed without)."""
+    environment's console scripts, `python scripts/<name>.py ...` of this repository, or torchrun of a delving
+    module on one node (`DELVING_TESTS_COLD=1` turns them all off, for a suite timed without)."""
     if os.environ.get("DELVING_TESTS_COLD"):
         return False
     ranks = _torchrun_ranks(command)
@@ -127,19 +127,12 @@ def would_run_warm(command: list[str]) -> bool:
         command = ranks[1]
     module = command[2] if command[:2] == [sys.executable, "-m"] and len(command) > 2 else ""
     script = Path(command[0])
+    repo_script = Path(command[1]) if len(command) > 1 and command[0] == sys.executable else Path()
     return (
         module.startswith("delving.")
         or (script.parent == _BIN and script.name.startswith("delving-"))
-        or (_repo_script(command) is not None)
+        or (repo_script.parent == _SCRIPTS and repo_script.suffix == ".py")
     )
-
-
-def _repo_script(command: list[str]) -> Path | None:
-    """The file of `python scripts/<name>.py ...`, one of this repository's scripts; else None."""
-    if len(command) < 2 or command[0] != sys.executable:
-        return None
-    script = Path(command[1])
-    return script if script.parent == _SCRIPTS and script.suffix == ".py" else None
 
 
 def _free_port() -> int:
