@@ -12,7 +12,7 @@ from helpers import warm
 from helpers.evaluation import TINY_MODEL, make_predictions, save_checkpoint, tiny_model, write_image_folder
 from helpers.runs import cli_env
 
-from delving.cli.command_line import override_problem
+from delving.cli.command_line import check_command_line, override_problem
 from delving.errors import ConfigError
 from delving.evaluation.config import EvalConfig, check_eval
 from delving.evaluation.predictions import load_predictions, save_predictions
@@ -83,6 +83,42 @@ def test_good_overrides_pass(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_the_checks_compose_answers_hydras_mode_question_as_hydra_would(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Hydra's main composes a command's config once only to read `hydra.mode`, then again to run it; the check
+    has just composed it, and its answer spares that compose. A config's sweep must still run as a multirun."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    from delving.config_files import config_dir
+
+    composes = []
+    load = ConfigLoaderImpl.load_configuration
+    monkeypatch.setattr(
+        ConfigLoaderImpl,
+        "load_configuration",
+        lambda self, *a, **k: composes.append(k) or load(self, *a, **k),
+    )
+    modes = {}
+    for overrides in (["experiment=demo", "optim.lr=0.02"], ["hparams_search=lr_wd"]):
+        check_command_line("train", overrides)
+        hydra = Hydra.create_main_hydra2("train", create_config_search_path(f"file://{config_dir()}"))
+        try:
+            composes.clear()
+            answered = hydra.get_mode(config_name="train", overrides=overrides)
+            assert composes == []  # answered from the check's compose
+            asked = hydra.get_mode(config_name="train", overrides=overrides)  # the answer is used once
+            assert len(composes) == 1 and answered == asked
+        finally:
+            GlobalHydra.instance().clear()
+        modes[overrides[0]] = answered
+    assert modes["experiment=demo"] != RunMode.MULTIRUN and modes["hparams_search=lr_wd"] == RunMode.MULTIRUN
+
+
 def test_train_plus_typo_is_one_line_not_a_traceback(tmp_path: Path) -> None:
     result = _command("train", "experiment=demo", "+model.widht=1", cwd=tmp_path)
     _one_line_exit_2(result, "model.widht is not a key of delving-train's config: did you mean model.width?")

@@ -412,6 +412,9 @@ def _serve(address: str) -> None:
     import delving.engine.trainer
     import delving.evaluation.app
     import delving.plan.app  # noqa: F401
+    from delving.config import register_all
+
+    register_all()  # what each command's main() does first (ConfigStore's schemas): a fork finds them filled
 
     if threading.active_count() != 1 or len(os.listdir("/proc/self/task")) != 1:
         sys.exit(_THREADED)  # torch started its thread pool (OMP_NUM_THREADS above 1): runs here go cold

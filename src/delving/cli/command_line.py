@@ -15,7 +15,7 @@ import re
 import sys
 from collections.abc import Iterator
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from delving.config_files import config_dir
@@ -63,11 +63,13 @@ def check_command_line(config_name: str, argv: list[str] | None = None) -> None:
         or args.experimental_rerun
     ):
         return
+    name, overrides = args.config_name or config_name, list(args.overrides)
     try:
-        problem = override_problem(args.config_name or config_name, list(args.overrides))
+        problem, mode = _composed_problem(name, overrides)
     except Exception:  # a sweep (CommandLineError), or a form this check does not know: Hydra decides
         return
     if problem is None:
+        _answer_hydras_mode_question(name, overrides, mode)
         return
     if global_rank() == 0:
         print(f"error: {problem}", file=sys.stderr, flush=True)
@@ -76,6 +78,33 @@ def check_command_line(config_name: str, argv: list[str] | None = None) -> None:
 
 def override_problem(config_name: str, overrides: list[str]) -> str | None:
     """The first mistake in `overrides` for config `config_name`, as one line, or None."""
+    return _composed_problem(config_name, overrides)[0]
+
+
+# Hydra's main composes the command's config once only to read `hydra.mode` (Hydra.get_mode: a sweep set in a
+# config runs as a multirun), then again to run it: 0.3 s of CPU each, a fifth of a small command's start. The
+# check has just composed the same config from the same files, so its `hydra.mode` answers that question.
+_known_modes: dict[tuple[str, tuple[str, ...]], object] = {}
+
+
+def _answer_hydras_mode_question(config_name: str, overrides: list[str], mode: object) -> None:
+    from hydra._internal.hydra import Hydra
+
+    asked = Hydra.get_mode
+    if not getattr(asked, "answered_by_delving", False):
+
+        def get_mode(self: Hydra, config_name: str | None, overrides: list[str]) -> object:
+            key = (config_name or "", tuple(overrides))
+            return _known_modes.pop(key) if key in _known_modes else asked(self, config_name, overrides)
+
+        get_mode.answered_by_delving = True  # type: ignore[attr-defined]
+        Hydra.get_mode = get_mode  # type: ignore[method-assign]
+    _known_modes.clear()
+    _known_modes[(config_name, tuple(overrides))] = mode
+
+
+def _composed_problem(config_name: str, overrides: list[str]) -> tuple[str | None, object]:
+    """(the first mistake in `overrides`, or None; the composed `hydra.mode`, None where there was a mistake)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import MissingConfigException, OverrideParseException
@@ -83,16 +112,25 @@ def override_problem(config_name: str, overrides: list[str]) -> str | None:
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except OverrideParseException as error:
-        return _first_line(error)
+        return _first_line(error), None
     if any(o.is_sweep_override() for o in parsed):
         raise CommandLineError("a sweep")
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         try:
-            cfg = compose(config_name, overrides=overrides)
+            cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
         except MissingConfigException as error:
-            return _missing_option(error)
+            return _missing_option(error), None
         except Exception as error:  # Hydra's ConfigCompositionException, with OmegaConf's error as its cause
-            return _composition_problem(error, list(_keys(compose(config_name))), config_name)
+            return _composition_problem(error, list(_keys(compose(config_name))), config_name), None
+    mode = cfg.hydra.mode
+    with read_write(cfg), open_dict(cfg):  # as compose() without return_hydra_config: the command's keys only
+        del cfg["hydra"]
+    return _check_values(cfg, config_name), mode
+
+
+def _check_values(cfg: DictConfig, config_name: str) -> str | None:
+    """The first key of the composed `cfg` that no schema has (added with `+`), or a non-finite number or a seed
+    out of range; None when there is none."""
     unknown = list(_unknown_keys(cfg))
     if unknown:
         valid = [k for k in _keys(cfg) if not any(k == u or k.startswith(u + ".") for u in unknown)]
