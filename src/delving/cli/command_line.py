@@ -2,7 +2,8 @@
 
 Hydra prints six or seven lines for an unknown key or a wrong type, and a key added with `+` (its own advice
 for an unknown key) is not checked at all: it reaches the code, which then fails with a traceback. Here the
-command's config is composed once, as Hydra is about to, and every key is checked against its schema.
+command's config is composed once, as Hydra is about to, and every key is checked against its schema; its
+`hydra.mode` then answers the question Hydra's main would compose the config once more for.
 """
 
 from __future__ import annotations
