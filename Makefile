@@ -40,7 +40,7 @@ PYTEST := $(PY) -m pytest -q -n auto --dist loadgroup
 test: lint
 	$(PYTEST) $(ARGS)
 
-# The edit loop: lint and the tests with no `slow` or `ddp` mark (682 of 851; about 90 s on 2 cores).
+# The edit loop: lint and the tests with no `slow` or `ddp` mark (679 of 852; about 90 s on 2 cores).
 test-quick: lint
 	$(PYTEST) -m "not slow and not ddp" $(ARGS)
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from helpers import warm
 from helpers.configs import compose_config
 from helpers.runs import EQUAL_RUN, KILL_STEP, cli_env, run_train
 from omegaconf import DictConfig
@@ -64,8 +65,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 _took: dict[str, float] = {}
 
 
+_counted_starting_s = [warm.starting_s]  # warm.starting_s when the last phase's report was made
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """Each phase's report carries the seconds it waited for a warm server to start (helpers/warm.py): the
+    first test of a worker to fork a run pays it, whichever test that is."""
+    outcome = yield
+    waited, _counted_starting_s[0] = warm.starting_s - _counted_starting_s[0], warm.starting_s
+    outcome.get_result().user_properties.append(("warm_server_start_s", waited))
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    _took[report.nodeid] = _took.get(report.nodeid, 0.0) + report.duration  # setup, call and teardown
+    starting = sum(v for k, v in report.user_properties if k == "warm_server_start_s")
+    # setup, call and teardown, less the wait for a warm server
+    _took[report.nodeid] = _took.get(report.nodeid, 0.0) + report.duration - starting
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
@@ -76,7 +91,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
     long = sorted(((s, nodeid) for nodeid, s in _took.items() if s > _QUICK_S), reverse=True)
     if long:
         terminalreporter.write_line(
-            f"{len(long)} test(s) took over {_QUICK_S:.0f} s without a slow mark; mark them "
+            f"{len(long)} test(s) took over {_QUICK_S:g} s without a slow mark; mark them "
             "@pytest.mark.slow to keep make test-quick quick:"
         )
         for seconds, nodeid in long:

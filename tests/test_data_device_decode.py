@@ -93,6 +93,7 @@ def _exif_oriented(path: Path, orientation: int = 6) -> Path:
     return path
 
 
+@pytest.mark.slow  # torchcodec's first decode: 1.5-3.7 s
 @pytest.mark.parametrize("exif_transpose", [False, True])
 @pytest.mark.parametrize("decoder", DECODERS)
 def test_same_draws_give_the_pillow_paths_pixels(tmp_path: Path, decoder: str, exif_transpose: bool) -> None:

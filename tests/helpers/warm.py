@@ -64,6 +64,9 @@ _MAX_SERVERS = 4
 _THREADED = 3  # the server's exit status when its imports started a thread: it cannot fork safely
 _cold_keys: set[frozenset[tuple[str, str]]] = set()
 _servers: dict[frozenset[tuple[str, str]], tuple[subprocess.Popen, Path]] = {}
+starting_s = (
+    0.0  # seconds this process has waited for servers to start (conftest leaves them out of test times)
+)
 
 
 def _server_key(env: dict[str, str]) -> frozenset[tuple[str, str]]:
@@ -169,7 +172,10 @@ def _server_for(env: dict[str, str]) -> Path | None:
     if key not in _servers and key not in _cold_keys:
         if len(_servers) >= _MAX_SERVERS:  # the oldest goes: a few environments per worker in practice
             _stop(*_servers.pop(next(iter(_servers))))
+        global starting_s
+        started = time.monotonic()
         server = _start_server(env)
+        starting_s += time.monotonic() - started
         if server is None:
             _cold_keys.add(key)
         else:
