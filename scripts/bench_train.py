@@ -21,6 +21,7 @@ without a GPU.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import tempfile
 import time
@@ -41,13 +42,18 @@ from delving.plan.measure import model_step_rate, trainer_loop_rate
 
 register_all()
 register_resolvers()
-# The runs' folders and the generated class folders: removed when the script ends (weakref.finalize at exit).
-SCRATCH = tempfile.TemporaryDirectory(prefix="bench_train_")
+
+
+@functools.cache
+def _scratch_root() -> tempfile.TemporaryDirectory:
+    """The runs' folders and the generated class folders, made at the first need and removed when the script
+    ends (weakref.finalize at exit)."""
+    return tempfile.TemporaryDirectory(prefix="bench_train_")
 
 
 def scratch(name: str) -> Path:
-    """A new folder under SCRATCH."""
-    return Path(tempfile.mkdtemp(prefix=f"{name}_", dir=SCRATCH.name))
+    """A new folder under the script's scratch folder."""
+    return Path(tempfile.mkdtemp(prefix=f"{name}_", dir=_scratch_root().name))
 
 
 VARIANTS = {

@@ -63,18 +63,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 _took: dict[str, float] = {}
-
-
 _counted_starting_s = [warm.starting_s]  # warm.starting_s when the last phase's report was made
+
+
+def _names_long_tests(config: pytest.Config) -> bool:
+    """Whether this run is test-quick's (`-m "not slow ..."`), which ends naming unmarked long tests."""
+    return "not slow" in (config.option.markexpr or "")
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
-    """Each phase's report carries the seconds it waited for a warm server to start (helpers/warm.py): the
-    first test of a worker to fork a run pays it, whichever test that is."""
+    """Under test-quick, each phase's report carries the seconds it waited for a warm server to start
+    (helpers/warm.py): the first test of a worker to fork a run pays it, whichever test that is."""
     outcome = yield
-    waited, _counted_starting_s[0] = warm.starting_s - _counted_starting_s[0], warm.starting_s
-    outcome.get_result().user_properties.append(("warm_server_start_s", waited))
+    if _names_long_tests(item.config):
+        waited, _counted_starting_s[0] = warm.starting_s - _counted_starting_s[0], warm.starting_s
+        outcome.get_result().user_properties.append(("warm_server_start_s", waited))
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -86,7 +90,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
     """Under `-m "not slow ..."` (make test-quick), the tests that took over `_QUICK_S` seconds unmarked: the
     edit loop stays quick only while such tests are marked `slow` (or use a fixture of `_LAUNCHING_FIXTURES`)."""
-    if "not slow" not in (config.option.markexpr or ""):
+    if not _names_long_tests(config):
         return
     long = sorted(((s, nodeid) for nodeid, s in _took.items() if s > _QUICK_S), reverse=True)
     if long:

@@ -64,9 +64,8 @@ _MAX_SERVERS = 4
 _THREADED = 3  # the server's exit status when its imports started a thread: it cannot fork safely
 _cold_keys: set[frozenset[tuple[str, str]]] = set()
 _servers: dict[frozenset[tuple[str, str]], tuple[subprocess.Popen, Path]] = {}
-starting_s = (
-    0.0  # seconds this process has waited for servers to start (conftest leaves them out of test times)
-)
+# Seconds this process has waited for servers to start (conftest leaves them out of test-quick's test times).
+starting_s = 0.0
 
 
 def _server_key(env: dict[str, str]) -> frozenset[tuple[str, str]]:
@@ -286,8 +285,9 @@ class Started:
         self.send_signal(signal.SIGKILL)
 
     def communicate(self, timeout: float | None = None) -> tuple[str, str | None]:
+        """The rest of the output once the run has ended; the files are closed, as Popen closes its pipes."""
         self.wait(timeout)
-        return self.stdout.read(), self.stderr.read() if self.stderr else None
+        return self.stdout.read_rest(), self.stderr.read_rest() if self.stderr else None
 
 
 class _Output:
@@ -309,6 +309,10 @@ class _Output:
     def read(self) -> str:
         self._process.wait()
         return self._file.read()
+
+    def read_rest(self) -> str:
+        with self._file:
+            return self.read()
 
     def __iter__(self) -> Iterator[str]:
         while line := self.readline():

@@ -91,7 +91,9 @@ _known_modes: dict[tuple[str, tuple[str, ...]], object] = {}
 def _answer_hydras_mode_question(config_name: str, overrides: list[str], mode: object) -> None:
     from hydra._internal.hydra import Hydra
 
-    asked = Hydra.get_mode
+    asked = getattr(Hydra, "get_mode", None)
+    if asked is None:  # another Hydra than 1.3's: it asks however it does (the saving is lost, tests say so)
+        return
     if not getattr(asked, "answered_by_delving", False):
 
         def get_mode(self: Hydra, config_name: str | None, overrides: list[str]) -> object:
